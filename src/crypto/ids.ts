@@ -1,0 +1,32 @@
+import { createHash, randomBytes } from 'node:crypto';
+
+/** Bytes of entropy in a session token: 256 bits, well above OWASP's 64-bit floor. */
+export const TOKEN_BYTES = 32;
+/** base64url length of a 32-byte token (no padding). */
+export const TOKEN_LENGTH = 43;
+
+const TOKEN_PATTERN = /^[A-Za-z0-9_-]{43}$/;
+
+/** A fresh session token from the operating system's CSPRNG, base64url-encoded. */
+export function newToken(): string {
+  return randomBytes(TOKEN_BYTES).toString('base64url');
+}
+
+/** True if `value` has the exact shape of a token; checked before any other work. */
+export function isWellFormedToken(value: string): boolean {
+  return value.length === TOKEN_LENGTH && TOKEN_PATTERN.test(value);
+}
+
+/**
+ * The storage key of a token: SHA-256, base64url. Stores only ever see this, so a dump of the
+ * store cannot be replayed as cookies (the Rack CVE-2019-16782 lesson). The token carries 256
+ * bits of entropy, so an unkeyed hash is enough and survives secret rotation.
+ */
+export function storageKey(token: string): string {
+  return createHash('sha256').update(token).digest('base64url');
+}
+
+/** A short, non-reversible tag of a storage key for logs and audit records (never the token). */
+export function auditTag(key: string): string {
+  return createHash('sha256').update(`audit:${key}`).digest('base64url').slice(0, 12);
+}

@@ -1,0 +1,146 @@
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHmac,
+  hkdfSync,
+  randomBytes,
+  timingSafeEqual,
+} from 'node:crypto';
+import { SessionError } from '../errors.js';
+
+/** Secrets shorter than this are refused: HMAC-SHA256 wants at least 256 bits of key. */
+export const MIN_SECRET_BYTES = 32;
+
+/** Sample secrets copied from READMEs and tutorials; refused even when long enough. */
+const KNOWN_SAMPLES = new Set(
+  [
+    'keyboard cat',
+    'secret',
+    'changeme',
+    'change me',
+    'your-secret-key',
+    'complex_password_at_least_32_characters_long',
+    'a-very-long-secret-that-is-at-least-32-characters',
+    'a secret with minimum length of 32 characters',
+    'cookie-secret-must-be-at-least-32-characters',
+    'replace-me-with-a-real-secret-of-32-chars',
+    '00000000000000000000000000000000',
+    'abcdefghijklmnopqrstuvwxyz012345',
+    'this-is-a-secret-key-change-it-in-production',
+  ].map((s) => s.toLowerCase()),
+);
+
+interface Key {
+  mac: Buffer;
+  enc: Buffer;
+}
+
+function deriveKey(secret: string, index: number): Key {
+  const bytes = Buffer.byteLength(secret, 'utf8');
+  if (bytes < MIN_SECRET_BYTES) {
+    throw new SessionError(
+      'WEAK_SECRET',
+      `secret #${index + 1} is ${bytes} bytes; use at least ${MIN_SECRET_BYTES} random bytes, e.g. the output of \`openssl rand -base64 48\`.`,
+    );
+  }
+  if (KNOWN_SAMPLES.has(secret.toLowerCase()) || /^(.)\1+$/.test(secret)) {
+    throw new SessionError(
+      'WEAK_SECRET',
+      `secret #${index + 1} is a published sample or a repeated character; generate a random one, e.g. \`openssl rand -base64 48\`.`,
+    );
+  }
+  // Separate subkeys per purpose so a MAC key is never also an encryption key.
+  const ikm = Buffer.from(secret, 'utf8');
+  const mac = Buffer.from(hkdfSync('sha256', ikm, 'sessionflow', 'cookie-mac', 32));
+  const enc = Buffer.from(hkdfSync('sha256', ikm, 'sessionflow', 'value-aead', 32));
+  return { mac, enc };
+}
+
+/** Result of verifying a signed value: which key matched, so the caller can re-sign with the newest. */
+export interface Verified {
+  value: string;
+  /** Index of the key that verified it; 0 is the newest. */
+  keyIndex: number;
+}
+
+const MAC_LENGTH = 43; // base64url of 32 bytes
+const SEAL_VERSION = 'a1';
+
+/**
+ * An ordered set of secrets: the first signs and encrypts, all verify and decrypt, so secrets
+ * can rotate without logging anyone out. Key material is derived once, at construction.
+ */
+export class KeyRing {
+  readonly #keys: Key[];
+
+  constructor(secrets: readonly string[]) {
+    if (secrets.length === 0) {
+      throw new SessionError('WEAK_SECRET', 'at least one secret is required; pass `secret` or `secrets`.');
+    }
+    this.#keys = secrets.map((s, i) => deriveKey(s, i));
+  }
+
+  get size(): number {
+    return this.#keys.length;
+  }
+
+  #mac(key: Key, purpose: string, value: string): string {
+    return createHmac('sha256', key.mac).update(purpose).update('\0').update(value).digest('base64url');
+  }
+
+  /** `value.mac`, where the MAC also covers `purpose` (the cookie name) so values cannot be swapped. */
+  sign(purpose: string, value: string): string {
+    return `${value}.${this.#mac(this.#keys[0]!, purpose, value)}`;
+  }
+
+  /**
+   * Verifies `value.mac` in constant time against every key. Anything after the MAC, a truncated
+   * MAC or a MAC of the wrong length fails (the cookie-signature #40 lesson).
+   */
+  verify(purpose: string, signed: string): Verified | null {
+    const dot = signed.lastIndexOf('.');
+    if (dot <= 0 || signed.length - dot - 1 !== MAC_LENGTH) return null;
+    const value = signed.slice(0, dot);
+    const given = Buffer.from(signed.slice(dot + 1), 'utf8');
+    for (let i = 0; i < this.#keys.length; i++) {
+      const expected = Buffer.from(this.#mac(this.#keys[i]!, purpose, value), 'utf8');
+      if (expected.length === given.length && timingSafeEqual(expected, given)) return { value, keyIndex: i };
+    }
+    return null;
+  }
+
+  /**
+   * Encrypts with AES-256-GCM under the newest key. `aad` binds the ciphertext to its place
+   * (session + value name), so it cannot be moved to another session or key.
+   */
+  seal(plaintext: string, aad: string): string {
+    const iv = randomBytes(12);
+    const cipher = createCipheriv('aes-256-gcm', this.#keys[0]!.enc, iv);
+    cipher.setAAD(Buffer.from(aad, 'utf8'));
+    const body = Buffer.concat([cipher.update(plaintext, 'utf8'), cipher.final()]);
+    const tag = cipher.getAuthTag();
+    return `${SEAL_VERSION}.0.${Buffer.concat([iv, tag, body]).toString('base64url')}`;
+  }
+
+  /** Decrypts a value sealed by {@link seal} with any key of the ring; null if it does not verify. */
+  open(sealed: string, aad: string): string | null {
+    if (!sealed.startsWith(`${SEAL_VERSION}.`)) return null;
+    const payload = sealed.slice(sealed.indexOf('.', SEAL_VERSION.length + 1) + 1);
+    const raw = Buffer.from(payload, 'base64url');
+    if (raw.length < 28) return null;
+    const iv = raw.subarray(0, 12);
+    const tag = raw.subarray(12, 28);
+    const body = raw.subarray(28);
+    for (const key of this.#keys) {
+      try {
+        const decipher = createDecipheriv('aes-256-gcm', key.enc, iv);
+        decipher.setAAD(Buffer.from(aad, 'utf8'));
+        decipher.setAuthTag(tag);
+        return Buffer.concat([decipher.update(body), decipher.final()]).toString('utf8');
+      } catch {
+        // wrong key or tampered: try the next key
+      }
+    }
+    return null;
+  }
+}

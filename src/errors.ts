@@ -1,0 +1,58 @@
+/** Stable machine-readable codes carried by every {@link SessionError}. */
+export type SessionErrorCode =
+  | 'INVALID_OPTION'
+  | 'WEAK_SECRET'
+  | 'NOT_SERIALIZABLE'
+  | 'INVALID_KEY'
+  | 'SESSION_DESTROYED'
+  | 'STORE_UNAVAILABLE'
+  | 'STORE_CORRUPT'
+  | 'VALUE_TOO_LARGE'
+  | 'CSRF_INVALID'
+  | 'INSECURE_TRANSPORT'
+  | 'NOT_SUPPORTED';
+
+const STATUS: Record<SessionErrorCode, number> = {
+  INVALID_OPTION: 500,
+  WEAK_SECRET: 500,
+  NOT_SERIALIZABLE: 500,
+  INVALID_KEY: 500,
+  SESSION_DESTROYED: 500,
+  STORE_UNAVAILABLE: 503,
+  STORE_CORRUPT: 500,
+  VALUE_TOO_LARGE: 500,
+  CSRF_INVALID: 403,
+  INSECURE_TRANSPORT: 500,
+  NOT_SUPPORTED: 500,
+};
+
+/**
+ * The one error class of sessionflow. `code` is stable across versions; `status` is the HTTP
+ * status an integration answers with (503 for a store outage, 403 for a CSRF failure).
+ */
+export class SessionError extends Error {
+  readonly code: SessionErrorCode;
+  readonly status: number;
+  /** Express and other frameworks read `statusCode`/`status` to pick the response status. */
+  readonly statusCode: number;
+  /** Errors that may be shown to the client; internal details stay in `cause`. */
+  readonly expose: boolean;
+
+  constructor(code: SessionErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'SessionError';
+    this.code = code;
+    this.status = STATUS[code];
+    this.statusCode = this.status;
+    this.expose = this.status < 500 || code === 'STORE_UNAVAILABLE';
+  }
+}
+
+/** Wraps a store driver failure so that the integration answers 503 and the user stays logged in. */
+export function storeUnavailable(operation: string, cause: unknown): SessionError {
+  return new SessionError(
+    'STORE_UNAVAILABLE',
+    `The session store failed during ${operation}; the request was refused so no session data is lost. Check that the store is reachable.`,
+    { cause },
+  );
+}

@@ -1,0 +1,99 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+
+export interface CsrfHost {
+  readInternal(name: string): unknown;
+  writeInternal(name: string, value: unknown): void;
+}
+
+const FIELD = 'csrf';
+
+/**
+ * Per-session synchronizer token (OWASP CSRF cheat sheet). One token per session, valid in every
+ * tab and for AJAX, rotated when the session ID is regenerated (login, privilege change).
+ */
+export class Csrf {
+  readonly #host: CsrfHost;
+  readonly #field: string;
+
+  constructor(host: CsrfHost, field: string) {
+    this.#host = host;
+    this.#field = field;
+  }
+
+  /** The session's token, created (a session write) on first use. 256 bits, base64url. */
+  token(): string {
+    const existing = this.#host.readInternal(FIELD);
+    if (typeof existing === 'string') return existing;
+    const token = randomBytes(32).toString('base64url');
+    this.#host.writeInternal(FIELD, token);
+    return token;
+  }
+
+  /** The form field name the token travels in (a header `x-csrf-token` is accepted too). */
+  tokenKey(): string {
+    return this.#field;
+  }
+
+  /** Constant-time check of a submitted token; false when the session has no token yet. */
+  verify(submitted: unknown): boolean {
+    const expected = this.#host.readInternal(FIELD);
+    if (typeof expected !== 'string' || typeof submitted !== 'string') return false;
+    const a = Buffer.from(expected, 'utf8');
+    const b = Buffer.from(submitted, 'utf8');
+    return a.length === b.length && timingSafeEqual(a, b);
+  }
+}
+
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+
+/** What the CSRF check needs from a request, whatever the framework. */
+export interface CsrfRequest {
+  method: string;
+  /** Lower-case header names. */
+  headers: Record<string, string | string[] | undefined>;
+  /** The parsed body, if the app parsed one (a form field carries the token). */
+  body?: unknown;
+  /** The origin the app is served on, e.g. 'https://app.example.org'; derived from Host if absent. */
+  origin?: string | readonly string[];
+}
+
+function header(req: CsrfRequest, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/**
+ * Decides whether an unsafe request may proceed: 'ok', or the reason it may not. Safe methods
+ * pass. Unsafe ones need the session's token in the form field or the header (never a cookie),
+ * and are refused when the browser says they come from another site (Fetch Metadata) or from
+ * another origin. The decision never depends on Content-Type.
+ */
+export function csrfDecision(
+  csrf: Csrf,
+  req: CsrfRequest,
+  names: { field: string; header: string },
+): 'ok' | 'cross-site' | 'origin' | 'token' {
+  if (SAFE_METHODS.has(req.method.toUpperCase())) return 'ok';
+  const site = header(req, 'sec-fetch-site');
+  if (site === 'cross-site' || site === 'same-site') return 'cross-site';
+  const origin = header(req, 'origin');
+  if (origin !== undefined) {
+    const host = header(req, 'host');
+    const allowed: readonly string[] =
+      req.origin === undefined
+        ? host
+          ? [`http://${host}`, `https://${host}`]
+          : []
+        : typeof req.origin === 'string'
+          ? [req.origin]
+          : req.origin;
+    if (origin === 'null' || !allowed.includes(origin)) return 'origin';
+  }
+  const body = req.body;
+  const fromBody =
+    body && typeof body === 'object' && Object.hasOwn(body, names.field)
+      ? (body as Record<string, unknown>)[names.field]
+      : undefined;
+  const submitted = header(req, names.header) ?? fromBody;
+  return csrf.verify(submitted) ? 'ok' : 'token';
+}

@@ -1,0 +1,97 @@
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { SessionError } from '../errors.js';
+import { csrfDecision } from '../features/csrf.js';
+import type { SessionManager } from '../manager.js';
+import type { Session } from '../session.js';
+import { type CommitErrorHandler, commitBeforeHeaders, requestInfo } from './http.js';
+
+declare module 'express-serve-static-core' {
+  interface Request {
+    /** The request's session, set by sessionflow's `session()` middleware. */
+    session: Session;
+  }
+}
+
+type AnyManager = SessionManager<Record<string, unknown>>;
+
+export interface ExpressSessionOptions {
+  /** Renders the response when the session cannot be saved after the handler ran. @default plain-text 503 */
+  onCommitError?: CommitErrorHandler;
+}
+
+/**
+ * Express 5 middleware: `req.session` is the request's Session, committed before the response
+ * head goes out. A store outage reaches Express's error handler as a SessionError with status 503.
+ *
+ * @example
+ * app.use(session(sessions));
+ * app.get('/', (req, res) => res.send(`visits: ${req.session.get('visits') ?? 0}`));
+ */
+export function session<D extends Record<string, unknown>>(
+  manager: SessionManager<D>,
+  options: ExpressSessionOptions = {},
+): RequestHandler {
+  const m = manager as unknown as AnyManager;
+  return async function sessionflow(req: Request, res: Response, next: NextFunction) {
+    let s: Session<Record<string, unknown>>;
+    const info = requestInfo(m, req);
+    try {
+      s = await m.load(info);
+    } catch (err) {
+      next(err);
+      return;
+    }
+    req.session = s;
+    commitBeforeHeaders(m, s, info, res, options.onCommitError);
+    next();
+  };
+}
+
+export interface CsrfMiddlewareOptions {
+  /** The app's public origin(s) for the Origin check; derived from the Host header if absent. */
+  origin?: string | string[];
+}
+
+/**
+ * Rejects unsafe requests (POST, PUT, PATCH, DELETE…) without the session's CSRF token with a
+ * 403 SessionError. Mount it after `session()` and after the body parser that reads your forms.
+ */
+export function csrfProtection(
+  manager: SessionManager<Record<string, unknown>> | SessionManager<never>,
+  options: CsrfMiddlewareOptions = {},
+): RequestHandler {
+  const names = (manager as unknown as AnyManager).options.csrf;
+  return function sessionflowCsrf(req: Request, _res: Response, next: NextFunction) {
+    const s = req.session;
+    if (!s) {
+      next(
+        new SessionError(
+          'INVALID_OPTION',
+          'csrfProtection() needs the session() middleware mounted before it.',
+        ),
+      );
+      return;
+    }
+    const decision = csrfDecision(
+      s.csrf,
+      {
+        method: req.method,
+        headers: req.headers,
+        body: req.body,
+        ...(options.origin === undefined ? {} : { origin: options.origin }),
+      },
+      names,
+    );
+    if (decision === 'ok') {
+      next();
+      return;
+    }
+    (manager as unknown as AnyManager).reportCsrfFailure(s, decision);
+    next(
+      new SessionError(
+        'CSRF_INVALID',
+        'The form has expired or did not come from this site. Reload the page and try again.',
+      ),
+    );
+  };
+}

@@ -1,0 +1,242 @@
+import { SessionError } from './errors.js';
+import type { AuditEvent } from './features/audit.js';
+import type { SessionStore } from './stores/store.js';
+
+/** Cookie settings. Secure by default; relax only for local HTTP development. */
+export interface CookieOptions {
+  /**
+   * Cookie name. A generic name, so the framework is not fingerprinted.
+   * @default '__Host-id' when `secure` is true, otherwise 'id'
+   */
+  name?: string;
+  /**
+   * Send the cookie over HTTPS only. Turn off only for local HTTP development.
+   * @default true
+   */
+  secure?: boolean;
+  /** @default 'lax' */
+  sameSite?: 'lax' | 'strict' | 'none';
+  /** Must stay '/' with a `__Host-` name. @default '/' */
+  path?: string;
+  /** Not allowed with a `__Host-` name. @default undefined (host-only cookie) */
+  domain?: string;
+  /**
+   * Lifetime of a persistent cookie in milliseconds; capped by `absoluteTimeout`. Expiry is always
+   * enforced on the server; this only decides whether the browser keeps the cookie after closing.
+   * @default undefined (a browser-session cookie)
+   */
+  maxAge?: number;
+  /** CHIPS partitioned cookie. @default false */
+  partitioned?: boolean;
+}
+
+/** Binding of a session to the client that created it (seed section 14). */
+export interface BindingOptions {
+  /** Compare a hash of the User-Agent header on every request. @default false */
+  userAgent?: boolean;
+  /**
+   * Compare the client address, reduced to a network prefix so mobile users moving inside
+   * their carrier's network stay logged in. `true` means /24 for IPv4 and /64 for IPv6.
+   * @default false
+   */
+  ip?: boolean | { v4Prefix?: number; v6Prefix?: number };
+  /** What a mismatch does: destroy the session (default) or only report it. @default 'destroy' */
+  action?: 'destroy' | 'log';
+}
+
+/** Options of {@link SessionManager}; validated once, at construction. */
+export interface SessionManagerOptions {
+  /** Where sessions live. @default a FileStore in `<os.tmpdir()>/sessionflow` */
+  store?: SessionStore;
+  /** The signing secret (at least 32 bytes). Use `secrets` to rotate. */
+  secret?: string;
+  /** A key ring: the first secret signs and encrypts, every secret verifies and decrypts. */
+  secrets?: readonly string[];
+  cookie?: CookieOptions;
+  /**
+   * Idle timeout in milliseconds: a session not used for this long is dead.
+   * @default 1_800_000 (30 minutes; NIST SP 800-63B AAL2 allows at most 1 hour)
+   */
+  idleTimeout?: number;
+  /**
+   * Absolute timeout in milliseconds, counted from login (or creation), whatever the activity.
+   * @default 43_200_000 (12 hours; AAL2 allows at most 24 hours)
+   */
+  absoluteTimeout?: number;
+  /**
+   * Minimum time between two idle-timer refreshes of a session that changed nothing, so a
+   * read-only request does not write on every hit.
+   * @default idleTimeout / 10
+   */
+  touchInterval?: number;
+  binding?: BindingOptions;
+  /** Encrypt every value at rest with AES-256-GCM under the key ring. @default false */
+  encrypt?: boolean;
+  /** Largest encoded size of one session's values, in bytes. @default 65536 */
+  maxSize?: number;
+  /**
+   * Trust `X-Forwarded-For`/`X-Forwarded-Proto` from the direct peer: `true`, or a function
+   * deciding per peer address. @default false
+   */
+  trustProxy?: boolean | ((address: string) => boolean);
+  /** Keys (top-level) carried into the new session at `login()`; flash messages always are. @default [] */
+  keepOnLogin?: readonly string[];
+  /** Receives security and lifecycle events (see docs/security.md). @default no-op */
+  audit?: (event: AuditEvent) => void;
+  /** Receives operational warnings (corrupt records, insecure transport). @default console.warn */
+  warn?: (message: string) => void;
+  /** The form field and header names the CSRF check reads. @default { field: '_csrf', header: 'x-csrf-token' } */
+  csrf?: { field?: string; header?: string };
+  /** `Clear-Site-Data` value sent on logout; `false` to omit. @default '"cache"' */
+  clearSiteData?: string | false;
+  /** Clock in milliseconds, for tests. @default Date.now */
+  now?: () => number;
+}
+
+export interface ResolvedOptions {
+  secrets: readonly string[];
+  cookie: Required<Pick<CookieOptions, 'name' | 'secure' | 'sameSite' | 'path' | 'partitioned'>> &
+    Pick<CookieOptions, 'domain' | 'maxAge'>;
+  idleTimeout: number;
+  absoluteTimeout: number;
+  touchInterval: number;
+  binding: {
+    userAgent: boolean;
+    ip: false | { v4Prefix: number; v6Prefix: number };
+    action: 'destroy' | 'log';
+  };
+  encrypt: boolean;
+  maxSize: number;
+  trustProxy: (address: string) => boolean;
+  keepOnLogin: ReadonlySet<string>;
+  csrf: { field: string; header: string };
+  clearSiteData: string | false;
+  now: () => number;
+}
+
+const MINUTE = 60_000;
+const HOUR = 60 * MINUTE;
+export const DEFAULT_IDLE_TIMEOUT = 30 * MINUTE;
+export const DEFAULT_ABSOLUTE_TIMEOUT = 12 * HOUR;
+
+function fail(message: string): never {
+  throw new SessionError('INVALID_OPTION', message);
+}
+
+function duration(options: object, name: string, fallback: number): number {
+  if (!(name in options)) return fallback;
+  const value = (options as Record<string, unknown>)[name];
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+    fail(
+      `${name} must be a positive, finite number of milliseconds (got ${String(value)}); sessions without a limit are not supported. Omit it to use the default of ${fallback} ms.`,
+    );
+  }
+  return value;
+}
+
+// RFC 6265 cookie-name token: no separators, no controls (the CVE-2024-47764 lesson).
+const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const COOKIE_PATH = /^[\u0020-\u003A\u003C-\u007E]*$/;
+const COOKIE_DOMAIN = /^\.?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
+
+/** Validates options once and fills in defaults; every message says what to change. */
+export function resolveOptions(options: SessionManagerOptions): ResolvedOptions {
+  if (options === null || typeof options !== 'object') fail('SessionManager needs an options object.');
+  let secrets: readonly string[];
+  if (options.secrets !== undefined) {
+    if (!Array.isArray(options.secrets) || options.secrets.some((s) => typeof s !== 'string')) {
+      fail('secrets must be an array of strings, newest first.');
+    }
+    secrets = options.secrets;
+  } else if (typeof options.secret === 'string') {
+    secrets = [options.secret];
+  } else {
+    throw new SessionError(
+      'WEAK_SECRET',
+      'a secret is required to sign session cookies: pass `secret` (at least 32 random bytes) or `secrets` for rotation.',
+    );
+  }
+
+  const c = options.cookie ?? {};
+  const secure = c.secure ?? true;
+  if (typeof secure !== 'boolean') fail('cookie.secure must be a boolean.');
+  const name = c.name ?? (secure ? '__Host-id' : 'id');
+  if (!COOKIE_NAME.test(name)) {
+    fail(
+      `cookie.name ${JSON.stringify(name)} contains characters not allowed in a cookie name (RFC 6265 token).`,
+    );
+  }
+  const path = c.path ?? '/';
+  if (!path.startsWith('/') || !COOKIE_PATH.test(path))
+    fail('cookie.path must start with "/" and contain no ";" or control characters.');
+  if (c.domain !== undefined && !COOKIE_DOMAIN.test(c.domain))
+    fail(`cookie.domain ${JSON.stringify(c.domain)} is not a valid domain.`);
+  const sameSite = c.sameSite ?? 'lax';
+  if (!['lax', 'strict', 'none'].includes(sameSite))
+    fail("cookie.sameSite must be 'lax', 'strict' or 'none'.");
+  if (sameSite === 'none' && !secure)
+    fail("cookie.sameSite 'none' requires cookie.secure true; browsers reject it otherwise.");
+  if (name.startsWith('__Host-')) {
+    if (!secure)
+      fail(
+        'a __Host- cookie must be Secure: set cookie.secure to true, or choose a name without the __Host- prefix for local HTTP.',
+      );
+    if (c.domain !== undefined)
+      fail(
+        'a __Host- cookie cannot carry a Domain: remove cookie.domain, or use a __Secure- name to share with subdomains.',
+      );
+    if (path !== '/') fail('a __Host- cookie must have Path=/: remove cookie.path.');
+  }
+  if (name.startsWith('__Secure-') && !secure)
+    fail('a __Secure- cookie must be Secure: set cookie.secure to true.');
+  if (c.domain !== undefined && !name.startsWith('__Secure-') && secure) {
+    fail('a cookie shared with subdomains (cookie.domain) must use the __Secure- name prefix.');
+  }
+
+  const idleTimeout = duration(options, 'idleTimeout', DEFAULT_IDLE_TIMEOUT);
+  const absoluteTimeout = duration(options, 'absoluteTimeout', DEFAULT_ABSOLUTE_TIMEOUT);
+  if (idleTimeout > absoluteTimeout) fail('idleTimeout cannot be longer than absoluteTimeout.');
+  const touchInterval = duration(options, 'touchInterval', Math.max(1, Math.floor(idleTimeout / 10)));
+  if (touchInterval >= idleTimeout)
+    fail('touchInterval must be shorter than idleTimeout, or sessions would expire while in use.');
+  if (c.maxAge !== undefined) duration(c, 'maxAge', 0);
+  const maxAge = c.maxAge === undefined ? undefined : Math.min(c.maxAge, absoluteTimeout);
+
+  const b = options.binding ?? {};
+  let ip: ResolvedOptions['binding']['ip'] = false;
+  if (b.ip) {
+    const p = b.ip === true ? {} : b.ip;
+    ip = { v4Prefix: p.v4Prefix ?? 24, v6Prefix: p.v6Prefix ?? 64 };
+    if (!(ip.v4Prefix >= 0 && ip.v4Prefix <= 32) || !(ip.v6Prefix >= 0 && ip.v6Prefix <= 128)) {
+      fail('binding.ip prefixes must be 0-32 (IPv4) and 0-128 (IPv6).');
+    }
+  }
+  const action = b.action ?? 'destroy';
+  if (action !== 'destroy' && action !== 'log') fail("binding.action must be 'destroy' or 'log'.");
+
+  const maxSize = options.maxSize === undefined ? 65_536 : duration(options, 'maxSize', 65_536);
+  const tp = options.trustProxy ?? false;
+  const trustProxy = typeof tp === 'function' ? tp : () => tp === true;
+  const keep = options.keepOnLogin ?? [];
+  const now = options.now ?? Date.now;
+  if (typeof now !== 'function') fail('now must be a function returning milliseconds.');
+
+  return {
+    secrets,
+    cookie: { name, secure, sameSite, path, domain: c.domain, maxAge, partitioned: c.partitioned ?? false },
+    idleTimeout,
+    absoluteTimeout,
+    touchInterval,
+    binding: { userAgent: b.userAgent ?? false, ip, action },
+    encrypt: options.encrypt ?? false,
+    maxSize,
+    trustProxy,
+    keepOnLogin: new Set(keep),
+    csrf: {
+      field: options.csrf?.field ?? '_csrf',
+      header: (options.csrf?.header ?? 'x-csrf-token').toLowerCase(),
+    },
+    clearSiteData: options.clearSiteData ?? '"cache"',
+    now,
+  };
+}

@@ -1,0 +1,249 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newToken, storageKey } from '../crypto/ids.js';
+import type { SessionMeta, SessionStore, StoredSession } from '../stores/store.js';
+
+/** What the suite needs to test a store: a fresh instance, and a way to dispose of it. */
+export interface StoreUnderTest {
+  store: SessionStore;
+  /** Called once after the suite (close clients, drop tables, remove directories). */
+  cleanup?: () => Promise<void>;
+}
+
+export interface ConformanceOptions {
+  /** Skip the whole suite with this message (e.g. the server is not reachable on a laptop). */
+  skip?: string | false;
+  /** Extra milliseconds to wait for backend expiry (memcached has 1-second TTL granularity). */
+  expiryGraceMs?: number;
+}
+
+const key = () => storageKey(newToken());
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const HOUR = 3_600_000;
+
+function meta(extra: Partial<SessionMeta> = {}): SessionMeta {
+  const now = Date.now();
+  return { createdAt: now, lastSeenAt: now, deadline: now + HOUR, ...extra };
+}
+
+function record(values: Record<string, string>, extra: Partial<SessionMeta> = {}): StoredSession {
+  return { meta: meta(extra), values };
+}
+
+/**
+ * The store contract as tests: every store of sessionflow passes it against its real backend,
+ * and a custom store can be checked with one call.
+ *
+ * @example
+ * import { describeStoreConformance } from 'sessionflow/testing';
+ * describeStoreConformance('MyStore', async () => ({ store: new MyStore(client) }));
+ */
+export function describeStoreConformance(
+  name: string,
+  factory: () => Promise<StoreUnderTest>,
+  options: ConformanceOptions = {},
+): void {
+  const suite = options.skip ? describe.skip : describe;
+  suite(`store conformance: ${name}${options.skip ? ` (skipped: ${options.skip})` : ''}`, () => {
+    let sut: StoreUnderTest;
+    let store: SessionStore;
+    const grace = options.expiryGraceMs ?? 0;
+
+    beforeAll(async () => {
+      sut = await factory();
+      store = sut.store;
+    });
+    afterAll(async () => {
+      await sut?.cleanup?.();
+    });
+
+    it('SM-12: loading an unknown key returns null and creates nothing', async () => {
+      const k = key();
+      expect(await store.load(k)).toBeNull();
+      expect(await store.commit(k, { set: { 'v:a': '1' }, unset: [] }, HOUR)).toBe('gone');
+      expect(await store.load(k)).toBeNull();
+    });
+
+    it('round-trips metadata and values exactly, including awkward field names and text', async () => {
+      const k = key();
+      const values = {
+        'v:plain': '"hello"',
+        'v:__proto__': '{"polluted":true}',
+        'b:auth:constructor': '42',
+        's:flash': '{"success":["Welcome back!"]}',
+        'v:unicode': JSON.stringify('zażółć 🍪 \u2028 "quoted" \\ back'),
+      };
+      const rec = record(values, { userId: 'u-1', authAt: 123 });
+      expect(await store.create(k, rec, HOUR)).toBe(true);
+      const loaded = await store.load(k);
+      expect(loaded?.meta).toEqual(rec.meta);
+      expect({ ...loaded?.values }).toEqual(values);
+      expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    });
+
+    it('create never overwrites an existing session', async () => {
+      const k = key();
+      expect(await store.create(k, record({ 'v:a': '1' }), HOUR)).toBe(true);
+      expect(await store.create(k, record({ 'v:a': '2' }), HOUR)).toBe(false);
+      expect((await store.load(k))?.values['v:a']).toBe('1');
+    });
+
+    it('commit merges set and unset key by key and updates metadata', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:a': '1', 'v:b': '2', 'v:c': '3' }), HOUR);
+      const result = await store.commit(
+        k,
+        { set: { 'v:b': '20', 'v:d': '4' }, unset: ['v:c'], meta: { lastSeenAt: 999, userId: 'u-2' } },
+        HOUR,
+      );
+      expect(result).toBe('ok');
+      const loaded = await store.load(k);
+      expect({ ...loaded?.values }).toEqual({ 'v:a': '1', 'v:b': '20', 'v:d': '4' });
+      expect(loaded?.meta.lastSeenAt).toBe(999);
+      expect(loaded?.meta.userId).toBe('u-2');
+    });
+
+    it('touch updates metadata and keeps values; touching a missing session is "gone"', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:a': '1' }), HOUR);
+      expect(await store.touch(k, { lastSeenAt: 4242 }, HOUR)).toBe('ok');
+      const loaded = await store.load(k);
+      expect(loaded?.meta.lastSeenAt).toBe(4242);
+      expect(loaded?.values['v:a']).toBe('1');
+      expect(await store.touch(key(), { lastSeenAt: 1 }, HOUR)).toBe('gone');
+    });
+
+    it('SM-35: destroy wins; a commit after destroy writes nothing and does not resurrect', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:a': '1' }), HOUR);
+      const snapshot = await store.load(k);
+      expect(snapshot).not.toBeNull();
+      await store.destroy(k);
+      await store.destroy(k); // idempotent
+      expect(await store.commit(k, { set: { 'v:b': '2' }, unset: [] }, HOUR)).toBe('gone');
+      expect(await store.touch(k, { lastSeenAt: Date.now() }, HOUR)).toBe('gone');
+      expect(await store.load(k)).toBeNull();
+    });
+
+    it('SM-58: 20 parallel commits setting different keys all survive', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:base': '0' }), HOUR);
+      const results = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          store.commit(k, { set: { [`b:cart:item${i}`]: String(i) }, unset: [] }, HOUR),
+        ),
+      );
+      expect(results.every((r) => r === 'ok')).toBe(true);
+      const loaded = await store.load(k);
+      for (let i = 0; i < 20; i++) expect(loaded?.values[`b:cart:item${i}`]).toBe(String(i));
+      expect(loaded?.values['v:base']).toBe('0');
+    });
+
+    it('a key removed by one request stays removed while another request writes a different key', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:gone': '1', 'v:kept': '1' }), HOUR);
+      await Promise.all([
+        store.commit(k, { set: {}, unset: ['v:gone'] }, HOUR),
+        store.commit(k, { set: { 'v:new': '2' }, unset: [] }, HOUR),
+      ]);
+      const loaded = await store.load(k);
+      expect(loaded?.values['v:gone']).toBeUndefined();
+      expect(loaded?.values['v:new']).toBe('2');
+      expect(loaded?.values['v:kept']).toBe('1');
+    });
+
+    it('SM-35: logout racing a slow writer: the writer finds the session gone', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:a': '1' }), HOUR);
+      const slow = (async () => {
+        await store.load(k);
+        await sleep(30);
+        return store.commit(k, { set: { 'v:late': 'x' }, unset: [] }, HOUR);
+      })();
+      await store.destroy(k);
+      expect(await slow).toBe('gone');
+      expect(await store.load(k)).toBeNull();
+    });
+
+    it('SM-23: regenerate (create new + destroy old) leaves exactly one live record with the data', async () => {
+      const oldKey = key();
+      const newKey = key();
+      await store.create(oldKey, record({ 'v:a': '1' }, { userId: 'u-regen' }), HOUR);
+      const loaded = (await store.load(oldKey))!;
+      expect(
+        await store.create(newKey, { meta: loaded.meta, values: { ...loaded.values, 'v:b': '2' } }, HOUR),
+      ).toBe(true);
+      await store.destroy(oldKey);
+      expect(await store.load(oldKey)).toBeNull();
+      expect({ ...(await store.load(newKey))?.values }).toEqual({ 'v:a': '1', 'v:b': '2' });
+      if (store.capabilities.listByUser && store.sessionsOf) {
+        const listed = (await store.sessionsOf('u-regen')).map((s) => s.key);
+        expect(listed).toEqual([newKey]);
+      }
+    });
+
+    it('SM-28: an expired record is never returned, and cannot be committed to', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:a': '1' }), 40);
+      expect(await store.load(k)).not.toBeNull();
+      await sleep(120 + grace);
+      expect(await store.load(k)).toBeNull();
+      expect(await store.commit(k, { set: { 'v:b': '1' }, unset: [] }, HOUR)).toBe('gone');
+      expect(await store.load(k)).toBeNull();
+    });
+
+    it('SM-29: a non-positive TTL removes the session instead of keeping it alive', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:a': '1' }), HOUR);
+      expect(await store.commit(k, { set: { 'v:b': '1' }, unset: [] }, 0)).toBe('gone');
+      expect(await store.load(k)).toBeNull();
+      const k2 = key();
+      await store.create(k2, record({ 'v:a': '1' }), HOUR);
+      expect(await store.touch(k2, { lastSeenAt: 1 }, -5)).toBe('gone');
+      expect(await store.load(k2)).toBeNull();
+    });
+
+    it('stores a 100 KB value intact', async () => {
+      const k = key();
+      const big = JSON.stringify('x'.repeat(100_000));
+      await store.create(k, record({ 'v:big': big }), HOUR);
+      expect((await store.load(k))?.values['v:big']).toBe(big);
+    });
+
+    it('SM-37: lists sessions by user, following commits, destroy and expiry (if capable)', async () => {
+      if (!store.capabilities.listByUser || !store.sessionsOf) {
+        expect(store.sessionsOf).toBeUndefined();
+        return;
+      }
+      const user = `u-${newToken().slice(0, 8)}`;
+      const a = key();
+      const b = key();
+      const c = key();
+      await store.create(a, record({}, { userId: user }), HOUR);
+      await store.create(b, record({}, { userId: user }), HOUR);
+      await store.create(c, record({}), HOUR);
+      expect(await store.commit(c, { set: {}, unset: [], meta: { userId: user } }, HOUR)).toBe('ok');
+      expect((await store.sessionsOf(user)).map((s) => s.key).sort()).toEqual([a, b, c].sort());
+      await store.destroy(b);
+      const listed = await store.sessionsOf(user);
+      expect(listed.map((s) => s.key).sort()).toEqual([a, c].sort());
+      expect(listed.find((s) => s.key === a)?.meta.userId).toBe(user);
+      const d = key();
+      await store.create(d, record({}, { userId: user }), 40);
+      await sleep(120 + grace);
+      expect((await store.sessionsOf(user)).map((s) => s.key).sort()).toEqual([a, c].sort());
+    });
+
+    it('gc removes expired sessions and keeps live ones (if capable)', async () => {
+      if (!store.capabilities.gc || !store.gc) return;
+      const expired = key();
+      const live = key();
+      await store.create(expired, record({ 'v:a': '1' }), 40);
+      await store.create(live, record({ 'v:a': '2' }), HOUR);
+      await sleep(120 + grace);
+      const removed = await store.gc();
+      expect(removed).toBeGreaterThanOrEqual(store.capabilities.nativeTtl ? 0 : 1);
+      expect(await store.load(expired)).toBeNull();
+      expect((await store.load(live))?.values['v:a']).toBe('2');
+    });
+  });
+}

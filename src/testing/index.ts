@@ -1,0 +1,1 @@
+export { type ConformanceOptions, describeStoreConformance, type StoreUnderTest } from './conformance.js';
