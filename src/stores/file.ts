@@ -83,7 +83,12 @@ export class FileStore implements SessionStore {
     this.#ready ??= (async () => {
       await fs.mkdir(join(this.dir, 'users'), { recursive: true, mode: 0o700 });
       await fs.chmod(this.dir, 0o700);
-    })();
+    })().catch((err: unknown) => {
+      // A directory that is not usable yet (mount not ready, wrong permissions) may be fixed
+      // while the process runs: try again on the next request instead of failing forever.
+      this.#ready = undefined;
+      throw err;
+    });
     return this.#ready;
   }
 
