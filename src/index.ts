@@ -3,13 +3,15 @@ export { auditTag, isWellFormedToken, newToken, storageKey } from './crypto/ids.
 export { KeyRing, MIN_SECRET_BYTES } from './crypto/keyring.js';
 export { SessionError, type SessionErrorCode, storeUnavailable } from './errors.js';
 export { type AuditEvent, type AuditEventType, type ClientInfo, jsonLinesAudit } from './features/audit.js';
-export { Csrf, type CsrfRequest, csrfDecision } from './features/csrf.js';
+export { Csrf, type CsrfRequest, csrfDecision, isSafeMethod } from './features/csrf.js';
 export { escapeHtml, Flash, type FlashMessages, type FlashType } from './features/flash.js';
+export { type GuessDetectionSettings, GuessDetector } from './features/throttle.js';
 export { type CommitOutcome, type RequestInfo, SessionManager } from './manager.js';
 export {
   type BindingOptions,
   type CookieOptions,
   DEFAULT_ABSOLUTE_TIMEOUT,
+  DEFAULT_EXPIRED_RETENTION,
   DEFAULT_IDLE_TIMEOUT,
   type ResolvedOptions,
   type SessionManagerOptions,

@@ -5,9 +5,10 @@ import { auditTag, isWellFormedToken, newToken, storageKey } from './crypto/ids.
 import { KeyRing } from './crypto/keyring.js';
 import { SessionError, storeUnavailable } from './errors.js';
 import { type AuditEvent, type AuditEventType, type ClientInfo, cleanHeaderValue } from './features/audit.js';
+import { GuessDetector } from './features/throttle.js';
 import { type ResolvedOptions, resolveOptions, type SessionManagerOptions } from './options.js';
 import { bindingMeta, bindingMismatch } from './policy/binding.js';
-import { expiryReason, remainingTtl, shouldTouch } from './policy/timeouts.js';
+import { expiryReason, remainingTtl, shouldTouch, storeTtl } from './policy/timeouts.js';
 import { Session, type SessionDriver } from './session.js';
 import { FileStore } from './stores/file.js';
 import type { SessionMeta, SessionStore, SessionSummary, StoredSession } from './stores/store.js';
@@ -51,6 +52,7 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
   readonly #driver: SessionDriver;
   readonly #audit: ((event: AuditEvent) => void) | undefined;
   readonly #warn: (message: string) => void;
+  readonly #guesses: GuessDetector | undefined;
   #warnedInsecure = false;
 
   constructor(options: SessionManagerOptions) {
@@ -59,15 +61,20 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
     this.store = options.store ?? new FileStore({ dir: join(tmpdir(), 'sessionflow') });
     this.#audit = options.audit;
     this.#warn = options.warn ?? ((m) => console.warn(`[sessionflow] ${m}`));
+    const guessing = this.options.guessDetection;
+    this.#guesses = guessing ? new GuessDetector(guessing, this.options.now) : undefined;
     const keys = this.#keys;
     const encrypt = this.options.encrypt;
     this.#driver = {
       options: this.options,
       encode: encrypt ? (key, field, json) => keys.seal(json, `${key}\0${field}`) : (_k, _f, json) => json,
+      encodedSize: encrypt
+        ? (json) => keys.sealedLength(Buffer.byteLength(json))
+        : (json) => Buffer.byteLength(json),
       decode: encrypt
         ? (key, field, stored) => {
             const json = keys.open(stored, `${key}\0${field}`);
-            if (json === null) this.#emit('store_corrupt', undefined, {}, 'undecryptable value');
+            if (json === null) this.#emit('store_corrupt', undefined, {}, 'undecryptable value', key);
             return json;
           }
         : (_k, _f, stored) => stored,
@@ -99,6 +106,7 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
     const verified = raw.length <= MAX_COOKIE_VALUE ? this.#keys.verify(o.cookie.name, raw) : null;
     if (!verified || !isWellFormedToken(verified.value)) {
       this.#emit('session_invalid_cookie', undefined, client);
+      this.#countGuess(client);
       return this.#fresh(client, true);
     }
     const key = storageKey(verified.value);
@@ -110,6 +118,7 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
     }
     if (record === null) {
       this.#emit('session_unknown_id', undefined, client, undefined, key);
+      this.#countGuess(client);
       return this.#fresh(client, true);
     }
     const reason = expiryReason(o, record.meta, o.now());
@@ -180,7 +189,7 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
         const record: StoredSession = { meta, values };
         let created: boolean;
         try {
-          created = await this.store.create(key, record, remainingTtl(o, meta, now));
+          created = await this.store.create(key, record, storeTtl(o, meta, now));
         } catch (err) {
           throw storeUnavailable('create', err);
         }
@@ -205,12 +214,33 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
       }
       const values: Record<string, string> = {};
       for (const [f, v] of json) values[f] = this.#driver.encode(key, f, v);
-      const meta: SessionMeta = { ...p.record.meta, ...p.meta, lastSeenAt: now };
+      // login() ran in this request: a new identity, not one carried over from the old session.
+      const loggedIn = p.meta.userId !== undefined;
+      const meta: SessionMeta = {
+        ...p.record.meta,
+        // Login binds the session to the client that logged in, even a session created before
+        // binding was turned on.
+        ...(loggedIn ? bindingMeta(o.binding, session.client) : {}),
+        ...p.meta,
+        lastSeenAt: now,
+      };
       const record: StoredSession = { meta, values };
-      const ttl = remainingTtl(o, meta, now);
+      const ttl = storeTtl(o, meta, now);
+      const from = p.regenerateFrom;
       try {
+        // The new record carries the old one's data and identity forward, which is valid only
+        // while the old one exists: a logout or revocation that landed while this request ran
+        // must win (SM-35), even over a reauthentication. A login does not depend on the old
+        // session, so a double-submitted login form still signs the user in.
+        if (!loggedIn) {
+          const oldTtl = storeTtl(o, { ...p.record.meta, lastSeenAt: now }, now);
+          if ((await this.store.touch(from.key, { lastSeenAt: now }, oldTtl)) === 'gone') {
+            out.gone = true;
+            return out;
+          }
+        }
         if (!(await this.store.create(key, record, ttl))) throw new Error('regenerated key already exists');
-        if (p.regenerateFrom.deleteOld) await this.store.destroy(p.regenerateFrom.key);
+        if (from.deleteOld) await this.store.destroy(from.key);
       } catch (err) {
         throw storeUnavailable('regenerate', err);
       }
@@ -221,14 +251,15 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
     }
 
     const meta: SessionMeta = { ...p.record.meta, ...p.meta, lastSeenAt: now };
-    const ttl = remainingTtl(o, meta, now);
     out.noStore = true;
-    if (ttl <= 0) {
+    // The session died while this request ran (a slow handler crossed the deadline).
+    if (remainingTtl(o, meta, now) <= 0) {
       await this.#destroyQuietly(key);
       out.gone = true;
       this.#clear(out);
       return out;
     }
+    const ttl = storeTtl(o, meta, now);
     let result: 'ok' | 'gone';
     let written = true;
     try {
@@ -312,6 +343,19 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
     this.#emit('malicious_csrf', session.isNew ? undefined : session, session.client, reason);
   }
 
+  /** Records a failed login attempt (`authn_login_fail`) for the user id that was tried. */
+  reportLoginFailure(session: Session<D> | Session, userId?: string | number, reason?: string): void {
+    const tried = userId === undefined ? undefined : String(userId);
+    this.#emit(
+      'authn_login_fail',
+      session.isNew ? undefined : session,
+      session.client,
+      reason,
+      undefined,
+      tried,
+    );
+  }
+
   /** Deletes expired sessions (Phalcon's garbage collection). Returns how many were removed. */
   async gc(): Promise<number> {
     if (!this.store.gc) return 0;
@@ -376,6 +420,13 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
     if (this.options.clearSiteData) out.clearSiteData = this.options.clearSiteData;
   }
 
+  /** An invalid or unknown session cookie: one more guess from this address (SM-42). */
+  #countGuess(client: ClientInfo): void {
+    if (this.#guesses && client.ip && this.#guesses.record(client.ip)) {
+      this.#emit('suspicious', undefined, client, 'invalid-session-cookies');
+    }
+  }
+
   async #destroyQuietly(key: string): Promise<void> {
     try {
       await this.store.destroy(key);
@@ -395,7 +446,7 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
   ): void {
     const sink = this.#audit;
     if (!sink) return;
-    const sessionKey = key ?? (session && !session.isNew ? session.id : session?.id);
+    const sessionKey = key ?? session?.id;
     const event: AuditEvent = { type, time: new Date(this.options.now()).toISOString() };
     if (sessionKey) event.sid = auditTag(sessionKey);
     const uid = userId ?? session?.userId;

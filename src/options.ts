@@ -1,5 +1,6 @@
 import { SessionError } from './errors.js';
 import type { AuditEvent } from './features/audit.js';
+import type { GuessDetectionSettings } from './features/throttle.js';
 import type { SessionStore } from './stores/store.js';
 
 /** Cookie settings. Secure by default; relax only for local HTTP development. */
@@ -64,6 +65,14 @@ export interface SessionManagerOptions {
    */
   absoluteTimeout?: number;
   /**
+   * How long the store keeps a session's record after the session expired. The record is refused
+   * from the moment of expiry; keeping it is what lets a returning client be told why its session
+   * ended (`session_expired` with reason 'idle' or 'absolute', `session.endedReason`). With 0,
+   * records vanish exactly at expiry and a client returning later is just an unknown ID.
+   * @default 300_000 (5 minutes, the margin Spring Session keeps for its expiry events)
+   */
+  expiredRetention?: number;
+  /**
    * Minimum time between two idle-timer refreshes of a session that changed nothing, so a
    * read-only request does not write on every hit.
    * @default idleTimeout / 10
@@ -89,6 +98,13 @@ export interface SessionManagerOptions {
   csrf?: { field?: string; header?: string };
   /** `Clear-Site-Data` value sent on logout; `false` to omit. @default '"cache"' */
   clearSiteData?: string | false;
+  /**
+   * Report session-ID guessing: an address sending `limit` invalid or unknown session cookies
+   * within `windowMs` yields one `suspicious` audit event per window. The address is the one
+   * resolved through `trustProxy`. `false` turns it off.
+   * @default { limit: 100, windowMs: 10_000, maxAddresses: 10_000 }
+   */
+  guessDetection?: boolean | { limit?: number; windowMs?: number; maxAddresses?: number };
   /** Clock in milliseconds, for tests. @default Date.now */
   now?: () => number;
 }
@@ -99,6 +115,7 @@ export interface ResolvedOptions {
     Pick<CookieOptions, 'domain' | 'maxAge'>;
   idleTimeout: number;
   absoluteTimeout: number;
+  expiredRetention: number;
   touchInterval: number;
   binding: {
     userAgent: boolean;
@@ -111,6 +128,7 @@ export interface ResolvedOptions {
   keepOnLogin: ReadonlySet<string>;
   csrf: { field: string; header: string };
   clearSiteData: string | false;
+  guessDetection: GuessDetectionSettings | false;
   now: () => number;
 }
 
@@ -118,20 +136,29 @@ const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
 export const DEFAULT_IDLE_TIMEOUT = 30 * MINUTE;
 export const DEFAULT_ABSOLUTE_TIMEOUT = 12 * HOUR;
+export const DEFAULT_EXPIRED_RETENTION = 5 * MINUTE;
 
 function fail(message: string): never {
   throw new SessionError('INVALID_OPTION', message);
 }
 
-function duration(options: object, name: string, fallback: number): number {
-  if (!(name in options)) return fallback;
-  const value = (options as Record<string, unknown>)[name];
+/** A positive, finite number, or an INVALID_OPTION error that says how to fix it. */
+function positive(value: unknown, label: string, unit: string, hint: string): number {
   if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
-    fail(
-      `${name} must be a positive, finite number of milliseconds (got ${String(value)}); sessions without a limit are not supported. Omit it to use the default of ${fallback} ms.`,
-    );
+    fail(`${label} must be a positive, finite number of ${unit} (got ${String(value)}); ${hint}`);
   }
   return value;
+}
+
+function duration(options: object, name: string, fallback: number): number {
+  // Present-but-undefined is refused too: it is how "no limit" usually sneaks in from config.
+  if (!(name in options)) return fallback;
+  return positive(
+    (options as Record<string, unknown>)[name],
+    name,
+    'milliseconds',
+    `sessions without a limit are not supported. Omit it to use the default of ${fallback} ms.`,
+  );
 }
 
 // RFC 6265 cookie-name token: no separators, no controls (the CVE-2024-47764 lesson).
@@ -199,7 +226,19 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
   const touchInterval = duration(options, 'touchInterval', Math.max(1, Math.floor(idleTimeout / 10)));
   if (touchInterval >= idleTimeout)
     fail('touchInterval must be shorter than idleTimeout, or sessions would expire while in use.');
-  if (c.maxAge !== undefined) duration(c, 'maxAge', 0);
+  const expiredRetention = options.expiredRetention ?? DEFAULT_EXPIRED_RETENTION;
+  if (typeof expiredRetention !== 'number' || !Number.isFinite(expiredRetention) || expiredRetention < 0) {
+    fail(
+      `expiredRetention must be a finite number of milliseconds, 0 or more (got ${String(expiredRetention)}); omit it for ${DEFAULT_EXPIRED_RETENTION}.`,
+    );
+  }
+  if (c.maxAge !== undefined)
+    positive(
+      c.maxAge,
+      'cookie.maxAge',
+      'milliseconds',
+      'omit it for a cookie that ends with the browser session.',
+    );
   const maxAge = c.maxAge === undefined ? undefined : Math.min(c.maxAge, absoluteTimeout);
 
   const b = options.binding ?? {};
@@ -214,10 +253,20 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
   const action = b.action ?? 'destroy';
   if (action !== 'destroy' && action !== 'log') fail("binding.action must be 'destroy' or 'log'.");
 
-  const maxSize = options.maxSize === undefined ? 65_536 : duration(options, 'maxSize', 65_536);
+  const maxSize =
+    options.maxSize === undefined
+      ? 65_536
+      : positive(options.maxSize, 'maxSize', 'bytes', 'omit it to use the default of 65536 bytes.');
   const tp = options.trustProxy ?? false;
+  if (typeof tp !== 'boolean' && typeof tp !== 'function') {
+    fail(
+      "trustProxy must be true, false or a function (address) => boolean, e.g. (a) => a === '127.0.0.1'; Express-style strings such as 'loopback' are not supported.",
+    );
+  }
   const trustProxy = typeof tp === 'function' ? tp : () => tp === true;
   const keep = options.keepOnLogin ?? [];
+  if (!Array.isArray(keep)) fail('keepOnLogin must be an array of top-level key names.');
+  const guessDetection = resolveGuessDetection(options.guessDetection ?? true);
   const now = options.now ?? Date.now;
   if (typeof now !== 'function') fail('now must be a function returning milliseconds.');
 
@@ -226,6 +275,7 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
     cookie: { name, secure, sameSite, path, domain: c.domain, maxAge, partitioned: c.partitioned ?? false },
     idleTimeout,
     absoluteTimeout,
+    expiredRetention,
     touchInterval,
     binding: { userAgent: b.userAgent ?? false, ip, action },
     encrypt: options.encrypt ?? false,
@@ -237,6 +287,32 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
       header: (options.csrf?.header ?? 'x-csrf-token').toLowerCase(),
     },
     clearSiteData: options.clearSiteData ?? '"cache"',
+    guessDetection,
     now,
+  };
+}
+
+function resolveGuessDetection(
+  option: NonNullable<SessionManagerOptions['guessDetection']>,
+): GuessDetectionSettings | false {
+  if (option === false) return false;
+  const o = option === true ? {} : option;
+  if (typeof o !== 'object' || o === null)
+    fail('guessDetection must be true, false or { limit, windowMs, maxAddresses }.');
+  const count = (name: 'limit' | 'maxAddresses', fallback: number) => {
+    const value = o[name] ?? fallback;
+    if (!Number.isInteger(value) || value < 1)
+      fail(
+        `guessDetection.${name} must be a positive integer (got ${String(value)}); omit it for ${fallback}.`,
+      );
+    return value;
+  };
+  return {
+    limit: count('limit', 100),
+    windowMs:
+      o.windowMs === undefined
+        ? 10_000
+        : positive(o.windowMs, 'guessDetection.windowMs', 'milliseconds', 'omit it for 10000.'),
+    maxAddresses: count('maxAddresses', 10_000),
   };
 }

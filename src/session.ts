@@ -13,6 +13,8 @@ export interface SessionDriver {
   readonly options: ResolvedOptions;
   /** Encodes (and with encryption on, seals) one value for `key`. */
   encode(key: string, field: string, json: string): string;
+  /** Bytes `json` will take in the store once encoded (sealed, with encryption on). */
+  encodedSize(json: string): number;
   /** Decodes one stored value; null if it cannot be opened (tampered, foreign key). */
   decode(key: string, field: string, stored: string): string | null;
   destroy(key: string): Promise<void>;
@@ -201,8 +203,9 @@ export class Session<D extends Record<string, unknown> = Record<string, unknown>
   setField(field: string, value: unknown): void {
     const json = toJson(value, field.startsWith(USER) ? field.slice(USER.length) : field);
     if (this.#json(field) === json) return;
+    // Checked before the write: a refused value must not be committed anyway at the end of the request.
+    this.#checkSize(field, json);
     this.#changes.set(field, json);
-    this.#checkSize();
   }
 
   /** @internal */
@@ -251,16 +254,23 @@ export class Session<D extends Record<string, unknown> = Record<string, unknown>
     return json ?? undefined;
   }
 
-  #checkSize(): void {
-    let total = 0;
+  /**
+   * Throws VALUE_TOO_LARGE if setting `field` to `json` would take the stored session over
+   * maxSize. Counted as stored (sealed, in bytes) on both sides, so whatever one request was
+   * allowed to write never blocks the writes of the next.
+   */
+  #checkSize(field: string, json: string): void {
+    const d = this.#driver;
+    let total = Buffer.byteLength(field) + d.encodedSize(json);
     if (this.#record)
       for (const [f, v] of Object.entries(this.#record.values))
-        if (!this.#changes.has(f)) total += f.length + v.length;
-    for (const [f, v] of this.#changes) if (v !== undefined) total += f.length + v.length;
-    if (total > this.#driver.options.maxSize) {
+        if (f !== field && !this.#changes.has(f)) total += Buffer.byteLength(f) + Buffer.byteLength(v);
+    for (const [f, v] of this.#changes)
+      if (f !== field && v !== undefined) total += Buffer.byteLength(f) + d.encodedSize(v);
+    if (total > d.options.maxSize) {
       throw new SessionError(
         'VALUE_TOO_LARGE',
-        `session data would be ${total} bytes, over the ${this.#driver.options.maxSize}-byte limit; keep sessions small (store ids, not objects) or raise maxSize.`,
+        `session data would be ${total} bytes, over the ${d.options.maxSize}-byte limit; keep sessions small (store ids, not objects) or raise maxSize.`,
       );
     }
   }

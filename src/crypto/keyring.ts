@@ -65,6 +65,9 @@ export interface Verified {
 
 const MAC_LENGTH = 43; // base64url of 32 bytes
 const SEAL_VERSION = 'a1';
+const SEAL_PREFIX = `${SEAL_VERSION}.0.`;
+const IV_BYTES = 12;
+const TAG_BYTES = 16;
 
 /**
  * An ordered set of secrets: the first signs and encrypts, all verify and decrypt, so secrets
@@ -114,12 +117,17 @@ export class KeyRing {
    * (session + value name), so it cannot be moved to another session or key.
    */
   seal(plaintext: string, aad: string): string {
-    const iv = randomBytes(12);
+    const iv = randomBytes(IV_BYTES);
     const cipher = createCipheriv('aes-256-gcm', this.#keys[0]!.enc, iv);
     cipher.setAAD(Buffer.from(aad, 'utf8'));
     const body = Buffer.concat([cipher.update(plaintext, 'utf8'), cipher.final()]);
     const tag = cipher.getAuthTag();
-    return `${SEAL_VERSION}.0.${Buffer.concat([iv, tag, body]).toString('base64url')}`;
+    return `${SEAL_PREFIX}${Buffer.concat([iv, tag, body]).toString('base64url')}`;
+  }
+
+  /** Length of what {@link seal} returns for a plaintext of `bytes` UTF-8 bytes (IV + tag + body, base64url). */
+  sealedLength(bytes: number): number {
+    return SEAL_PREFIX.length + Math.ceil(((IV_BYTES + TAG_BYTES + bytes) * 4) / 3);
   }
 
   /** Decrypts a value sealed by {@link seal} with any key of the ring; null if it does not verify. */
@@ -127,10 +135,10 @@ export class KeyRing {
     if (!sealed.startsWith(`${SEAL_VERSION}.`)) return null;
     const payload = sealed.slice(sealed.indexOf('.', SEAL_VERSION.length + 1) + 1);
     const raw = Buffer.from(payload, 'base64url');
-    if (raw.length < 28) return null;
-    const iv = raw.subarray(0, 12);
-    const tag = raw.subarray(12, 28);
-    const body = raw.subarray(28);
+    if (raw.length < IV_BYTES + TAG_BYTES) return null;
+    const iv = raw.subarray(0, IV_BYTES);
+    const tag = raw.subarray(IV_BYTES, IV_BYTES + TAG_BYTES);
+    const body = raw.subarray(IV_BYTES + TAG_BYTES);
     for (const key of this.#keys) {
       try {
         const decipher = createDecipheriv('aes-256-gcm', key.enc, iv);

@@ -15,7 +15,9 @@ export type AuditEventType =
   | 'authn_login_success'
   | 'authn_login_fail'
   | 'malicious_csrf'
-  | 'store_corrupt';
+  | 'store_corrupt'
+  /** Many invalid or unknown session cookies from one address: ID guessing (SM-42). */
+  | 'suspicious';
 
 export interface AuditEvent {
   type: AuditEventType;

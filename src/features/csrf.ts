@@ -46,6 +46,11 @@ export class Csrf {
 
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 
+/** True for methods that must not change state, which the CSRF check lets through. */
+export function isSafeMethod(method: string): boolean {
+  return SAFE_METHODS.has(method.toUpperCase());
+}
+
 /** What the CSRF check needs from a request, whatever the framework. */
 export interface CsrfRequest {
   method: string;
@@ -73,7 +78,7 @@ export function csrfDecision(
   req: CsrfRequest,
   names: { field: string; header: string },
 ): 'ok' | 'cross-site' | 'origin' | 'token' {
-  if (SAFE_METHODS.has(req.method.toUpperCase())) return 'ok';
+  if (isSafeMethod(req.method)) return 'ok';
   const site = header(req, 'sec-fetch-site');
   if (site === 'cross-site' || site === 'same-site') return 'cross-site';
   const origin = header(req, 'origin');

@@ -1,6 +1,6 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { SessionError } from '../errors.js';
-import { csrfDecision } from '../features/csrf.js';
+import { csrfDecision, isSafeMethod } from '../features/csrf.js';
 import type { SessionManager } from '../manager.js';
 import type { Session } from '../session.js';
 import { type CommitErrorHandler, commitBeforeHeaders, requestInfo } from './http.js';
@@ -61,7 +61,9 @@ export function csrfProtection(
   options: CsrfMiddlewareOptions = {},
 ): RequestHandler {
   const names = (manager as unknown as AnyManager).options.csrf;
-  return function sessionflowCsrf(req: Request, _res: Response, next: NextFunction) {
+  return function sessionflowCsrf(req: Request, res: Response, next: NextFunction) {
+    // The outcome of an unsafe request depends on these headers; caches must not mix them up.
+    if (!isSafeMethod(req.method)) res.vary('Sec-Fetch-Site').vary('Origin');
     const s = req.session;
     if (!s) {
       next(

@@ -1,0 +1,45 @@
+/** Settings of {@link GuessDetector}, resolved (see `guessDetection` in the manager options). */
+export interface GuessDetectionSettings {
+  /** Invalid or unknown session cookies from one address, within `windowMs`, that raise the alert. */
+  limit: number;
+  windowMs: number;
+  /** Addresses tracked at once; the least recently seen is forgotten beyond it. */
+  maxAddresses: number;
+}
+
+interface Window {
+  start: number;
+  count: number;
+}
+
+/**
+ * Detects session-ID guessing (OWASP Session Management cheat sheet, "Session ID Guessing and
+ * Brute Force Detection"): counts the invalid or unknown session cookies each client address
+ * sends in a fixed window. An address reaching the limit is reported once per window, so a flood
+ * gives one alert, not one per request. Memory is bounded: a flood of spoofed addresses evicts
+ * the least recently seen ones instead of growing the map.
+ */
+export class GuessDetector {
+  readonly #settings: GuessDetectionSettings;
+  readonly #now: () => number;
+  readonly #windows = new Map<string, Window>();
+
+  constructor(settings: GuessDetectionSettings, now: () => number) {
+    this.#settings = settings;
+    this.#now = now;
+  }
+
+  /** Records one bad cookie from `address`; true exactly when this one reaches the limit. */
+  record(address: string): boolean {
+    const { limit, windowMs, maxAddresses } = this.#settings;
+    const now = this.#now();
+    let window = this.#windows.get(address);
+    if (window === undefined || now - window.start >= windowMs) window = { start: now, count: 0 };
+    // Map order is insertion order: re-inserting marks the address most recently seen.
+    this.#windows.delete(address);
+    this.#windows.set(address, window);
+    if (this.#windows.size > maxAddresses) this.#windows.delete(this.#windows.keys().next().value!);
+    window.count++;
+    return window.count === limit;
+  }
+}

@@ -1,0 +1,78 @@
+import { SessionError } from '../errors.js';
+import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
+import type { Session } from '../session.js';
+
+export interface FetchSessionOptions {
+  /** The client address, if the runtime knows it (the Fetch API does not carry it). */
+  clientIp?: (request: Request) => string | undefined;
+}
+
+/** Facts about a Fetch API request: HTTPS from the URL's scheme, cookies and UA from headers. */
+export function fetchRequestInfo(request: Request, options: FetchSessionOptions = {}): RequestInfo {
+  return {
+    cookieHeader: request.headers.get('cookie') ?? undefined,
+    secure: new URL(request.url).protocol === 'https:',
+    ip: options.clientIp?.(request),
+    userAgent: request.headers.get('user-agent') ?? undefined,
+  };
+}
+
+/** Copies the session's headers onto a Response (a new one if its headers are immutable). */
+export function withSessionHeaders(
+  response: Response,
+  out: CommitOutcome,
+  session: Session<Record<string, unknown>>,
+): Response {
+  if (out.setCookie.length === 0 && !out.clearSiteData && !out.noStore && session.userId === undefined)
+    return response;
+  let target = response;
+  try {
+    applyHeaders(target.headers, out, session);
+  } catch {
+    // Responses from fetch() or Response.redirect() have immutable headers: copy them.
+    target = new Response(response.body, response);
+    applyHeaders(target.headers, out, session);
+  }
+  return target;
+}
+
+function applyHeaders(headers: Headers, out: CommitOutcome, session: Session<Record<string, unknown>>): void {
+  for (const cookie of out.setCookie) headers.append('Set-Cookie', cookie);
+  if (out.clearSiteData) headers.set('Clear-Site-Data', out.clearSiteData);
+  if (
+    out.setCookie.length > 0 ||
+    ((out.noStore || session.userId !== undefined) && !headers.has('Cache-Control'))
+  ) {
+    headers.set('Cache-Control', 'no-store');
+  }
+}
+
+/**
+ * Wraps a Fetch API handler (Bun, Deno, Cloudflare-style, Hono's `app.fetch`, Next.js route
+ * handlers) so it receives the request's session; the session is committed before the
+ * Response is returned. A store outage answers 503.
+ *
+ * @example
+ * export default { fetch: withFetchSession(sessions, async (req, session) => new Response('hi')) };
+ */
+export function withFetchSession<D extends Record<string, unknown>>(
+  manager: SessionManager<D>,
+  handler: (request: Request, session: Session<D>) => Response | Promise<Response>,
+  options: FetchSessionOptions = {},
+): (request: Request) => Promise<Response> {
+  return async (request) => {
+    const info = fetchRequestInfo(request, options);
+    try {
+      const session = await manager.load(info);
+      const response = await handler(request, session);
+      const out = await manager.commit(session, info);
+      return withSessionHeaders(response, out, session as unknown as Session<Record<string, unknown>>);
+    } catch (err) {
+      if (!(err instanceof SessionError) || err.status < 500) throw err;
+      return new Response(`Service Unavailable: ${err.message}\n`, {
+        status: err.status,
+        headers: { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' },
+      });
+    }
+  };
+}

@@ -1,0 +1,131 @@
+import { createHash } from 'node:crypto';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { auditTag, isWellFormedToken, KeyRing, newToken, storageKey } from '../../src/index.js';
+import { Browser, SECRET, setup } from '../helpers/session-kit.js';
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+describe('SM-09: session tokens', () => {
+  it('100,000 tokens are unique, 43 base64url characters, 32 bytes of entropy each', () => {
+    const seen = new Set<string>();
+    const firstChar = new Map<string, number>();
+    const shape = /^[A-Za-z0-9_-]{43}$/;
+    let misshapen = 0;
+    for (let i = 0; i < 100_000; i++) {
+      const t = newToken();
+      if (!shape.test(t)) misshapen++;
+      seen.add(t);
+      firstChar.set(t[0]!, (firstChar.get(t[0]!) ?? 0) + 1);
+    }
+    expect(misshapen).toBe(0);
+    expect(seen.size).toBe(100_000);
+    expect(Buffer.from(newToken(), 'base64url')).toHaveLength(32);
+    // Frequency smoke test: each of the 64 symbols leads ~1562 times; a biased source would not.
+    expect(firstChar.size).toBe(64);
+    for (const n of firstChar.values()) {
+      expect(n).toBeGreaterThan(1200);
+      expect(n).toBeLessThan(1950);
+    }
+  });
+
+  it('does not depend on Math.random: tokens and whole sessions work with it stubbed to throw', async () => {
+    vi.spyOn(Math, 'random').mockImplementation(() => {
+      throw new Error('Math.random must not be used for session ids');
+    });
+    expect(isWellFormedToken(newToken())).toBe(true);
+    const { manager } = setup();
+    const browser = new Browser(manager);
+    await browser.request((s) => {
+      s.set('a', 1);
+      s.csrf.token();
+    });
+    await browser.request((s) => s.regenerateId());
+    expect(browser.cookie).toBeDefined();
+    expect(Math.random).not.toHaveBeenCalled();
+  });
+
+  it('only the exact token shape is well formed', () => {
+    const t = newToken();
+    expect(isWellFormedToken(t)).toBe(true);
+    for (const bad of [
+      t.slice(1),
+      `${t}A`,
+      `${t.slice(1)}+`,
+      `${t.slice(1)}/`,
+      `${t.slice(1)}=`,
+      `${t.slice(1)}é`,
+      '',
+      '../../etc/passwd',
+    ]) {
+      expect(isWellFormedToken(bad), bad).toBe(false);
+    }
+  });
+});
+
+describe('SM-10: the cookie value is opaque', () => {
+  it('carries no user id or e-mail, and two logins in the same millisecond share nothing', async () => {
+    const { manager } = setup();
+    const a = new Browser(manager);
+    const b = new Browser(manager);
+    await a.request((s) => s.login('alice@example.org'));
+    await b.request((s) => s.login('alice@example.org'));
+    for (const value of [a.cookie!, b.cookie!]) {
+      expect(value).toMatch(/^[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}$/);
+      expect(value).not.toContain('alice');
+      expect(value).not.toContain('example');
+    }
+    let common = 0;
+    while (a.cookie![common] === b.cookie![common]) common++;
+    expect(common).toBeLessThan(4);
+  });
+});
+
+describe('SM-16: stores see only a SHA-256 of the token', () => {
+  it('storageKey is the base64url SHA-256 of the token', () => {
+    const t = newToken();
+    expect(storageKey(t)).toBe(createHash('sha256').update(t).digest('base64url'));
+    expect(storageKey(t)).not.toBe(t);
+  });
+
+  it('no store key and no stored byte contains the raw token', async () => {
+    const { manager, store } = setup();
+    const browser = new Browser(manager);
+    await browser.request((s) => s.login(7));
+    await browser.request((s) => s.set('cart', ['x']));
+    const token = browser.cookie!.split('.')[0]!;
+    expect(store.calls.length).toBeGreaterThan(0);
+    for (const call of store.calls) {
+      expect(call.key).toBe(storageKey(token));
+      expect(JSON.stringify(call)).not.toContain(token);
+    }
+  });
+
+  it('a correctly signed cookie carrying the stored hash yields a fresh session, not the stored one', async () => {
+    const { manager, store, events } = setup();
+    const victim = new Browser(manager);
+    await victim.request((s) => s.login(7));
+    const key = victim.key;
+    expect(await store.inner.load(key)).not.toBeNull();
+
+    const attacker = new Browser(manager);
+    attacker.cookie = new KeyRing([SECRET]).sign(manager.options.cookie.name, key);
+    const { session } = await attacker.request();
+    expect(session.isNew).toBe(true);
+    expect(session.userId).toBeUndefined();
+    expect(session.id).not.toBe(key);
+    expect(events.at(-1)?.type).toBe('session_unknown_id');
+    expect((await store.inner.load(key))?.meta.userId).toBe('7');
+  });
+});
+
+describe('audit tags', () => {
+  it('are 12 characters and reveal neither the token nor the storage key', () => {
+    const t = newToken();
+    const tag = auditTag(storageKey(t));
+    expect(tag).toMatch(/^[A-Za-z0-9_-]{12}$/);
+    expect(storageKey(t)).not.toContain(tag);
+    expect(t).not.toContain(tag);
+  });
+});
