@@ -48,8 +48,12 @@ export class SessionError extends Error {
   }
 }
 
-/** Wraps a store driver failure so that the integration answers 503 and the user stays logged in. */
+/**
+ * Wraps a store driver failure so that the integration answers 503 and the user stays logged in.
+ * A store's own SessionError (a value over the backend's item size, say) passes through as is.
+ */
 export function storeUnavailable(operation: string, cause: unknown): SessionError {
+  if (cause instanceof SessionError) return cause;
   return new SessionError(
     'STORE_UNAVAILABLE',
     `The session store failed during ${operation}; the request was refused so no session data is lost. Check that the store is reachable.`,
