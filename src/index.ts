@@ -3,7 +3,7 @@ export { auditTag, isWellFormedToken, newToken, storageKey } from './crypto/ids.
 export { KeyRing, MIN_SECRET_BYTES } from './crypto/keyring.js';
 export { SessionError, type SessionErrorCode, storeUnavailable } from './errors.js';
 export { type AuditEvent, type AuditEventType, type ClientInfo, jsonLinesAudit } from './features/audit.js';
-export { Csrf, type CsrfRequest, csrfDecision, isSafeMethod } from './features/csrf.js';
+export { Csrf, type CsrfPolicy, type CsrfRequest, csrfDecision, isSafeMethod } from './features/csrf.js';
 export { escapeHtml, Flash, type FlashMessages, type FlashType } from './features/flash.js';
 export { type GuessDetectionSettings, GuessDetector } from './features/throttle.js';
 export { type CommitOutcome, type RequestInfo, SessionManager } from './manager.js';

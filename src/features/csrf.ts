@@ -67,32 +67,56 @@ function header(req: CsrfRequest, name: string): string | undefined {
   return Array.isArray(v) ? v[0] : v;
 }
 
+/** How strict the origin part of the check is. */
+export interface CsrfPolicy {
+  /**
+   * Accept an unsafe request that carries neither `Origin`, `Referer` nor `Sec-Fetch-Site` when
+   * its token is valid. Browsers send at least one of them on every POST, so only non-browser
+   * clients need this. @default false
+   */
+  allowMissingOrigin?: boolean;
+}
+
+function allowedOrigins(req: CsrfRequest): readonly string[] {
+  if (req.origin !== undefined) return typeof req.origin === 'string' ? [req.origin] : req.origin;
+  const host = header(req, 'host');
+  return host ? [`http://${host}`, `https://${host}`] : [];
+}
+
+/** The origin the browser says the request comes from: `Origin`, else the `Referer`'s origin. */
+function sourceOrigin(req: CsrfRequest): string | undefined {
+  const origin = header(req, 'origin');
+  if (origin !== undefined) return origin;
+  const referer = header(req, 'referer');
+  if (referer === undefined) return undefined;
+  try {
+    return new URL(referer).origin;
+  } catch {
+    return 'null';
+  }
+}
+
 /**
  * Decides whether an unsafe request may proceed: 'ok', or the reason it may not. Safe methods
- * pass. Unsafe ones need the session's token in the form field or the header (never a cookie),
- * and are refused when the browser says they come from another site (Fetch Metadata) or from
- * another origin. The decision never depends on Content-Type.
+ * pass. Unsafe ones are refused when the browser says they come from another site (Fetch
+ * Metadata), when their Origin (or, without one, their Referer) is not exactly the app's origin,
+ * when none of these headers is present (unless the policy allows it), and when the session's
+ * token is not in the form field or the header (never a cookie). Content-Type plays no part.
  */
 export function csrfDecision(
   csrf: Csrf,
   req: CsrfRequest,
   names: { field: string; header: string },
+  policy: CsrfPolicy = {},
 ): 'ok' | 'cross-site' | 'origin' | 'token' {
   if (isSafeMethod(req.method)) return 'ok';
   const site = header(req, 'sec-fetch-site');
   if (site === 'cross-site' || site === 'same-site') return 'cross-site';
-  const origin = header(req, 'origin');
-  if (origin !== undefined) {
-    const host = header(req, 'host');
-    const allowed: readonly string[] =
-      req.origin === undefined
-        ? host
-          ? [`http://${host}`, `https://${host}`]
-          : []
-        : typeof req.origin === 'string'
-          ? [req.origin]
-          : req.origin;
-    if (origin === 'null' || !allowed.includes(origin)) return 'origin';
+  const source = sourceOrigin(req);
+  if (source !== undefined) {
+    if (source === 'null' || !allowedOrigins(req).includes(source)) return 'origin';
+  } else if (site === undefined && !policy.allowMissingOrigin) {
+    return 'origin';
   }
   const body = req.body;
   const fromBody =

@@ -1,6 +1,6 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { SessionError } from '../errors.js';
-import { csrfDecision, isSafeMethod } from '../features/csrf.js';
+import { type CsrfPolicy, csrfDecision, isSafeMethod } from '../features/csrf.js';
 import type { SessionManager } from '../manager.js';
 import type { Session } from '../session.js';
 import { type CommitErrorHandler, commitBeforeHeaders, requestInfo } from './http.js';
@@ -47,7 +47,7 @@ export function session<D extends Record<string, unknown>>(
   };
 }
 
-export interface CsrfMiddlewareOptions {
+export interface CsrfMiddlewareOptions extends CsrfPolicy {
   /** The app's public origin(s) for the Origin check; derived from the Host header if absent. */
   origin?: string | string[];
 }
@@ -63,7 +63,7 @@ export function csrfProtection(
   const names = (manager as unknown as AnyManager).options.csrf;
   return function sessionflowCsrf(req: Request, res: Response, next: NextFunction) {
     // The outcome of an unsafe request depends on these headers; caches must not mix them up.
-    if (!isSafeMethod(req.method)) res.vary('Sec-Fetch-Site').vary('Origin');
+    if (!isSafeMethod(req.method)) res.vary('Sec-Fetch-Site').vary('Origin').vary('Referer');
     const s = req.session;
     if (!s) {
       next(
@@ -83,6 +83,7 @@ export function csrfProtection(
         ...(options.origin === undefined ? {} : { origin: options.origin }),
       },
       names,
+      options,
     );
     if (decision === 'ok') {
       next();

@@ -86,6 +86,8 @@ export interface RequestOptions {
   body?: string;
   /** Send no Cookie header at all (the jar is still updated from the response). */
   noCookies?: boolean;
+  /** Send no Origin header on an unsafe method (browsers always send one on POST). */
+  noOrigin?: boolean;
 }
 
 /** A browser-like client on one origin with its own jar. */
@@ -104,12 +106,23 @@ export class Client {
 
   async request(path: string, options: RequestOptions = {}): Promise<HttpResult> {
     const headers: Record<string, string> = { 'user-agent': this.userAgent, ...options.headers };
+    const method = (options.method ?? 'GET').toUpperCase();
+    const hasHeader = (name: string) => Object.keys(headers).some((h) => h.toLowerCase() === name);
+    // Like a browser: every POST/PUT/PATCH/DELETE carries the page's Origin unless told otherwise.
+    if (
+      !['GET', 'HEAD', 'OPTIONS'].includes(method) &&
+      !options.noOrigin &&
+      !hasHeader('origin') &&
+      !hasHeader('referer')
+    ) {
+      headers.origin = new URL(this.base).origin;
+    }
     const cookie = this.jar.header();
-    if (cookie && !options.noCookies && !Object.keys(headers).some((h) => h.toLowerCase() === 'cookie')) {
+    if (cookie && !options.noCookies && !hasHeader('cookie')) {
       headers.cookie = cookie;
     }
     const res = await fetch(new URL(path, this.base), {
-      method: options.method ?? 'GET',
+      method,
       headers,
       ...(options.body === undefined ? {} : { body: options.body }),
       redirect: 'manual',

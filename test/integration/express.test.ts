@@ -70,11 +70,16 @@ async function withToken(): Promise<{ cookie: string; token: string }> {
   return { cookie: sessionCookieOf(res, NAME)!, token };
 }
 
+/** A POST as a browser on the app's own page sends it: with the app's Origin, unless overridden. */
 function post(path: string, init: { cookie?: string; headers?: Record<string, string>; body?: string }) {
   return fetch(`${url}${path}`, {
     method: 'POST',
     redirect: 'manual',
-    headers: { ...(init.cookie ? { cookie: init.cookie } : {}), ...init.headers },
+    headers: {
+      origin: new URL(url).origin,
+      ...(init.cookie ? { cookie: init.cookie } : {}),
+      ...init.headers,
+    },
     ...(init.body === undefined ? {} : { body: init.body }),
   });
 }
@@ -188,7 +193,7 @@ describe('SM-43: csrfProtection', () => {
     expect((await send({ 'sec-fetch-site': 'same-site' })).status).toBe(403);
     const ok = await send({ 'sec-fetch-site': 'same-origin' });
     expect(ok.status).toBe(200);
-    expect(ok.headers.get('vary')).toBe('Sec-Fetch-Site, Origin');
+    expect(ok.headers.get('vary')).toBe('Sec-Fetch-Site, Origin, Referer');
     expect((await send({ 'sec-fetch-site': 'none' })).status).toBe(200);
     expect(kit.events.filter((e) => e.type === 'malicious_csrf').at(-1)?.reason).toBe('cross-site');
   });
@@ -228,6 +233,20 @@ describe('SM-43: csrfProtection', () => {
       });
       expect(good.status, `${type} same origin`).toBe(200);
     }
+  });
+
+  it('SM-47: without Origin, Referer or Sec-Fetch-Site a POST is refused even with the token; a same-origin Referer passes', async () => {
+    const { cookie, token } = await withToken();
+    const bare = await fetch(`${url}/transfer`, {
+      method: 'POST',
+      headers: { cookie, 'x-csrf-token': token },
+    });
+    expect(bare.status).toBe(403);
+    expect(kit.events.filter((e) => e.type === 'malicious_csrf').at(-1)?.reason).toBe('origin');
+    const refererOnly = (referer: string) =>
+      fetch(`${url}/transfer`, { method: 'POST', headers: { cookie, referer, 'x-csrf-token': token } });
+    expect((await refererOnly('https://attacker.example/page')).status).toBe(403);
+    expect((await refererOnly(`${url}/form`)).status).toBe(200);
   });
 
   it('mounted without session(), it fails loudly instead of letting requests through', async () => {

@@ -18,7 +18,10 @@ describe('errors from stores', () => {
     const manager = new SessionManager({ secret, store: new SizeLimitedStore() });
     const session = await manager.load({ secure: true });
     session.set('big', 'x'.repeat(2000));
-    await expect(manager.commit(session, { secure: true })).rejects.toMatchObject({ code: 'VALUE_TOO_LARGE', status: 500 });
+    await expect(manager.commit(session, { secure: true })).rejects.toMatchObject({
+      code: 'VALUE_TOO_LARGE',
+      status: 500,
+    });
   });
 
   it('a driver failure becomes a 503 STORE_UNAVAILABLE that keeps the cause', async () => {

@@ -131,8 +131,13 @@ describe('SM-46/SM-47: the CSRF decision', () => {
   let csrf: Csrf;
   let token = '';
 
+  // A browser on the app's own page: it sends the app's Origin with every POST.
   const decide = (req: Partial<CsrfRequest> & { headers?: CsrfRequest['headers'] }) =>
-    csrfDecision(csrf, { method: 'POST', ...req, headers: { host, ...req.headers } }, names);
+    csrfDecision(
+      csrf,
+      { method: 'POST', ...req, headers: { host, origin: `https://${host}`, ...req.headers } },
+      names,
+    );
 
   beforeAll(async () => {
     const { manager } = setup();
@@ -170,6 +175,20 @@ describe('SM-46/SM-47: the CSRF decision', () => {
     expect(decide({ headers: { ...withToken, 'sec-fetch-site': 'same-site' } })).toBe('cross-site');
     expect(decide({ headers: { ...withToken, 'sec-fetch-site': 'same-origin' } })).toBe('ok');
     expect(decide({ headers: { ...withToken, 'sec-fetch-site': 'none' } })).toBe('ok');
+  });
+
+  it('SM-47: with neither Origin nor Referer (nor Sec-Fetch-Site) the request is refused unless the policy allows it', () => {
+    const bare = { method: 'POST', headers: { host, 'x-csrf-token': token } };
+    expect(csrfDecision(csrf, bare, names)).toBe('origin');
+    expect(csrfDecision(csrf, bare, names, { allowMissingOrigin: true })).toBe('ok');
+    expect(
+      csrfDecision(csrf, { ...bare, headers: { ...bare.headers, 'sec-fetch-site': 'same-origin' } }, names),
+    ).toBe('ok');
+    const referer = (r: string) =>
+      csrfDecision(csrf, { ...bare, headers: { ...bare.headers, referer: r } }, names);
+    expect(referer(`https://${host}/form`)).toBe('ok');
+    expect(referer('https://attacker.example/page')).toBe('origin');
+    expect(referer('not a url')).toBe('origin');
   });
 
   it('SM-47: the Origin must match exactly; null and look-alikes are refused', () => {
