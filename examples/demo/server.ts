@@ -49,7 +49,7 @@ async function main(): Promise<void> {
   if (!Number.isInteger(port) || port < 0 || port > 65_535)
     throw new Error(`PORT ${process.env.PORT} is not a port`);
 
-  const { store, label } = await storeFromEnv(process.env.SESSION_STORE, { dataDir });
+  const { store, label, close } = await storeFromEnv(process.env.SESSION_STORE, { dataDir });
   const { app, manager } = createApp({
     store,
     secret: await developmentSecret(),
@@ -85,7 +85,10 @@ async function main(): Promise<void> {
   const stop = () => {
     clearInterval(gc);
     server.close(() => {
-      manager.close().finally(() => process.exit(0));
+      manager
+        .close()
+        .then(close)
+        .finally(() => process.exit(0));
     });
     server.closeAllConnections();
   };

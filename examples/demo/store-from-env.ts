@@ -5,29 +5,110 @@ import { FileStore, MemoryStore, type SessionStore } from '../../src/index.js';
 export interface SelectedStore {
   store: SessionStore;
   label: string;
+  /** Closes the driver's connections (the store does not own the client it was given). */
+  close: () => Promise<void>;
+}
+
+const nothing = async () => {};
+
+/** `scheme://user:secret@host/…` -> `scheme://host/…`: a connection URL may carry a password. */
+function redact(url: string): string {
+  return url.replace(/\/\/[^@/]*@/, '//');
+}
+
+function hosts(url: string): string[] {
+  return url
+    .slice(url.indexOf('://') + 3)
+    .split(',')
+    .map((h) => h.trim())
+    .filter(Boolean);
 }
 
 /**
- * Picks the session store from `SESSION_STORE`:
+ * Picks the session store from `SESSION_STORE` (drivers are imported only when chosen):
  * - `file` (default): one file per session in `<dataDir>/sessions`, kept across restarts;
- * - `memory`: in this process only, lost on restart.
- * Server-backed stores (redis://, postgres://, ...) plug in here as one more branch each.
+ * - `memory`: in this process only, lost on restart;
+ * - `redis://host:6379` (node-redis), `redis-cluster://host:7101,host:7102` (Cluster);
+ * - `memcached://host:11211,host:11212`;
+ * - `postgres://user@host/db`, `mysql://user@host/db`, `sqlite:/path/to/file.db`.
  */
 export async function storeFromEnv(
   value: string | undefined,
   options: { dataDir: string },
 ): Promise<SelectedStore> {
   const choice = (value ?? '').trim() || 'file';
-  if (choice === 'file') {
-    const dir = join(options.dataDir, 'sessions');
-    return { store: new FileStore({ dir }), label: `file (${dir})` };
+  const scheme = choice.includes(':') ? choice.slice(0, choice.indexOf(':')) : choice;
+  switch (scheme) {
+    case 'file': {
+      const dir = join(options.dataDir, 'sessions');
+      return { store: new FileStore({ dir }), label: `file (${dir})`, close: nothing };
+    }
+    case 'memory':
+      return { store: new MemoryStore(), label: 'memory (lost on restart)', close: nothing };
+    case 'redis':
+    case 'rediss': {
+      const { createClient } = await import('redis');
+      const { RedisStore } = await import('../../src/stores/redis.js');
+      const client = createClient({ url: choice });
+      await client.connect();
+      return {
+        store: new RedisStore({ client }),
+        label: `redis (${redact(choice)})`,
+        close: async () => void (await client.quit()),
+      };
+    }
+    case 'redis-cluster': {
+      const { createCluster } = await import('redis');
+      const { RedisStore } = await import('../../src/stores/redis.js');
+      const cluster = createCluster({ rootNodes: hosts(choice).map((h) => ({ url: `redis://${h}` })) });
+      await cluster.connect();
+      return {
+        store: new RedisStore({ client: cluster }),
+        label: `redis cluster (${hosts(choice).join(', ')})`,
+        close: async () => void (await cluster.quit()),
+      };
+    }
+    case 'memcached': {
+      const { default: Memcached } = await import('memcached');
+      const { MemcachedStore, recommendedMemcachedOptions } = await import('../../src/stores/memcached.js');
+      const client = new Memcached(hosts(choice), { ...recommendedMemcachedOptions });
+      return {
+        store: new MemcachedStore(client),
+        label: `memcached (${hosts(choice).join(', ')})`,
+        close: async () => client.end(),
+      };
+    }
+    case 'postgres':
+    case 'postgresql': {
+      const { default: pg } = await import('pg');
+      const { PostgresStore } = await import('../../src/stores/postgres.js');
+      const pool = new pg.Pool({ connectionString: choice });
+      const store = new PostgresStore(pool);
+      await store.migrate();
+      return { store, label: `postgres (${redact(choice)})`, close: () => pool.end() };
+    }
+    case 'mysql':
+    case 'mariadb': {
+      const mysql = await import('mysql2/promise');
+      const { MySqlStore } = await import('../../src/stores/mysql.js');
+      const pool = mysql.createPool(choice.replace(/^mariadb:/, 'mysql:'));
+      const store = new MySqlStore(pool);
+      await store.migrate();
+      return { store, label: `mysql (${redact(choice)})`, close: () => pool.end() };
+    }
+    case 'sqlite': {
+      const { default: Database } = await import('better-sqlite3');
+      const { SqliteStore } = await import('../../src/stores/sqlite.js');
+      const file = choice.replace(/^sqlite:(\/\/)?/, '');
+      const db = new Database(file);
+      db.pragma('journal_mode = WAL');
+      const store = new SqliteStore(db);
+      await store.migrate();
+      return { store, label: `sqlite (${file})`, close: async () => void db.close() };
+    }
+    default:
+      throw new Error(
+        `SESSION_STORE=${JSON.stringify(redact(choice))} is not supported; use file (default), memory, redis://, redis-cluster://, memcached://, postgres://, mysql:// or sqlite:<path>.`,
+      );
   }
-  if (choice === 'memory') {
-    return { store: new MemoryStore(), label: 'memory (lost on restart)' };
-  }
-  // Never echo a connection URL: it may carry a password.
-  const shown = choice.includes('://') ? `${choice.slice(0, choice.indexOf('://'))}://...` : choice;
-  throw new Error(
-    `SESSION_STORE=${JSON.stringify(shown)} is not supported by the demo yet; use "file" (default) or "memory".`,
-  );
 }
