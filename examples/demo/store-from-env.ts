@@ -58,10 +58,15 @@ export async function storeFromEnv(
       };
     }
     case 'redis-cluster': {
-      const { createCluster } = await import('redis');
+      // ioredis, because node-redis 5's Cluster client does not re-route while a dead master
+      // stays down (see docs/stores-redis.md); ioredis follows the replica's promotion.
+      const { Cluster } = await import('ioredis');
       const { RedisStore } = await import('../../src/stores/redis.js');
-      const cluster = createCluster({ rootNodes: hosts(choice).map((h) => ({ url: `redis://${h}` })) });
-      await cluster.connect();
+      const nodes = hosts(choice).map((h) => ({
+        host: h.slice(0, h.lastIndexOf(':')),
+        port: Number(h.slice(h.lastIndexOf(':') + 1)),
+      }));
+      const cluster = new Cluster(nodes);
       return {
         store: new RedisStore({ client: cluster }),
         label: `redis cluster (${hosts(choice).join(', ')})`,

@@ -1,0 +1,659 @@
+import { createHash } from 'node:crypto';
+import { SessionError } from '../errors.js';
+import {
+  type CommitResult,
+  isLiveTtl,
+  type SessionDelta,
+  type SessionMeta,
+  type SessionStore,
+  type SessionSummary,
+  type StoredSession,
+} from './store.js';
+
+/** The part of a node-redis v5 client (`createClient`, `createClientPool`) the store uses. */
+export interface NodeRedisClientLike {
+  sendCommand(args: string[]): Promise<unknown>;
+}
+
+/** The part of a node-redis v5 cluster (`createCluster`) the store uses. */
+export interface NodeRedisClusterLike {
+  sendCommand(firstKey: string, isReadonly: boolean, args: string[]): Promise<unknown>;
+  readonly masters: unknown;
+}
+
+/** The part of a node-redis v5 Sentinel client (`createSentinel`) the store uses. */
+export interface NodeRedisSentinelLike {
+  sendCommand(isReadonly: boolean, args: string[]): Promise<unknown>;
+  use<T>(
+    fn: (client: { sendCommand(isReadonly: boolean, args: string[]): Promise<unknown> }) => Promise<T>,
+  ): Promise<T>;
+  getMasterNode(): unknown;
+}
+
+/** A pipeline of an ioredis v5 client or cluster. */
+export interface IoRedisPipelineLike {
+  call(command: string, ...args: (string | number)[]): IoRedisPipelineLike;
+  exec(): Promise<[Error | null, unknown][] | null>;
+}
+
+/** The part of an ioredis v5 `Redis` (standalone or Sentinel) or `Cluster` the store uses. */
+export interface IoRedisLike {
+  readonly isCluster: boolean;
+  call(command: string, ...args: (string | number)[]): Promise<unknown>;
+  pipeline(): IoRedisPipelineLike;
+}
+
+/** Any client RedisStore accepts: node-redis v5 or ioredis v5, standalone, Sentinel or Cluster. */
+export type RedisClientLike =
+  | NodeRedisClientLike
+  | NodeRedisClusterLike
+  | NodeRedisSentinelLike
+  | IoRedisLike;
+
+/** Ask Redis to confirm each write on replicas before the store answers (Redis `WAIT`). */
+export interface RedisDurability {
+  /** Replicas that must acknowledge each write; fewer within `timeoutMs` is an error. */
+  replicas: number;
+  /** How long one write may wait for its acknowledgements, in milliseconds (> 0). */
+  timeoutMs: number;
+}
+
+/** Options of {@link RedisStore}. */
+export interface RedisStoreOptions {
+  /** Your connected client: node-redis v5 or ioredis v5, standalone, Sentinel or Cluster. */
+  client: RedisClientLike;
+  /** Prepended to every key. Must not contain `{` or `}` (they would change the hash slot). @default 'sf:' */
+  prefix?: string;
+  /** Wait for replicas after each write (see docs/stores-redis.md). @default undefined (asynchronous replication) */
+  durability?: RedisDurability;
+  /** Called when a stored record cannot be parsed; the session is then treated as absent. @default console.warn */
+  onCorrupt?: (redisKey: string, error: Error) => void;
+  /** Clock in milliseconds for the user index scores, for tests. @default Date.now */
+  now?: () => number;
+}
+
+// Keys come from the manager (SHA-256, base64url): a key that is not base64url never reaches
+// Redis, which also rules out `{`/`}` changing the hash slot.
+const KEY = /^[A-Za-z0-9_-]{16,128}$/;
+// Index entries are trimmed by their recorded expiry only once this much later, so clocks that
+// disagree between app servers cannot drop a live session from the index.
+const INDEX_SKEW_MS = 30_000;
+// PEXPIRE rejects values whose deadline overflows; a session never needs more than decades.
+const MAX_TTL_MS = 2 ** 40;
+// Concurrent metadata reads in one `sessionsOf`, so a user with thousands of sessions does not
+// flood the connection in one burst.
+const META_BATCH = 256;
+const META_FIELD = 'meta';
+// Value fields carry this prefix so that no value name can collide with the meta field.
+const VALUE_PREFIX = '.';
+
+// ---- Lua ------------------------------------------------------------------------------------
+// Every script touches exactly one key (KEYS[1]), so it runs on the node that owns that key's
+// slot and is atomic there, on Cluster as on a single server.
+
+// Numbers go through string.format: tostring() and cjson keep only 14 significant digits.
+const LUA_HELPERS = `
+local function num(v)
+  if v == math.floor(v) and v > -1e15 and v < 1e15 then return string.format('%d', v) end
+  return string.format('%.17g', v)
+end
+local function encode(t)
+  local out = {}
+  for k, v in pairs(t) do
+    local kind, s = type(v), nil
+    if kind == 'number' then s = num(v)
+    elseif kind == 'string' then s = cjson.encode(v)
+    elseif kind == 'boolean' then s = tostring(v)
+    elseif v == cjson.null then s = 'null'
+    else s = cjson.encode(v) end
+    out[#out + 1] = cjson.encode(tostring(k)) .. ':' .. s
+  end
+  return '{' .. table.concat(out, ',') .. '}'
+end
+local function tag(v)
+  if type(v) == 'string' then return '=' .. v end
+  if type(v) == 'number' then return '=' .. num(v) end
+  return ''
+end
+local function decodeMeta(raw)
+  if not raw then return nil end
+  local ok, meta = pcall(cjson.decode, raw)
+  if ok and type(meta) == 'table' then return meta end
+  return nil
+end
+-- Lua's unpack has a stack limit: large argument lists go in chunks of 1000.
+local function each(cmd, first, last)
+  for i = first, last, 1000 do
+    redis.call(cmd, KEYS[1], unpack(ARGV, i, math.min(i + 999, last)))
+  end
+end
+`;
+
+interface Script {
+  readonly source: string;
+  readonly sha: string;
+}
+
+function script(body: string, helpers = false): Script {
+  const source = helpers ? `${LUA_HELPERS}\n${body}` : body;
+  return { source, sha: createHash('sha1').update(source).digest('hex') };
+}
+
+const LOAD = script(`return redis.call('HGETALL', KEYS[1])`);
+
+const META = script(`return redis.call('HGET', KEYS[1], '${META_FIELD}')`);
+
+// ARGV: ttl, meta JSON, then field/value pairs.
+const CREATE = script(
+  `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if tonumber(ARGV[1]) <= 0 then return 1 end
+redis.call('HSET', KEYS[1], '${META_FIELD}', ARGV[2])
+each('HSET', 3, #ARGV)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+`,
+  true,
+);
+
+// ARGV: ttl, meta patch ('' or [set, removed]), count of unset fields, unset fields, set pairs.
+// Returns {0} gone, {0, userTag} deleted for a non-positive TTL, {1, previousUserTag,
+// userTag, deadline} written. The previous user lets the caller fix the index of a user change.
+const COMMIT = script(
+  `
+local meta = decodeMeta(redis.call('HGET', KEYS[1], '${META_FIELD}'))
+if not meta then return {0} end
+local before = tag(meta.userId)
+if tonumber(ARGV[1]) <= 0 then
+  redis.call('UNLINK', KEYS[1])
+  return {0, before}
+end
+local nunset = tonumber(ARGV[3])
+each('HDEL', 4, 3 + nunset)
+each('HSET', 4 + nunset, #ARGV)
+if ARGV[2] ~= '' then
+  local patch = cjson.decode(ARGV[2])
+  for k, v in pairs(patch[1]) do meta[k] = v end
+  for _, k in ipairs(patch[2]) do meta[k] = nil end
+  redis.call('HSET', KEYS[1], '${META_FIELD}', encode(meta))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+local deadline = ''
+if type(meta.deadline) == 'number' then deadline = num(meta.deadline) end
+return {1, before, tag(meta.userId), deadline}
+`,
+  true,
+);
+
+// Returns the user tag of the deleted record so the caller can drop it from that user's index.
+const DESTROY = script(
+  `
+local meta = decodeMeta(redis.call('HGET', KEYS[1], '${META_FIELD}'))
+redis.call('UNLINK', KEYS[1])
+if meta then return tag(meta.userId) end
+return ''
+`,
+  true,
+);
+
+// User index (a sorted set, member = session key, score = an upper bound of its expiry).
+// A score ending in .5 marks an entry written before its session was changed ("pending"); the
+// integer score, written once the change is done ("settled"), re-adds the entry if a reader
+// pruned it meanwhile. A pending score never equals a settled one, and INDEX_PRUNE removes only
+// unchanged scores, so no reader's stale view can drop an entry that a writer is working on.
+// The integer part (the expiry bound) never decreases.
+// ARGV: member, bound (integer ms), 'pending' | 'settled', trim-before (ms), skew (ms).
+const INDEX_ADD = script(
+  `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
+local bound = tonumber(ARGV[2])
+local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if current then
+  local base = math.floor(tonumber(current))
+  if base > bound then bound = base end
+end
+local score = num(bound)
+if ARGV[3] == 'pending' then score = score .. '.5' end
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], num(math.ceil(tonumber(top[2])) + tonumber(ARGV[5])))
+return 1
+`,
+  true,
+);
+
+// ARGV: trim-before (ms). Returns member, score, member, score...
+const INDEX_READ = script(`
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+`);
+
+// ARGV: member, score pairs as read. Removes an entry only if its score is unchanged.
+const INDEX_PRUNE = script(`
+local removed = 0
+for i = 1, #ARGV, 2 do
+  local current = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if current and tonumber(current) == tonumber(ARGV[i + 1]) then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+`);
+
+// ---- client adapter -------------------------------------------------------------------------
+
+/** What the store needs from a client: run a script or a command on the master owning `key`. */
+interface Driver {
+  /** EVALSHA (EVAL on NOSCRIPT); with `wait`, then WAIT on the same connection. */
+  run(s: Script, key: string, args: string[], wait?: RedisDurability): Promise<unknown>;
+  /** A single-key write command. */
+  write(key: string, args: string[]): Promise<unknown>;
+}
+
+type Send = (args: string[]) => Promise<unknown>;
+
+function isNoScript(err: unknown): boolean {
+  return err instanceof Error && err.message.startsWith('NOSCRIPT');
+}
+
+function checkAcks(acked: unknown, wait: RedisDurability): void {
+  const count = Number(acked);
+  if (!(count >= wait.replicas)) {
+    throw new SessionError(
+      'STORE_UNAVAILABLE',
+      `Redis WAIT: the write reached ${Number.isFinite(count) ? count : 0} of ${wait.replicas} required replicas within ${wait.timeoutMs} ms. It is on the master but may be lost on failover; check the replicas or lower durability.replicas.`,
+    );
+  }
+}
+
+async function evalOn(send: Send, s: Script, key: string, args: string[]): Promise<unknown> {
+  try {
+    return await send(['EVALSHA', s.sha, '1', key, ...args]);
+  } catch (err) {
+    // Script caches are per node and empty after a restart or failover: send the source once.
+    if (!isNoScript(err)) throw err;
+    return send(['EVAL', s.source, '1', key, ...args]);
+  }
+}
+
+/**
+ * node-redis: `route(key)` sends to the master owning the key; `pinned(key, fn)` runs `fn` on a
+ * single connection, since WAIT only counts the writes of the connection it is sent on.
+ */
+function nodeRedisDriver(
+  route: (key: string) => Send,
+  pinned: <T>(key: string, fn: (send: Send) => Promise<T>) => Promise<T>,
+): Driver {
+  return {
+    run(s, key, args, wait) {
+      if (!wait) return evalOn(route(key), s, key, args);
+      return pinned(key, async (send) => {
+        const reply = await evalOn(send, s, key, args);
+        checkAcks(await send(['WAIT', String(wait.replicas), String(wait.timeoutMs)]), wait);
+        return reply;
+      });
+    },
+    write: (key, args) => route(key)(args),
+  };
+}
+
+function ioRedisDriver(client: IoRedisLike): Driver {
+  const send: Send = ([command, ...args]) => client.call(command!, ...args);
+  // A pipeline goes to one node as one batch: on Cluster, the node owning the script's key,
+  // which is where WAIT must run. A keyless WAIT sent alone would go to a random node.
+  const pipelined = async (
+    command: string,
+    body: string,
+    key: string,
+    args: string[],
+    wait: RedisDurability,
+  ) => {
+    const results = await client
+      .pipeline()
+      .call(command, body, '1', key, ...args)
+      .call('WAIT', wait.replicas, wait.timeoutMs)
+      .exec();
+    if (results?.length !== 2) throw new Error('ioredis returned no pipeline results');
+    const [[scriptError, reply], [waitError, acked]] = results as [
+      [Error | null, unknown],
+      [Error | null, unknown],
+    ];
+    if (scriptError) throw scriptError;
+    if (waitError) throw waitError;
+    checkAcks(acked, wait);
+    return reply;
+  };
+  return {
+    async run(s, key, args, wait) {
+      if (!wait) return evalOn(send, s, key, args);
+      try {
+        return await pipelined('EVALSHA', s.sha, key, args, wait);
+      } catch (err) {
+        if (!isNoScript(err)) throw err;
+        return pipelined('EVAL', s.source, key, args, wait);
+      }
+    },
+    write: (_key, args) => send(args),
+  };
+}
+
+function has(target: object, name: string, kind: 'function' | 'any' = 'function'): boolean {
+  if (!(name in target)) return false;
+  return kind === 'any' || typeof (target as Record<string, unknown>)[name] === 'function';
+}
+
+function driverFor(client: RedisClientLike): Driver {
+  if (typeof client !== 'object' || client === null) {
+    throw new SessionError(
+      'INVALID_OPTION',
+      'RedisStore needs a `client`: a node-redis v5 or ioredis v5 client.',
+    );
+  }
+  // ioredis also has a `sendCommand`, so it is recognised first, by its `call` and `pipeline`.
+  if (has(client, 'call') && has(client, 'pipeline') && has(client, 'isCluster', 'any')) {
+    return ioRedisDriver(client as IoRedisLike);
+  }
+  if (has(client, 'sendCommand')) {
+    if (has(client, 'masters', 'any') && has(client, 'nodeByAddress', 'any')) {
+      const cluster = client as NodeRedisClusterLike;
+      // Both commands routed by the same key reach the same master's single connection.
+      const route =
+        (key: string): Send =>
+        (args) =>
+          cluster.sendCommand(key, false, args);
+      return nodeRedisDriver(route, (key, fn) => fn(route(key)));
+    }
+    if (has(client, 'getMasterNode') && has(client, 'use')) {
+      const sentinel = client as NodeRedisSentinelLike;
+      const send: Send = (args) => sentinel.sendCommand(false, args);
+      return nodeRedisDriver(
+        () => send,
+        (_key, fn) => sentinel.use((leased) => fn((args) => leased.sendCommand(false, args))),
+      );
+    }
+    if (has(client, 'execute') && has(client, 'totalClients', 'any')) {
+      const pool = client as NodeRedisClientLike & {
+        execute<T>(fn: (c: NodeRedisClientLike) => Promise<T>): Promise<T>;
+      };
+      const send: Send = (args) => pool.sendCommand(args);
+      return nodeRedisDriver(
+        () => send,
+        (_key, fn) => pool.execute((leased) => fn((args) => leased.sendCommand(args))),
+      );
+    }
+    const single = client as NodeRedisClientLike;
+    const send: Send = (args) => single.sendCommand(args);
+    return nodeRedisDriver(
+      () => send,
+      (_key, fn) => fn(send),
+    );
+  }
+  throw new SessionError(
+    'INVALID_OPTION',
+    'RedisStore did not recognise its `client`: pass a node-redis v5 client (createClient, createCluster, createSentinel, createClientPool) or an ioredis v5 Redis or Cluster.',
+  );
+}
+
+// ---- replies --------------------------------------------------------------------------------
+
+/** A bulk string as text, whatever the client's type mapping (string, Buffer). */
+function text(value: unknown): string | null {
+  if (value === null || value === undefined) return null;
+  if (typeof value === 'string') return value;
+  if (Buffer.isBuffer(value)) return value.toString('utf8');
+  return String(value);
+}
+
+function list(value: unknown): unknown[] {
+  if (Array.isArray(value)) return value;
+  if (value === null || value === undefined) return [];
+  throw new Error(`unexpected reply from Redis: ${typeof value}`);
+}
+
+function untag(value: unknown): string | undefined {
+  const s = text(value);
+  return s?.startsWith('=') ? s.slice(1) : undefined;
+}
+
+/** The `[set, removed]` patch the COMMIT script merges into the stored metadata. */
+function metaPatch(meta: Partial<SessionMeta> | undefined): string {
+  if (!meta) return '';
+  const set: Record<string, unknown> = {};
+  const removed: string[] = [];
+  for (const [k, v] of Object.entries(meta)) {
+    if (v === undefined) removed.push(k);
+    else set[k] = v;
+  }
+  return JSON.stringify([set, removed]);
+}
+
+function ttlArg(ttlMs: number): string {
+  return isLiveTtl(ttlMs) ? String(Math.min(Math.ceil(ttlMs), MAX_TTL_MS)) : '0';
+}
+
+/**
+ * Sessions in Redis (standalone, Sentinel or Cluster) through your own node-redis v5 or ioredis
+ * v5 client. One hash per session, changed only by Lua scripts on that one key, so every
+ * contract guarantee is one atomic step in Redis; a per-user sorted set serves `sessionsOf`.
+ * Layout, index consistency and failover behaviour: docs/stores-redis.md.
+ *
+ * @example
+ * const client = await createClient({ url: 'redis://127.0.0.1:6379' }).connect();
+ * const sessions = new SessionManager({ store: new RedisStore({ client }), secret });
+ */
+export class RedisStore implements SessionStore {
+  // Redis expires records itself and the index trims itself on use, so there is no gc().
+  readonly capabilities = { listByUser: true, gc: false, nativeTtl: true } as const;
+  /** The key prefix in use (`sf:` unless configured). */
+  readonly prefix: string;
+  readonly #driver: Driver;
+  readonly #durability: RedisDurability | undefined;
+  readonly #onCorrupt: (redisKey: string, error: Error) => void;
+  readonly #now: () => number;
+
+  constructor(options: RedisStoreOptions) {
+    if (!options || typeof options !== 'object') {
+      throw new SessionError('INVALID_OPTION', 'RedisStore needs options: { client, prefix?, durability? }.');
+    }
+    this.#driver = driverFor(options.client);
+    const prefix = options.prefix ?? 'sf:';
+    if (typeof prefix !== 'string' || /[{}]/.test(prefix)) {
+      throw new SessionError(
+        'INVALID_OPTION',
+        'RedisStore `prefix` must be a string without `{` or `}`: braces select the Cluster hash slot, which the store sets itself.',
+      );
+    }
+    this.prefix = prefix;
+    const d = options.durability;
+    if (d !== undefined) {
+      if (
+        !(
+          Number.isInteger(d.replicas) &&
+          d.replicas >= 1 &&
+          Number.isInteger(d.timeoutMs) &&
+          d.timeoutMs >= 1
+        )
+      ) {
+        throw new SessionError(
+          'INVALID_OPTION',
+          'RedisStore `durability` needs integers `replicas` >= 1 and `timeoutMs` >= 1 (WAIT with 0 would block forever).',
+        );
+      }
+      this.#durability = { replicas: d.replicas, timeoutMs: d.timeoutMs };
+    }
+    this.#onCorrupt =
+      options.onCorrupt ??
+      ((key, err) => console.warn(`[sessionflow] corrupt session record ${key} ignored: ${err.message}`));
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** The Redis key of a session: the storage key as hash tag, so all of it lives in one slot. */
+  #hashKey(key: string): string {
+    if (typeof key !== 'string' || !KEY.test(key)) {
+      throw new SessionError('INVALID_KEY', 'RedisStore refused a storage key that is not base64url.');
+    }
+    return `${this.prefix}{${key}}`;
+  }
+
+  /** The Redis key of a user's index: hashed, so a user id never appears in key names. */
+  #indexKey(userId: string): string {
+    return `${this.prefix}u:{${createHash('sha256').update(userId).digest('base64url')}}`;
+  }
+
+  #bound(ttl: string, deadline: unknown): number {
+    const expires = this.#now() + Number(ttl);
+    return Math.ceil(typeof deadline === 'number' && deadline > expires ? deadline : expires);
+  }
+
+  async #indexAdd(userId: string, key: string, bound: number, state: 'pending' | 'settled'): Promise<void> {
+    const trim = this.#now() - INDEX_SKEW_MS;
+    await this.#driver.run(
+      INDEX_ADD,
+      this.#indexKey(userId),
+      [key, String(bound), state, String(trim), String(INDEX_SKEW_MS)],
+      this.#durability,
+    );
+  }
+
+  async #indexRemove(userId: string, key: string): Promise<void> {
+    const index = this.#indexKey(userId);
+    await this.#driver.write(index, ['ZREM', index, key]);
+  }
+
+  /** The session, or null if absent, expired or unreadable (`HGETALL` in one script). */
+  async load(key: string): Promise<StoredSession | null> {
+    const redisKey = this.#hashKey(key);
+    const reply = list(await this.#driver.run(LOAD, redisKey, []));
+    if (reply.length === 0) return null;
+    const values: Record<string, string> = Object.create(null);
+    let rawMeta: string | null = null;
+    for (let i = 0; i + 1 < reply.length; i += 2) {
+      const field = text(reply[i]) ?? '';
+      const value = text(reply[i + 1]) ?? '';
+      if (field === META_FIELD) rawMeta = value;
+      else if (field.startsWith(VALUE_PREFIX)) values[field.slice(VALUE_PREFIX.length)] = value;
+    }
+    const meta = this.#parseMeta(redisKey, rawMeta);
+    return meta ? { meta, values } : null;
+  }
+
+  #parseMeta(redisKey: string, raw: string | null): SessionMeta | null {
+    if (raw === null) {
+      this.#onCorrupt(redisKey, new Error('no metadata field'));
+      return null;
+    }
+    try {
+      const meta = JSON.parse(raw) as SessionMeta;
+      if (typeof meta !== 'object' || meta === null || Array.isArray(meta)) throw new Error('not an object');
+      return meta;
+    } catch (err) {
+      this.#onCorrupt(redisKey, err as Error);
+      return null;
+    }
+  }
+
+  /** Creates the session unless the key exists (false then); indexes its user afterwards. */
+  async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
+    const redisKey = this.#hashKey(key);
+    const ttl = ttlArg(ttlMs);
+    const args = [ttl, JSON.stringify(record.meta)];
+    for (const [field, value] of Object.entries(record.values)) args.push(VALUE_PREFIX + field, value);
+    const created = Number(await this.#driver.run(CREATE, redisKey, args, this.#durability)) === 1;
+    const userId = record.meta.userId;
+    if (created && ttl !== '0' && userId !== undefined) {
+      // Indexed after the record exists: until create returns no cookie carries this session,
+      // so a crash in between leaves nothing that needs revoking.
+      try {
+        await this.#indexAdd(userId, key, this.#bound(ttl, record.meta.deadline), 'settled');
+      } catch (err) {
+        await this.#driver.run(DESTROY, redisKey, []).catch(() => undefined);
+        throw err;
+      }
+    }
+    return created;
+  }
+
+  /** Merges the delta key by key in one script; 'gone' (nothing written) if the session is not there. */
+  async commit(key: string, delta: SessionDelta, ttlMs: number): Promise<CommitResult> {
+    const redisKey = this.#hashKey(key);
+    const ttl = ttlArg(ttlMs);
+    const args = [ttl, metaPatch(delta.meta), String(delta.unset.length)];
+    for (const field of delta.unset) args.push(VALUE_PREFIX + field);
+    for (const [field, value] of Object.entries(delta.set)) args.push(VALUE_PREFIX + field, value);
+    const live = ttl !== '0';
+    const nextUser = delta.meta?.userId;
+    // A live session must always be in its user's index: add it before it becomes that user's.
+    if (live && nextUser !== undefined) {
+      await this.#indexAdd(nextUser, key, this.#bound(ttl, delta.meta?.deadline), 'pending');
+    }
+
+    const reply = list(await this.#driver.run(COMMIT, redisKey, args, this.#durability));
+    const previous = untag(reply[1]);
+    if (Number(reply[0]) !== 1) {
+      if (previous !== undefined) await this.#indexRemove(previous, key);
+      if (live && nextUser !== undefined) await this.#indexRemove(nextUser, key);
+      return 'gone';
+    }
+    const user = untag(reply[2]);
+    if (user !== undefined) {
+      const stored = text(reply[3]);
+      const deadline = stored ? Number(stored) : undefined;
+      // The score must stay >= the record's expiry. The manager's TTL never outlives the
+      // deadline, so its ordinary commits and touches cost no index write at all.
+      const outlivesDeadline = deadline === undefined || this.#now() + Number(ttl) > deadline;
+      if (
+        nextUser !== undefined ||
+        user !== previous ||
+        outlivesDeadline ||
+        delta.meta?.deadline !== undefined
+      ) {
+        await this.#indexAdd(user, key, this.#bound(ttl, deadline), 'settled');
+      }
+    }
+    if (previous !== undefined && previous !== user) await this.#indexRemove(previous, key);
+    return 'ok';
+  }
+
+  /** Updates metadata and TTL only, with the same 'gone' rule as commit. */
+  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<CommitResult> {
+    return this.commit(key, { set: {}, unset: [], meta }, ttlMs);
+  }
+
+  /** Deletes the session (idempotent), then its user index entry. */
+  async destroy(key: string): Promise<void> {
+    const previous = untag(await this.#driver.run(DESTROY, this.#hashKey(key), [], this.#durability));
+    // Removed after the record is gone: a crash in between leaves a stale entry, which the
+    // next sessionsOf prunes, never a live session missing from the index.
+    if (previous !== undefined) await this.#indexRemove(previous, key);
+  }
+
+  /** The user's live sessions; prunes index entries that no longer match a live session. */
+  async sessionsOf(userId: string): Promise<SessionSummary[]> {
+    const index = this.#indexKey(userId);
+    const entries = list(await this.#driver.run(INDEX_READ, index, [String(this.#now() - INDEX_SKEW_MS)]));
+    const out: SessionSummary[] = [];
+    const stale: string[] = [];
+    for (let start = 0; start < entries.length; start += META_BATCH * 2) {
+      const batch: Promise<void>[] = [];
+      for (let i = start; i + 1 < entries.length && i < start + META_BATCH * 2; i += 2) {
+        const key = text(entries[i]) ?? '';
+        const score = text(entries[i + 1]) ?? '';
+        if (!KEY.test(key)) {
+          stale.push(key, score);
+          continue;
+        }
+        batch.push(
+          this.#driver.run(META, this.#hashKey(key), []).then((raw) => {
+            const rawMeta = text(raw);
+            const meta = rawMeta === null ? null : this.#parseMeta(this.#hashKey(key), rawMeta);
+            if (meta && meta.userId === userId) out.push({ key, meta });
+            else stale.push(key, score);
+          }),
+        );
+      }
+      await Promise.all(batch);
+    }
+    if (stale.length > 0) await this.#driver.run(INDEX_PRUNE, index, stale);
+    return out;
+  }
+}

@@ -1,0 +1,499 @@
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { connect as tcpConnect } from 'node:net';
+import { promisify } from 'node:util';
+import { Cluster } from 'ioredis';
+import { createCluster } from 'redis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newToken, storageKey } from '../../src/crypto/ids.js';
+import { type RedisClientLike, RedisStore } from '../../src/stores/redis.js';
+import type { SessionMeta, StoredSession } from '../../src/stores/store.js';
+import { describeStoreConformance } from '../../src/testing/conformance.js';
+import { serverAvailable } from '../helpers/servers.js';
+
+interface Node {
+  host: string;
+  port: number;
+}
+
+const NODES: Node[] = (
+  process.env.REDIS_CLUSTER_NODES ??
+  '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104,127.0.0.1:7105,127.0.0.1:7106'
+)
+  .split(',')
+  .map((entry) => {
+    const [host = '', port = ''] = entry.trim().split(':');
+    return { host, port: Number(port) };
+  });
+const HOUR = 3_600_000;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// ---- a minimal RESP client for administration ------------------------------------------------
+// One short-lived connection per command, so a node that is shut down never leaves a
+// reconnecting client behind, and the clients under test are not used to inspect themselves.
+
+type Reply = string | number | null | Reply[];
+
+function parseReply(buf: Buffer, at: number): { value: Reply; end: number } | undefined {
+  const eol = buf.indexOf('\r\n', at);
+  if (eol < 0) return undefined;
+  const line = buf.toString('utf8', at + 1, eol);
+  switch (String.fromCharCode(buf[at]!)) {
+    case '+':
+      return { value: line, end: eol + 2 };
+    case '-':
+      throw new Error(line);
+    case ':':
+      return { value: Number(line), end: eol + 2 };
+    case '$': {
+      const n = Number(line);
+      if (n < 0) return { value: null, end: eol + 2 };
+      if (buf.length < eol + 2 + n + 2) return undefined;
+      return { value: buf.toString('utf8', eol + 2, eol + 2 + n), end: eol + 2 + n + 2 };
+    }
+    case '*': {
+      const n = Number(line);
+      if (n < 0) return { value: null, end: eol + 2 };
+      const items: Reply[] = [];
+      let pos = eol + 2;
+      for (let i = 0; i < n; i++) {
+        const item = parseReply(buf, pos);
+        if (!item) return undefined;
+        items.push(item.value);
+        pos = item.end;
+      }
+      return { value: items, end: pos };
+    }
+    default:
+      throw new Error(`unexpected RESP type ${buf[at]}`);
+  }
+}
+
+function command(node: Node, args: string[], timeoutMs = 2_000): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const socket = tcpConnect({ host: node.host, port: node.port });
+    let data = Buffer.alloc(0);
+    const finish = (err: Error | null, value?: Reply) => {
+      clearTimeout(timer);
+      socket.destroy();
+      if (err) reject(err);
+      else resolve(value ?? null);
+    };
+    const timer = setTimeout(
+      () => finish(new Error(`${node.host}:${node.port} did not answer ${args[0]} within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    socket.on('connect', () =>
+      socket.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`),
+    );
+    socket.on('data', (chunk) => {
+      data = Buffer.concat([data, chunk]);
+      try {
+        const parsed = parseReply(data, 0);
+        if (parsed) finish(null, parsed.value);
+      } catch (err) {
+        finish(err as Error);
+      }
+    });
+    socket.on('error', (err) => finish(err));
+    socket.on('close', () => finish(new Error(`${node.host}:${node.port} closed the connection`)));
+  });
+}
+
+async function info(node: Node, section: string[]): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const line of String(await command(node, section)).split('\r\n')) {
+    const i = line.indexOf(':');
+    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1);
+  }
+  return out;
+}
+
+interface ClusterNode extends Node {
+  id: string;
+  master: boolean;
+  failed: boolean;
+  masterId: string;
+  slots: [number, number][];
+}
+
+async function clusterNodes(via: Node): Promise<ClusterNode[]> {
+  return String(await command(via, ['CLUSTER', 'NODES']))
+    .trim()
+    .split('\n')
+    .map((line) => {
+      const [id = '', address = '', flags = '', masterId = '', , , , , ...slots] = line.split(' ');
+      const [host = '', rest = ''] = address.split(':');
+      return {
+        id,
+        host,
+        port: Number(rest.split('@')[0]),
+        master: flags.split(',').includes('master'),
+        failed: /(^|,)fail\??(,|$)/.test(flags),
+        masterId,
+        slots: slots
+          .filter((s) => /^\d/.test(s))
+          .map((s) => {
+            const [from, to = from] = s.split('-');
+            return [Number(from), Number(to)] as [number, number];
+          }),
+      };
+    });
+}
+
+async function liveNodes(): Promise<Node[]> {
+  const up = await Promise.all(
+    NODES.map((n) =>
+      command(n, ['PING'], 500).then(
+        () => n,
+        () => undefined,
+      ),
+    ),
+  );
+  return up.filter((n): n is Node => n !== undefined);
+}
+
+/** Every node answers, says cluster_state:ok, and every replica's link to its master is up. */
+async function clusterHealthy(): Promise<string | true> {
+  for (const node of NODES) {
+    const state = await info(node, ['CLUSTER', 'INFO']).catch((e: Error) => ({ error: e.message }));
+    if ('error' in state) return `${node.host}:${node.port}: ${state.error}`;
+    if (state.cluster_state !== 'ok')
+      return `${node.host}:${node.port}: cluster_state ${state.cluster_state}`;
+    const repl = await info(node, ['INFO', 'replication']);
+    if (repl.role === 'slave' && repl.master_link_status !== 'up')
+      return `${node.host}:${node.port}: replica link ${repl.master_link_status}`;
+  }
+  return true;
+}
+
+/** Polls `check` until it returns true; fails with its last answer after `timeoutMs`. */
+async function waitFor(
+  what: string,
+  check: () => Promise<string | true>,
+  timeoutMs: number,
+): Promise<number> {
+  const started = Date.now();
+  let last: string | true = 'not checked';
+  while (Date.now() - started < timeoutMs) {
+    last = await check().catch((e: Error) => e.message);
+    if (last === true) return Date.now() - started;
+    await sleep(100);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}: ${last}`);
+}
+
+/** `promise`, or a clear error if it has not settled after `ms` (a client stuck on a dead node). */
+async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function scanAll(node: Node, pattern: string): Promise<string[]> {
+  const out: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, keys] = (await command(node, ['SCAN', cursor, 'MATCH', pattern, 'COUNT', '1000'])) as [
+      string,
+      string[],
+    ];
+    out.push(...keys);
+    cursor = next;
+  } while (cursor !== '0');
+  return out;
+}
+
+async function deleteKeys(prefix: string): Promise<void> {
+  for (const node of await liveNodes()) {
+    if ((await info(node, ['INFO', 'replication'])).role !== 'master') continue;
+    // One key at a time: keys of different slots cannot share a command on Cluster.
+    for (const key of await scanAll(node, `${prefix}*`)) await command(node, ['UNLINK', key]);
+  }
+}
+
+const skip = await serverAvailable(
+  `Redis Cluster at ${NODES.map((n) => `${n.host}:${n.port}`).join(',')}`,
+  async () => {
+    const healthy = await clusterHealthy();
+    if (healthy !== true) throw new Error(healthy);
+  },
+);
+
+// ---- clients ----------------------------------------------------------------------------------
+
+const kinds = ['node-redis', 'ioredis'] as const;
+type Kind = (typeof kinds)[number];
+
+interface Connected {
+  client: RedisClientLike;
+  close: () => Promise<void>;
+}
+
+async function connect(kind: Kind): Promise<Connected> {
+  if (kind === 'node-redis') {
+    const client = createCluster({
+      rootNodes: NODES.map((n) => ({ socket: { host: n.host, port: n.port } })),
+    });
+    client.on('error', () => undefined); // node errors during the failover test are expected
+    await client.connect();
+    return { client, close: () => client.close() };
+  }
+  const client = new Cluster(NODES, { lazyConnect: true });
+  client.on('error', () => undefined);
+  await client.connect();
+  return {
+    client,
+    close: async () => {
+      await client.quit();
+    },
+  };
+}
+
+const uniquePrefix = (tag: string) => `sftest:${tag}:${randomBytes(6).toString('hex')}:`;
+const newKey = () => storageKey(newToken());
+
+function record(values: Record<string, string>, extra: Partial<SessionMeta> = {}): StoredSession {
+  const now = Date.now();
+  return { meta: { createdAt: now, lastSeenAt: now, deadline: now + HOUR, ...extra }, values };
+}
+
+for (const kind of kinds) {
+  describeStoreConformance(
+    `RedisStore (${kind}, Cluster)`,
+    async () => {
+      const { client, close } = await connect(kind);
+      const prefix = uniquePrefix(`cluster-${kind}`);
+      return {
+        store: new RedisStore({ client, prefix }),
+        cleanup: async () => {
+          await close();
+          await deleteKeys(prefix);
+        },
+      };
+    },
+    { skip },
+  );
+}
+
+const suite = skip ? describe.skip : describe;
+
+for (const kind of kinds) {
+  suite(`RedisStore specifics (${kind}, Cluster)${skip ? ` (skipped: ${skip})` : ''}`, () => {
+    let conn: Connected;
+    const prefixes: string[] = [];
+    const storeWith = (options: Partial<ConstructorParameters<typeof RedisStore>[0]> = {}) => {
+      const prefix = uniquePrefix(`cluster-${kind}`);
+      prefixes.push(prefix);
+      return new RedisStore({ client: conn.client, prefix, ...options });
+    };
+
+    beforeAll(async () => {
+      conn = await connect(kind);
+    });
+    afterAll(async () => {
+      await conn?.close();
+      for (const p of prefixes) await deleteKeys(p);
+    });
+
+    it('sessions spread over every master; each one and its user index are served across slots', async () => {
+      const store = storeWith();
+      const userId = `u-${randomBytes(4).toString('hex')}`;
+      const keys = Array.from({ length: 30 }, newKey);
+      for (const k of keys) await store.create(k, record({ 'v:k': JSON.stringify(k) }, { userId }), HOUR);
+      const masters = (await clusterNodes(NODES[0]!)).filter((n) => n.master && !n.failed);
+      const perMaster = await Promise.all(
+        masters.map(async (m) => (await scanAll(m, `${store.prefix}{*`)).length),
+      );
+      expect(perMaster.every((n) => n > 0)).toBe(true);
+      expect(perMaster.reduce((a, b) => a + b, 0)).toBe(keys.length);
+      expect((await store.sessionsOf(userId)).map((s) => s.key).sort()).toEqual([...keys].sort());
+      for (const k of keys.slice(0, 10)) await store.destroy(k);
+      expect((await store.sessionsOf(userId)).map((s) => s.key).sort()).toEqual(keys.slice(10).sort());
+    });
+
+    it('durability: WAIT on the owning master confirms each write on its replica', async () => {
+      const store = storeWith({ durability: { replicas: 1, timeoutMs: 2_000 } });
+      const userId = `u-${randomBytes(4).toString('hex')}`;
+      for (let i = 0; i < 10; i++) {
+        const k = newKey();
+        expect(await store.create(k, record({ 'v:a': '1' }, { userId }), HOUR)).toBe(true);
+        expect(
+          await store.commit(k, { set: { 'v:b': '2' }, unset: [], meta: { lastSeenAt: Date.now() } }, HOUR),
+        ).toBe('ok');
+        expect(await store.touch(k, { lastSeenAt: Date.now() }, HOUR)).toBe('ok');
+        await store.destroy(k);
+        expect(await store.load(k)).toBeNull();
+      }
+    });
+
+    it('durability: asking for more replicas than a master has fails the write with a clear error', async () => {
+      const store = storeWith({ durability: { replicas: 2, timeoutMs: 100 } });
+      await expect(store.create(newKey(), record({}), HOUR)).rejects.toMatchObject({
+        code: 'STORE_UNAVAILABLE',
+        message: expect.stringContaining('1 of 2 required replicas'),
+      });
+    });
+  });
+}
+
+// ---- failover ----------------------------------------------------------------------------------
+// Runs after the suites above (same file, declared later). It stops a master for real, so it
+// restarts it in afterAll even when an assertion fails, leaving a healthy cluster behind.
+
+suite(`RedisStore on Cluster: a master fails${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  const prefix = uniquePrefix('failover');
+  const userId = `u-${randomBytes(4).toString('hex')}`;
+  const keys = Array.from({ length: 60 }, newKey);
+  const clients: Partial<Record<Kind, Connected>> = {};
+  const stores: Partial<Record<Kind, RedisStore>> = {};
+  let victim: ClusterNode | undefined;
+  let restart: string[] | undefined;
+  const onVictim: string[] = [];
+  const elsewhere: string[] = [];
+
+  async function restartVictim(): Promise<void> {
+    if (!victim || !restart) return;
+    if (
+      await command(victim, ['PING'], 500).then(
+        () => true,
+        () => false,
+      )
+    )
+      return;
+    await promisify(execFile)('redis-server', restart);
+    await waitFor('the stopped node to rejoin as a replica and the cluster to be ok', clusterHealthy, 60_000);
+  }
+
+  async function readAndWrite(store: RedisStore, subset: string[], round: string): Promise<void> {
+    for (const k of subset) {
+      const loaded = await within(10_000, `${round}: load ${k}`, store.load(k));
+      expect(loaded?.values['v:k'], `load ${k}`).toBe(JSON.stringify(k));
+      const change = store.commit(k, { set: { 'v:round': round }, unset: [] }, HOUR);
+      expect(await within(10_000, `${round}: commit ${k}`, change)).toBe('ok');
+      expect((await within(10_000, `${round}: reload ${k}`, store.load(k)))?.values['v:round']).toBe(round);
+    }
+  }
+
+  beforeAll(async () => {
+    for (const kind of kinds) {
+      clients[kind] = await connect(kind);
+      stores[kind] = new RedisStore({ client: clients[kind].client, prefix });
+    }
+    // As the manager does: the TTL (1 h idle) stays within the absolute deadline (2 h), so
+    // ordinary commits never write to the user index, which lives in another slot.
+    for (const k of keys)
+      await stores.ioredis!.create(
+        k,
+        record({ 'v:k': JSON.stringify(k) }, { userId, deadline: Date.now() + 2 * HOUR }),
+        HOUR,
+      );
+    const slotOf = async (k: string) =>
+      Number(await command(NODES[0]!, ['CLUSTER', 'KEYSLOT', `${prefix}{${k}}`]));
+    const topology = await clusterNodes(NODES[0]!);
+    const owner = (slot: number) =>
+      topology.find((n) => n.master && !n.failed && n.slots.some(([a, b]) => slot >= a && slot <= b))!;
+    victim = owner(await slotOf(keys[0]!));
+    for (const k of keys) (owner(await slotOf(k)).id === victim.id ? onVictim : elsewhere).push(k);
+    const config = async (name: string) =>
+      ((await command(victim!, ['CONFIG', 'GET', name])) as string[])[1]!;
+    restart = [
+      '--port',
+      String(victim.port),
+      '--bind',
+      ...(await config('bind')).split(' '),
+      '--dir',
+      await config('dir'),
+      '--cluster-enabled',
+      'yes',
+      '--cluster-config-file',
+      await config('cluster-config-file'),
+      '--cluster-node-timeout',
+      await config('cluster-node-timeout'),
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--daemonize',
+      'yes',
+      '--pidfile',
+      await config('pidfile'),
+      '--logfile',
+      await config('logfile'),
+    ];
+  });
+
+  afterAll(async () => {
+    await restartVictim();
+    for (const c of Object.values(clients)) await c.close().catch(() => undefined);
+    await deleteKeys(prefix);
+  });
+
+  it('the replica takes over; sessions stay readable and writable; the old master rejoins', async () => {
+    expect(onVictim.length).toBeGreaterThan(0);
+    expect(elsewhere.length).toBeGreaterThan(0);
+    const survivor = NODES.find((n) => n.port !== victim!.port || n.host !== victim!.host)!;
+
+    // SHUTDOWN closes the connection instead of answering.
+    await command(victim!, ['SHUTDOWN', 'NOSAVE']).catch(() => undefined);
+    const failoverMs = await waitFor(
+      'a replica to be promoted and the cluster to be ok',
+      async () => {
+        const state = await info(survivor, ['CLUSTER', 'INFO']);
+        if (state.cluster_state !== 'ok') return `cluster_state ${state.cluster_state}`;
+        const nodes = await clusterNodes(survivor);
+        const old = nodes.find((n) => n.id === victim!.id);
+        if (!old?.failed) return 'old master not yet flagged as failed';
+        const heir = nodes.find(
+          (n) => n.master && !n.failed && n.slots.some(([a]) => a === victim!.slots[0]![0]),
+        );
+        return heir ? true : 'no master serves the old slots yet';
+      },
+      30_000,
+    );
+    console.info(`[failover] replica promoted and cluster ok ${failoverMs} ms after the master stopped`);
+
+    // ioredis notices the closed connection, refreshes its slot map and follows the new master.
+    const ioredisRecoveryMs = await waitFor(
+      'ioredis to read every session',
+      async () => {
+        for (const k of keys) if (!(await stores.ioredis!.load(k))) return `session ${k} missing`;
+        return true;
+      },
+      20_000,
+    );
+    console.info(`[failover] ioredis served every session ${ioredisRecoveryMs} ms after the cluster was ok`);
+    await readAndWrite(stores.ioredis!, keys, 'io-during');
+    expect((await stores.ioredis!.sessionsOf(userId)).map((s) => s.key).sort()).toEqual([...keys].sort());
+
+    // node-redis 5.12 refreshes its slot map only on MOVED/ASK: the long-lived client keeps
+    // serving the surviving shards (commands for the failed one wait for the node to return),
+    // while a client that discovers the topology afresh (what an app restart or a reconnect
+    // does) serves every session during the outage.
+    await readAndWrite(stores['node-redis']!, elsewhere, 'nr-during');
+    const fresh = await connect('node-redis');
+    try {
+      await readAndWrite(new RedisStore({ client: fresh.client, prefix }), keys, 'nr-fresh-during');
+    } finally {
+      await fresh.close();
+    }
+
+    await restartVictim();
+    const roles = await clusterNodes(survivor);
+    const rejoined = roles.find((n) => n.id === victim!.id)!;
+    expect(rejoined.master).toBe(false);
+    expect(rejoined.failed).toBe(false);
+
+    // Back to full health, the long-lived node-redis client follows the MOVED to the new master.
+    for (const kind of kinds) await readAndWrite(stores[kind]!, keys, `${kind}-after`);
+    expect((await stores['node-redis']!.sessionsOf(userId)).map((s) => s.key).sort()).toEqual(
+      [...keys].sort(),
+    );
+  }, 180_000);
+});
