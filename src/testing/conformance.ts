@@ -43,7 +43,7 @@ export function describeStoreConformance(
   options: ConformanceOptions = {},
 ): void {
   const suite = options.skip ? describe.skip : describe;
-  suite(`store conformance: ${name}${options.skip ? ` (skipped: ${options.skip})` : ''}`, () => {
+  suite(`SM-64 store conformance: ${name}${options.skip ? ` (skipped: ${options.skip})` : ''}`, () => {
     let sut: StoreUnderTest;
     let store: SessionStore;
     const grace = options.expiryGraceMs ?? 0;

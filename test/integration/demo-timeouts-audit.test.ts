@@ -211,6 +211,28 @@ describe('I. Audit logging', () => {
     expect(log).not.toContain('wrong-password');
   });
 
+  it('SM-44: CSRF tokens travel only in POST bodies: never in a URL, a Location header or a log', async () => {
+    const { clock, demo } = await timedDemo();
+    const c = await script(demo, clock);
+    const tokens = new Set<string>();
+    for (const res of c.history)
+      for (const m of res.body.matchAll(/name="_csrf" value="([^"]+)"/g)) tokens.add(m[1]!);
+    expect(tokens.size).toBeGreaterThan(1);
+    const forms = c.history.flatMap((res) => [...res.body.matchAll(/<form[^>]*>/g)].map((m) => m[0]));
+    expect(forms.length).toBeGreaterThan(0);
+    for (const form of forms) expect(form).toMatch(/method="post"/i);
+    const locations = c.history.map((res) => res.location ?? '').join('\n');
+    const hrefs = c.history.flatMap((res) =>
+      [...res.body.matchAll(/(?:href|action)="([^"]*)"/g)].map((m) => m[1]),
+    );
+    const log = JSON.stringify(demo.events);
+    for (const token of tokens) {
+      expect(locations).not.toContain(token);
+      for (const href of hrefs) expect(href).not.toContain(token);
+      expect(log).not.toContain(token);
+    }
+  });
+
   it('SM-55: control characters in the User-Agent cannot forge a log line', async () => {
     const lines: string[] = [];
     const events: AuditEvent[] = [];

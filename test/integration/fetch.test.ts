@@ -28,6 +28,18 @@ describe('Fetch API integration', () => {
     expect(second.headers.getSetCookie()).toEqual([]);
   });
 
+  it('SM-06: the cookie carries only the signed token, so 60 KB of session data still makes a cookie under 200 bytes', async () => {
+    const manager = new SessionManager({ secret, store: new MemoryStore() });
+    const handler = withFetchSession(manager, (_req, session) => {
+      session.set('blob', 'x'.repeat(60_000));
+      return new Response('ok');
+    });
+    const response = await handler(new Request('https://app.example/'));
+    const [setCookie] = response.headers.getSetCookie();
+    expect(setCookie!.length).toBeLessThan(200);
+    expect(setCookie).not.toContain('xxxx');
+  });
+
   it('a visitor who never touches the session gets no cookie', async () => {
     const manager = new SessionManager({ secret, store: new MemoryStore() });
     const handler = withFetchSession(manager, () => new Response('hello'));
