@@ -36,6 +36,8 @@ for (const [, id, requirement] of ids) {
   const where = tests.get(id);
   if (where) covered++;
   const short = requirement.trim().replace(/\s+/g, ' ').slice(0, 90);
-  console.log(`| ${id} | ${short}${requirement.trim().length > 90 ? '…' : ''} | ${where ? [...where].sort().join(', ') : '**none**'} |`);
+  console.log(
+    `| ${id} | ${short}${requirement.trim().length > 90 ? '…' : ''} | ${where ? [...where].sort().join(', ') : '**none**'} |`,
+  );
 }
 console.log(`\n${covered} of ${ids.length} checklist IDs have at least one named test.`);

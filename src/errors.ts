@@ -10,7 +10,8 @@ export type SessionErrorCode =
   | 'VALUE_TOO_LARGE'
   | 'CSRF_INVALID'
   | 'INSECURE_TRANSPORT'
-  | 'NOT_SUPPORTED';
+  | 'NOT_SUPPORTED'
+  | 'SESSION_LIMIT';
 
 const STATUS: Record<SessionErrorCode, number> = {
   INVALID_OPTION: 500,
@@ -24,6 +25,10 @@ const STATUS: Record<SessionErrorCode, number> = {
   CSRF_INVALID: 403,
   INSECURE_TRANSPORT: 500,
   NOT_SUPPORTED: 500,
+  // 409, not 429: the login conflicts with the state of the account (its other live sessions)
+  // and succeeds only once the user ends one of them; 429 means "slow down", invites automatic
+  // retries after Retry-After, and is what rate limiters and ID-guessing throttles answer.
+  SESSION_LIMIT: 409,
 };
 
 /**
@@ -58,5 +63,13 @@ export function storeUnavailable(operation: string, cause: unknown): SessionErro
     'STORE_UNAVAILABLE',
     `The session store failed during ${operation}; the request was refused so no session data is lost. Check that the store is reachable.`,
     { cause },
+  );
+}
+
+/** The 409 a login gets when `maxSessionsPerUser` refuses it; the message can be shown as is. */
+export function sessionLimitReached(limit: number): SessionError {
+  return new SessionError(
+    'SESSION_LIMIT',
+    `This account is already signed in on ${limit === 1 ? 'another device' : `${limit} devices`}, the most allowed. Sign out on one of them (or wait for its session to expire), then log in again.`,
   );
 }

@@ -13,7 +13,9 @@ export {
   DEFAULT_ABSOLUTE_TIMEOUT,
   DEFAULT_EXPIRED_RETENTION,
   DEFAULT_IDLE_TIMEOUT,
+  type RenewalOptions,
   type ResolvedOptions,
+  type SessionLimitOptions,
   type SessionManagerOptions,
 } from './options.js';
 export { Session, type SessionStatus } from './session.js';

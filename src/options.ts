@@ -45,6 +45,36 @@ export interface BindingOptions {
   action?: 'destroy' | 'log';
 }
 
+/** Scheduled session-ID renewal (SM-24). All durations in milliseconds. */
+export interface RenewalOptions {
+  /** Age of an ID after which the next request that reaches commit gets a new one. */
+  interval: number;
+  /**
+   * How long a renewed-away ID still serves requests already in flight (as an alias of the new
+   * record, whose cookie the renewing response carries). Shorter than `interval` and `idleTimeout`.
+   */
+  grace: number;
+  /**
+   * What a renewed-away ID presented after its grace window does besides the
+   * `session_use_after_expire` event: nothing more ('log'), or revoke every session of its user
+   * ('revoke-user'; needs a store with `capabilities.listByUser`, otherwise it only logs).
+   * @default 'log'
+   */
+  onReuse?: 'log' | 'revoke-user';
+}
+
+/** Concurrent-session limit per user, enforced at `session.login()` (SM-38). */
+export interface SessionLimitOptions {
+  /** Most live sessions one user may hold at once. */
+  limit: number;
+  /**
+   * What a login beyond the limit does: end the user's oldest sessions ('evict-oldest'), or fail
+   * with a 409 SessionError of code SESSION_LIMIT and create nothing ('refuse').
+   * @default 'evict-oldest'
+   */
+  onExceed?: 'evict-oldest' | 'refuse';
+}
+
 /** Options of {@link SessionManager}; validated once, at construction. */
 export interface SessionManagerOptions {
   /** Where sessions live. @default a FileStore in `<os.tmpdir()>/sessionflow` */
@@ -105,6 +135,18 @@ export interface SessionManagerOptions {
    * @default { limit: 100, windowMs: 10_000, maxAddresses: 10_000 }
    */
   guessDetection?: boolean | { limit?: number; windowMs?: number; maxAddresses?: number };
+  /**
+   * Give a session a new ID once its ID is `interval` old, keeping its data (SM-24). The old ID
+   * serves requests in flight for `grace`, then is dead; presenting it while its tombstone is kept
+   * (`expiredRetention`) is reported as `session_use_after_expire`.
+   * @default off
+   */
+  renewal?: RenewalOptions | false;
+  /**
+   * Limit the live sessions of one user (SM-38). Needs a store with `capabilities.listByUser`.
+   * @default off
+   */
+  maxSessionsPerUser?: SessionLimitOptions | false;
   /** Clock in milliseconds, for tests. @default Date.now */
   now?: () => number;
 }
@@ -129,6 +171,8 @@ export interface ResolvedOptions {
   csrf: { field: string; header: string };
   clearSiteData: string | false;
   guessDetection: GuessDetectionSettings | false;
+  renewal: false | Required<RenewalOptions>;
+  maxSessionsPerUser: false | Required<SessionLimitOptions>;
   now: () => number;
 }
 
@@ -267,6 +311,8 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
   const keep = options.keepOnLogin ?? [];
   if (!Array.isArray(keep)) fail('keepOnLogin must be an array of top-level key names.');
   const guessDetection = resolveGuessDetection(options.guessDetection ?? true);
+  const renewal = resolveRenewal(options.renewal, idleTimeout);
+  const maxSessionsPerUser = resolveSessionLimit(options.maxSessionsPerUser);
   const now = options.now ?? Date.now;
   if (typeof now !== 'function') fail('now must be a function returning milliseconds.');
 
@@ -288,8 +334,70 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
     },
     clearSiteData: options.clearSiteData ?? '"cache"',
     guessDetection,
+    renewal,
+    maxSessionsPerUser,
     now,
   };
+}
+
+function resolveRenewal(option: unknown, idleTimeout: number): ResolvedOptions['renewal'] {
+  if (option === undefined || option === false) return false;
+  if (typeof option !== 'object' || option === null) {
+    fail(
+      'renewal must be { interval, grace } in milliseconds, e.g. { interval: 900000, grace: 30000 }; omit it to keep IDs until login or regenerateId().',
+    );
+  }
+  const r = option as Record<string, unknown>;
+  const interval = positive(
+    r.interval,
+    'renewal.interval',
+    'milliseconds',
+    'it is the age at which a session ID is replaced, e.g. 900000 for 15 minutes.',
+  );
+  const grace = positive(
+    r.grace,
+    'renewal.grace',
+    'milliseconds',
+    'it is how long a replaced ID still serves requests already in flight, e.g. 30000.',
+  );
+  if (grace >= interval) {
+    fail(
+      `renewal.grace (${grace} ms) must be shorter than renewal.interval (${interval} ms), or an old ID would outlive the next renewal; a few seconds of grace covers requests in flight.`,
+    );
+  }
+  if (grace >= idleTimeout) {
+    fail(
+      `renewal.grace (${grace} ms) must be shorter than idleTimeout (${idleTimeout} ms): a replaced ID must not stay usable longer than an idle session would.`,
+    );
+  }
+  const onReuse = r.onReuse ?? 'log';
+  if (onReuse !== 'log' && onReuse !== 'revoke-user') {
+    fail(
+      `renewal.onReuse must be 'log' or 'revoke-user' (got ${JSON.stringify(onReuse)}); omit it for 'log'.`,
+    );
+  }
+  return { interval, grace, onReuse };
+}
+
+function resolveSessionLimit(option: unknown): ResolvedOptions['maxSessionsPerUser'] {
+  if (option === undefined || option === false) return false;
+  if (typeof option !== 'object' || option === null) {
+    fail('maxSessionsPerUser must be { limit, onExceed? }, e.g. { limit: 3 }; omit it for no limit.');
+  }
+  const m = option as Record<string, unknown>;
+  const limit = m.limit;
+  if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1) {
+    fail(
+      `maxSessionsPerUser.limit must be a positive integer (got ${String(limit)}): how many sessions one user may hold at once, e.g. 3.`,
+    );
+  }
+  const onExceed = m.onExceed ?? 'evict-oldest';
+  if (onExceed !== 'evict-oldest' && onExceed !== 'refuse') {
+    fail(
+      `maxSessionsPerUser.onExceed must be 'evict-oldest' or 'refuse' (got ${JSON.stringify(onExceed)}); omit it for 'evict-oldest'.`,
+    );
+  }
+  return { limit, onExceed };
 }
 
 function resolveGuessDetection(

@@ -18,6 +18,12 @@ export interface SessionDriver {
   /** Decodes one stored value; null if it cannot be opened (tampered, foreign key). */
   decode(key: string, field: string, stored: string): string | null;
   destroy(key: string): Promise<void>;
+  /**
+   * Throws SESSION_LIMIT before a login that `maxSessionsPerUser` with 'refuse' would turn down,
+   * so the app can answer "too many sessions" from its handler. `current` is the session's own
+   * record, which the login replaces and so does not count.
+   */
+  admitLogin(session: Session, userId: string, current: string | null): Promise<void>;
   audit(type: AuditEventType, session: Session, reason?: string): void;
 }
 
@@ -301,8 +307,12 @@ export class Session<D extends Record<string, unknown> = Record<string, unknown>
   /**
    * Authenticates the session as `userId` (seed 27.1): regenerates the ID, drops pre-login data
    * except flash messages and `keepOnLogin` keys, restarts both timeouts, records the user.
+   * With `maxSessionsPerUser` set to 'refuse', throws a 409 SessionError (SESSION_LIMIT) when the
+   * user already holds the most sessions allowed; the session is then left unchanged.
    */
   async login(userId: string | number): Promise<void> {
+    // Before anything changes: a refused login leaves the session exactly as it was.
+    await this.#driver.admitLogin(this, String(userId), this.#loadedKey);
     const keep = this.#driver.options.keepOnLogin;
     for (const field of this.fieldsWithPrefix('')) {
       const isKept =
@@ -377,15 +387,13 @@ export class Session<D extends Record<string, unknown> = Record<string, unknown>
     this.#key = storageKey(token);
   }
 
-  /** @internal encoded values of the loaded record, decoded to JSON text (for re-encoding). */
-  loadedJson(): Map<string, string> {
-    const out = new Map<string, string>();
-    if (!this.#record || !this.#loadedKey) return out;
-    for (const [f, v] of Object.entries(this.#record.values)) {
-      const json = this.#driver.decode(this.#loadedKey, f, v);
-      if (json !== null) out.set(f, json);
-    }
-    return out;
+  /**
+   * @internal the request's writes landed on the record its ID was renewed into (SM-24): the
+   * session is that record now, known by key only (its token is in the renewing response's cookie).
+   */
+  redirect(key: string): void {
+    this.#token = null;
+    this.#key = key;
   }
 
   /** @internal after a successful commit: the written state becomes the loaded state. */

@@ -16,6 +16,10 @@ export type AuditEventType =
   | 'authn_login_fail'
   | 'malicious_csrf'
   | 'store_corrupt'
+  /** A renewed-away session ID was presented after its grace window (SM-24). */
+  | 'session_use_after_expire'
+  /** A login took a user over `maxSessionsPerUser` (SM-38); `reason` says what was done. */
+  | 'excess_sessions_exceeded'
   /** Many invalid or unknown session cookies from one address: ID guessing (SM-42). */
   | 'suspicious';
 

@@ -75,7 +75,13 @@ export function applyOutcome(
 export type CommitErrorHandler = (error: SessionError, res: ServerResponse) => void;
 
 const defaultCommitError: CommitErrorHandler = (error, res) => {
-  const body = `${error.status === 503 ? 'Service Unavailable' : 'Internal Server Error'}: the session could not be saved. Please retry.\n`;
+  // A refusal meant for the user (409 too many sessions) says why; a failure does not leak details.
+  const body =
+    error.status === 503
+      ? 'Service Unavailable: the session could not be saved. Please retry.\n'
+      : error.expose
+        ? `${error.message}\n`
+        : 'Internal Server Error: the session could not be saved.\n';
   res.writeHead(error.status, {
     'Content-Type': 'text/plain; charset=utf-8',
     'Content-Length': Buffer.byteLength(body),

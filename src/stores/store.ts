@@ -29,6 +29,12 @@ export interface SessionMeta {
   ua?: string;
   /** Network prefix of the client address, when IP binding is on. */
   ip?: string;
+  /** When this record's ID was issued by a regeneration; absent means `createdAt`. */
+  idAt?: number;
+  /** Set when the ID was renewed away: the record is then only a pointer to `successor`. */
+  renewedAt?: number;
+  /** Storage key of the record that replaced this one at renewal. */
+  successor?: string;
 }
 
 /** What a store returns from `load`. `values` holds each value encoded on its own. */
