@@ -11,7 +11,8 @@ export type SessionErrorCode =
   | 'CSRF_INVALID'
   | 'INSECURE_TRANSPORT'
   | 'NOT_SUPPORTED'
-  | 'SESSION_LIMIT';
+  | 'SESSION_LIMIT'
+  | 'REAUTH_REQUIRED';
 
 const STATUS: Record<SessionErrorCode, number> = {
   INVALID_OPTION: 500,
@@ -29,6 +30,7 @@ const STATUS: Record<SessionErrorCode, number> = {
   // and succeeds only once the user ends one of them; 429 means "slow down", invites automatic
   // retries after Retry-After, and is what rate limiters and ID-guessing throttles answer.
   SESSION_LIMIT: 409,
+  REAUTH_REQUIRED: 401,
 };
 
 /**

@@ -141,6 +141,25 @@ export class Session<D extends Record<string, unknown> = Record<string, unknown>
     return 'authAt' in this.#meta ? this.#meta.authAt : this.#record?.meta.authAt;
   }
 
+  /**
+   * True if the user proved who they are (login or reauthenticate) at most `maxAgeMs` ago.
+   * Gate sensitive changes (email, password, MFA) on it (ASVS 7.5.1, SM-39).
+   */
+  isRecentlyAuthenticated(maxAgeMs: number): boolean {
+    const at = this.authenticatedAt;
+    return at !== undefined && this.#driver.options.now() - at <= maxAgeMs;
+  }
+
+  /** Throws a 401 SessionError `REAUTH_REQUIRED` unless {@link isRecentlyAuthenticated}. */
+  requireRecentAuth(maxAgeMs: number): void {
+    if (!this.isRecentlyAuthenticated(maxAgeMs)) {
+      throw new SessionError(
+        'REAUTH_REQUIRED',
+        'This change needs you to confirm your password again: re-authenticate, then retry.',
+      );
+    }
+  }
+
   /** Client facts (IP, user agent) as seen by the integration. */
   get client(): ClientInfo {
     return this.#client;

@@ -39,6 +39,8 @@ export interface DemoOptions {
   now?: () => number;
   /** The user table. @default a fresh copy of the demo users */
   users?: UserDirectory;
+  /** How recent a login or re-authentication must be for a sensitive change. @default 300000 (5 minutes) */
+  reauthWithinMs?: number;
 }
 
 export interface Demo {
@@ -67,6 +69,7 @@ export function createApp(options: DemoOptions): Demo {
   const now = options.now ?? Date.now;
   const users = options.users ?? new UserDirectory();
   const slowMs = options.slowMs ?? 1000;
+  const reauthWithinMs = options.reauthWithinMs ?? 5 * 60_000;
   const secrets = typeof options.secret === 'string' ? [options.secret] : options.secret;
 
   const manager = new SessionManager({
@@ -261,6 +264,23 @@ export function createApp(options: DemoOptions): Demo {
     const signedOut = await manager.revokeAll(user.id, { except: req.session.id });
     await req.session.regenerateId();
     res.json({ ok: true, signedOut });
+  });
+
+  // A sensitive change: only with a recent login or re-authentication (SM-39, ASVS 7.5.1).
+  app.post('/profile/email', (req, res) => {
+    const user = currentUser(req);
+    if (!user) return unauthorized(res);
+    if (!req.session.isRecentlyAuthenticated(reauthWithinMs)) {
+      res.status(401).json({ error: 'reauthentication required', reauthenticate: '/reauth' });
+      return;
+    }
+    const email = field(req.body, 'email', 254) ?? '';
+    if (!/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(email)) {
+      res.status(400).json({ error: 'a valid email address is required' });
+      return;
+    }
+    users.setEmail(user.id, email);
+    res.json({ ok: true });
   });
 
   app.post('/elevate', async (req, res) => {

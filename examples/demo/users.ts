@@ -76,6 +76,7 @@ export async function verifyPassword(password: string, stored: string): Promise<
  */
 export class UserDirectory {
   readonly #byId = new Map<string, User & { hash: string }>();
+  readonly #emails = new Map<string, string>();
 
   constructor(seed: ReadonlyArray<User & { hash: string }> = SEED) {
     for (const user of seed) this.#byId.set(user.id, { ...user });
@@ -105,6 +106,18 @@ export class UserDirectory {
     const entry = this.#byId.get(id);
     if (!entry || password.length > MAX_PASSWORD_LENGTH) return false;
     return verifyPassword(password, entry.hash);
+  }
+
+  /** Changes a user's email address (kept in memory only). */
+  setEmail(id: string, email: string): void {
+    const entry = this.#byId.get(id);
+    if (!entry) throw new Error(`no user ${id}`);
+    this.#emails.set(id, email);
+  }
+
+  /** The user's email address, once set. */
+  emailOf(id: string): string | undefined {
+    return this.#emails.get(id);
   }
 
   /** Replaces a user's password (kept in memory only). */

@@ -15,6 +15,7 @@ import {
   csrfFrom,
   type DemoServer,
   dashboardToken,
+  fakeClock,
   login,
   removeTempDirs,
   sessionFiles,
@@ -453,6 +454,29 @@ describe('E. Logout and termination', () => {
       expect(res.setCookies).toEqual([]);
       expect((await b.c.get('/dashboard')).status).toBe(200);
       expect((await login(app.client(), ALICE)).location).toBe('/dashboard');
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('E. Sensitive changes', () => {
+  it('SM-39: changing the email needs a recent login; after 6 minutes it answers 401 until /reauth', async () => {
+    const clock = fakeClock();
+    const app = await startDemo({ store: new MemoryStore({ now: clock.now }), now: clock.now });
+    try {
+      const { c, token } = await signedIn(app);
+      const change = (t: string) => c.post('/profile/email', { _csrf: t, email: 'alice@example.org' });
+      expect((await change(token)).status).toBe(200);
+      clock.advance(6 * 60_000);
+      const stale = await change(token);
+      expect(stale.status).toBe(401);
+      expect(JSON.parse(stale.body)).toMatchObject({ error: 'reauthentication required' });
+      expect((await c.post('/reauth', { _csrf: token, password: 'wrong' })).status).toBe(401);
+      expect((await change(token)).status).toBe(401);
+      expect((await c.post('/reauth', { _csrf: token, password: ALICE.password })).status).toBe(200);
+      // Re-authentication rotated the ID and the CSRF token with it.
+      expect((await change(await dashboardToken(c))).status).toBe(200);
     } finally {
       await app.close();
     }
