@@ -19,7 +19,7 @@ function* files(dir) {
 const tests = new Map();
 for (const file of [...files(join(root, 'test')), join(root, 'src/testing/conformance.ts')]) {
   const text = readFileSync(file, 'utf8');
-  for (const match of text.matchAll(/\b(?:it|test|describe)(?:\.each\([^)]*\))?\(\s*(['"`])(.*?)\1/g)) {
+  for (const match of text.matchAll(/\b(?:it|test|describe|suite)(?:\.each\([^)]*\))?\(\s*(['"`])(.*?)\1/g)) {
     for (const id of match[2].matchAll(/SM-(\d{2})/g)) {
       const key = `SM-${id[1]}`;
       if (!tests.has(key)) tests.set(key, new Set());

@@ -32,7 +32,7 @@ describe('encryption at rest (encrypt: true)', () => {
     });
   });
 
-  it('a sealed value moved to another field does not open: undefined plus a store_corrupt event', async () => {
+  it('SM-53 (at rest): a sealed value moved to another field does not open: undefined plus a store_corrupt event', async () => {
     const { manager, store, events } = setup({ encrypt: true });
     const browser = new Browser(manager);
     await browser.request((s) => s.set('role', 'admin').set('nickname', 'al'));
@@ -52,7 +52,7 @@ describe('encryption at rest (encrypt: true)', () => {
     });
   });
 
-  it('a sealed value copied into another session (FileStore, edited on disk) does not open', async () => {
+  it('SM-53 (at rest): a sealed value copied into another session (FileStore, edited on disk) does not open', async () => {
     const { dir, cleanup } = await tempDir();
     cleanups.push(cleanup);
     const { manager, events } = setup({ encrypt: true, store: new FileStore({ dir, fsync: false }) });
@@ -132,7 +132,7 @@ describe('encryption at rest (encrypt: true)', () => {
     await browser.request((s) => expect(s.get('small')).toBe(1));
   });
 
-  it('a tampered ciphertext reads as absent, never throws, and regeneration drops it', async () => {
+  it('SM-53 (at rest): a tampered ciphertext reads as absent, never throws, and regeneration drops it', async () => {
     const { manager, store } = setup({ encrypt: true });
     const browser = new Browser(manager);
     await browser.request((s) => s.set('a', 'x').set('b', 'y'));
