@@ -8,10 +8,12 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterEach } from 'vitest';
 import {
   type AuditEvent,
   type CommitOutcome,
   type CommitResult,
+  FileStore,
   MemoryStore,
   type RequestInfo,
   type Session,
@@ -125,6 +127,41 @@ export function setup<D extends Record<string, unknown> = Record<string, unknown
     store,
   });
   return { manager, store, clock, events, warnings };
+}
+
+/** Builds a real store on the test's clock. */
+export type StoreFactory = (clock: Clock) => Promise<SessionStore>;
+
+/**
+ * The real stores a manager-level suite runs over (`describe.each(realStores())`): a MemoryStore
+ * and a FileStore, each on the test's clock. Registers, in the calling file, an `afterEach` that
+ * removes the FileStore directories of the test.
+ */
+export function realStores(): [string, StoreFactory][] {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0)) await cleanup();
+  });
+  return [
+    ['MemoryStore', async (clock) => new MemoryStore({ now: clock.now })],
+    [
+      'FileStore',
+      async (clock) => {
+        const { dir, cleanup } = await tempDir();
+        cleanups.push(cleanup);
+        return new FileStore({ dir, now: clock.now, fsync: false });
+      },
+    ],
+  ];
+}
+
+/** `setup` over a store from `factory`, the manager and the store sharing a fresh clock. */
+export async function setupOver<D extends Record<string, unknown> = Record<string, unknown>>(
+  factory: StoreFactory,
+  options: Partial<SessionManagerOptions> = {},
+) {
+  const clock = new Clock();
+  return setup<D>({ store: await factory(clock), ...options }, clock);
 }
 
 /** Name and value of a Set-Cookie header, and whether it clears the cookie (Max-Age=0). */

@@ -3,6 +3,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { SessionError } from '../../src/index.js';
 import { csrfProtection, session } from '../../src/integrations/express.js';
+import { CSRF_CONTENT_TYPES, contentTypeHeader } from '../helpers/csrf-matrix.js';
 import { listen, sessionCookieOf, setup } from '../helpers/session-kit.js';
 
 const NAME = 'sid';
@@ -200,16 +201,8 @@ describe('SM-43: csrfProtection', () => {
 
   it('SM-47: cross-origin POSTs are refused whatever the Content-Type; same origin with the token passes', async () => {
     const { cookie, token } = await withToken();
-    const types = [
-      undefined,
-      'text/plain',
-      'TEXT/PLAIN',
-      'multipart/form-data; boundary=x',
-      'application/x-www-form-urlencoded;charset=UTF-8',
-      'application/json',
-    ];
-    for (const type of types) {
-      const ct: Record<string, string> = type === undefined ? {} : { 'content-type': type };
+    for (const type of CSRF_CONTENT_TYPES) {
+      const ct = contentTypeHeader(type);
       const json = type?.toLowerCase().includes('json');
       const body = json ? JSON.stringify({ _csrf: token }) : `_csrf=${token}`;
       for (const bad of ['https://evil.example', 'null', `${origin}.attacker.com`]) {

@@ -235,8 +235,9 @@ describe.skipIf(skip)(`MemcachedStore against real servers${skip ? ` (skipped: $
     const item = await rawItem(`${prefix}${k}`);
     expect(item.holders).toBe(1);
     expect(item.ttl).toBeGreaterThanOrEqual(31 * DAY_S - 2);
-    // + 1 s added by the store, + up to 1 s of memcached's clock lag, + rounding up.
-    expect(item.ttl).toBeLessThanOrEqual(31 * DAY_S + 3);
+    // + 1 s added by the store, + rounding up, + memcached's coarse clock: it ticks once a second
+    // and can trail the wall clock by up to two ticks when the machine is busy.
+    expect(item.ttl).toBeLessThanOrEqual(31 * DAY_S + 5);
     expect(await store.commit(k, { set: { 'v:b': '2' }, unset: [] }, 40 * DAY_S * 1000)).toBe('ok');
     expect((await rawItem(`${prefix}${k}`)).ttl).toBeGreaterThanOrEqual(40 * DAY_S - 2);
     expect((await store.load(k))?.values).toEqual({ 'v:a': '1', 'v:b': '2' });

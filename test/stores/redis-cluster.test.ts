@@ -5,10 +5,20 @@ import { promisify } from 'node:util';
 import { Cluster } from 'ioredis';
 import { createCluster } from 'redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { newToken, storageKey } from '../../src/crypto/ids.js';
-import { type RedisClientLike, RedisStore } from '../../src/stores/redis.js';
-import type { SessionMeta, StoredSession } from '../../src/stores/store.js';
-import { describeStoreConformance } from '../../src/testing/conformance.js';
+import { RedisStore } from '../../src/stores/redis.js';
+import {
+  type Connected,
+  describeRedisConformance,
+  describeRedisSpecifics,
+  HOUR,
+  type Kind,
+  kinds,
+  newKey,
+  type RedisTarget,
+  record,
+  sleep,
+  uniquePrefix,
+} from '../helpers/redis.js';
 import { serverAvailable } from '../helpers/servers.js';
 
 interface Node {
@@ -25,8 +35,6 @@ const NODES: Node[] = (
     const [host = '', port = ''] = entry.trim().split(':');
     return { host, port: Number(port) };
   });
-const HOUR = 3_600_000;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---- a minimal RESP client for administration ------------------------------------------------
 // One short-lived connection per command, so a node that is shut down never leaves a
@@ -228,14 +236,6 @@ const skip = await serverAvailable(
 
 // ---- clients ----------------------------------------------------------------------------------
 
-const kinds = ['node-redis', 'ioredis'] as const;
-type Kind = (typeof kinds)[number];
-
-interface Connected {
-  client: RedisClientLike;
-  close: () => Promise<void>;
-}
-
 async function connect(kind: Kind): Promise<Connected> {
   if (kind === 'node-redis') {
     const client = createCluster({
@@ -256,98 +256,62 @@ async function connect(kind: Kind): Promise<Connected> {
   };
 }
 
-const uniquePrefix = (tag: string) => `sftest:${tag}:${randomBytes(6).toString('hex')}:`;
-const newKey = () => storageKey(newToken());
+const cluster: RedisTarget = {
+  topology: 'Cluster',
+  skip,
+  connect,
+  deleteKeys,
+  prefixTag: (kind) => `cluster-${kind}`,
+};
 
-function record(values: Record<string, string>, extra: Partial<SessionMeta> = {}): StoredSession {
-  const now = Date.now();
-  return { meta: { createdAt: now, lastSeenAt: now, deadline: now + HOUR, ...extra }, values };
-}
+describeRedisConformance(cluster);
 
-for (const kind of kinds) {
-  describeStoreConformance(
-    `RedisStore (${kind}, Cluster)`,
-    async () => {
-      const { client, close } = await connect(kind);
-      const prefix = uniquePrefix(`cluster-${kind}`);
-      return {
-        store: new RedisStore({ client, prefix }),
-        cleanup: async () => {
-          await close();
-          await deleteKeys(prefix);
-        },
-      };
-    },
-    { skip },
-  );
-}
+describeRedisSpecifics(cluster, ({ storeWith }) => {
+  it('sessions spread over every master; each one and its user index are served across slots', async () => {
+    const store = storeWith();
+    const userId = `u-${randomBytes(4).toString('hex')}`;
+    const keys = Array.from({ length: 30 }, newKey);
+    for (const k of keys) await store.create(k, record({ 'v:k': JSON.stringify(k) }, { userId }), HOUR);
+    const masters = (await clusterNodes(NODES[0]!)).filter((n) => n.master && !n.failed);
+    const perMaster = await Promise.all(
+      masters.map(async (m) => (await scanAll(m, `${store.prefix}{*`)).length),
+    );
+    expect(perMaster.every((n) => n > 0)).toBe(true);
+    expect(perMaster.reduce((a, b) => a + b, 0)).toBe(keys.length);
+    expect((await store.sessionsOf(userId)).map((s) => s.key).sort()).toEqual([...keys].sort());
+    for (const k of keys.slice(0, 10)) await store.destroy(k);
+    expect((await store.sessionsOf(userId)).map((s) => s.key).sort()).toEqual(keys.slice(10).sort());
+  });
 
-const suite = skip ? describe.skip : describe;
+  it('durability: WAIT on the owning master confirms each write on its replica', async () => {
+    const store = storeWith({ durability: { replicas: 1, timeoutMs: 2_000 } });
+    const userId = `u-${randomBytes(4).toString('hex')}`;
+    for (let i = 0; i < 10; i++) {
+      const k = newKey();
+      expect(await store.create(k, record({ 'v:a': '1' }, { userId }), HOUR)).toBe(true);
+      expect(
+        await store.commit(k, { set: { 'v:b': '2' }, unset: [], meta: { lastSeenAt: Date.now() } }, HOUR),
+      ).toBe('ok');
+      expect(await store.touch(k, { lastSeenAt: Date.now() }, HOUR)).toBe('ok');
+      await store.destroy(k);
+      expect(await store.load(k)).toBeNull();
+    }
+  });
 
-for (const kind of kinds) {
-  suite(`RedisStore specifics (${kind}, Cluster)${skip ? ` (skipped: ${skip})` : ''}`, () => {
-    let conn: Connected;
-    const prefixes: string[] = [];
-    const storeWith = (options: Partial<ConstructorParameters<typeof RedisStore>[0]> = {}) => {
-      const prefix = uniquePrefix(`cluster-${kind}`);
-      prefixes.push(prefix);
-      return new RedisStore({ client: conn.client, prefix, ...options });
-    };
-
-    beforeAll(async () => {
-      conn = await connect(kind);
-    });
-    afterAll(async () => {
-      await conn?.close();
-      for (const p of prefixes) await deleteKeys(p);
-    });
-
-    it('sessions spread over every master; each one and its user index are served across slots', async () => {
-      const store = storeWith();
-      const userId = `u-${randomBytes(4).toString('hex')}`;
-      const keys = Array.from({ length: 30 }, newKey);
-      for (const k of keys) await store.create(k, record({ 'v:k': JSON.stringify(k) }, { userId }), HOUR);
-      const masters = (await clusterNodes(NODES[0]!)).filter((n) => n.master && !n.failed);
-      const perMaster = await Promise.all(
-        masters.map(async (m) => (await scanAll(m, `${store.prefix}{*`)).length),
-      );
-      expect(perMaster.every((n) => n > 0)).toBe(true);
-      expect(perMaster.reduce((a, b) => a + b, 0)).toBe(keys.length);
-      expect((await store.sessionsOf(userId)).map((s) => s.key).sort()).toEqual([...keys].sort());
-      for (const k of keys.slice(0, 10)) await store.destroy(k);
-      expect((await store.sessionsOf(userId)).map((s) => s.key).sort()).toEqual(keys.slice(10).sort());
-    });
-
-    it('durability: WAIT on the owning master confirms each write on its replica', async () => {
-      const store = storeWith({ durability: { replicas: 1, timeoutMs: 2_000 } });
-      const userId = `u-${randomBytes(4).toString('hex')}`;
-      for (let i = 0; i < 10; i++) {
-        const k = newKey();
-        expect(await store.create(k, record({ 'v:a': '1' }, { userId }), HOUR)).toBe(true);
-        expect(
-          await store.commit(k, { set: { 'v:b': '2' }, unset: [], meta: { lastSeenAt: Date.now() } }, HOUR),
-        ).toBe('ok');
-        expect(await store.touch(k, { lastSeenAt: Date.now() }, HOUR)).toBe('ok');
-        await store.destroy(k);
-        expect(await store.load(k)).toBeNull();
-      }
-    });
-
-    it('durability: asking for more replicas than a master has fails the write with a clear error', async () => {
-      const store = storeWith({ durability: { replicas: 2, timeoutMs: 100 } });
-      await expect(store.create(newKey(), record({}), HOUR)).rejects.toMatchObject({
-        code: 'STORE_UNAVAILABLE',
-        message: expect.stringContaining('1 of 2 required replicas'),
-      });
+  it('durability: asking for more replicas than a master has fails the write with a clear error', async () => {
+    const store = storeWith({ durability: { replicas: 2, timeoutMs: 100 } });
+    await expect(store.create(newKey(), record({}), HOUR)).rejects.toMatchObject({
+      code: 'STORE_UNAVAILABLE',
+      message: expect.stringContaining('1 of 2 required replicas'),
     });
   });
-}
+});
 
 // ---- failover ----------------------------------------------------------------------------------
 // Runs after the suites above (same file, declared later). It stops a master for real, so it
 // restarts it in afterAll even when an assertion fails, leaving a healthy cluster behind.
 
-suite(`RedisStore on Cluster: a master fails${skip ? ` (skipped: ${skip})` : ''}`, () => {
+describe.skipIf(skip)(`RedisStore on Cluster: a master fails${skip ? ` (skipped: ${skip})` : ''}`, () => {
   const prefix = uniquePrefix('failover');
   const userId = `u-${randomBytes(4).toString('hex')}`;
   const keys = Array.from({ length: 60 }, newKey);

@@ -4,14 +4,23 @@ import { createClient } from 'redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newToken, storageKey } from '../../src/crypto/ids.js';
 import { type RedisClientLike, RedisStore } from '../../src/stores/redis.js';
-import type { SessionMeta, StoredSession } from '../../src/stores/store.js';
-import { describeStoreConformance } from '../../src/testing/conformance.js';
+import {
+  type Connected,
+  describeRedisConformance,
+  describeRedisSpecifics,
+  HOUR,
+  type Kind,
+  newKey,
+  type RedisTarget,
+  record,
+  sleep,
+  uniquePrefix,
+} from '../helpers/redis.js';
 import { serverAvailable } from '../helpers/servers.js';
 
 // Loopback only: these tests write and scan keys (under a random prefix) on this server.
 const HOST = '127.0.0.1';
 const PORT = Number(process.env.REDIS_PORT ?? 6379);
-const HOUR = 3_600_000;
 
 type Admin = ReturnType<typeof createClient>;
 
@@ -32,14 +41,6 @@ const skip = await serverAvailable(`Redis at ${HOST}:${PORT}`, async () => {
   }
 });
 
-const kinds = ['node-redis', 'ioredis'] as const;
-type Kind = (typeof kinds)[number];
-
-interface Connected {
-  client: RedisClientLike;
-  close: () => Promise<void>;
-}
-
 async function connect(kind: Kind): Promise<Connected> {
   if (kind === 'node-redis') {
     const client = await createClient({ socket: { host: HOST, port: PORT } }).connect();
@@ -54,8 +55,6 @@ async function connect(kind: Kind): Promise<Connected> {
     },
   };
 }
-
-const uniquePrefix = (tag: string) => `sftest:${tag}:${randomBytes(6).toString('hex')}:`;
 
 async function deleteKeys(admin: Admin, prefix: string): Promise<void> {
   for await (const keys of admin.scanIterator({ MATCH: `${prefix}*`, COUNT: 500 })) {
@@ -72,272 +71,246 @@ async function keysOf(admin: Admin, prefix: string): Promise<string[]> {
 const indexKey = (prefix: string, userId: string) =>
   `${prefix}u:{${createHash('sha256').update(userId).digest('base64url')}}`;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const newKey = () => storageKey(newToken());
+const standalone: RedisTarget = {
+  topology: 'standalone',
+  skip,
+  connect,
+  deleteKeys: async (prefix) => {
+    const admin = await connectAdmin();
+    try {
+      await deleteKeys(admin, prefix);
+    } finally {
+      admin.destroy();
+    }
+  },
+  prefixTag: (kind) => kind,
+};
 
-function record(values: Record<string, string>, extra: Partial<SessionMeta> = {}): StoredSession {
-  const now = Date.now();
-  return { meta: { createdAt: now, lastSeenAt: now, deadline: now + HOUR, ...extra }, values };
-}
+describeRedisConformance(standalone);
 
-for (const kind of kinds) {
-  describeStoreConformance(
-    `RedisStore (${kind}, standalone)`,
-    async () => {
-      const { client, close } = await connect(kind);
-      const prefix = uniquePrefix(`conf-${kind}`);
-      return {
-        store: new RedisStore({ client, prefix }),
-        cleanup: async () => {
-          const admin = await connectAdmin();
-          await deleteKeys(admin, prefix);
-          admin.destroy();
-          await close();
-        },
-      };
-    },
-    { skip },
-  );
-}
+describeRedisSpecifics(standalone, ({ kind, storeWith }) => {
+  let admin: Admin;
+  let prefix: string;
+  let store: RedisStore;
 
-const suite = skip ? describe.skip : describe;
-
-for (const kind of kinds) {
-  suite(`RedisStore specifics (${kind}, standalone)${skip ? ` (skipped: ${skip})` : ''}`, () => {
-    let admin: Admin;
-    let conn: Connected;
-    let prefix: string;
-    let store: RedisStore;
-    const prefixes: string[] = [];
-
-    const storeWith = (options: Partial<ConstructorParameters<typeof RedisStore>[0]> = {}) => {
-      const p = options.prefix ?? uniquePrefix(kind);
-      prefixes.push(p);
-      return new RedisStore({ client: conn.client, ...options, prefix: p });
-    };
-
-    beforeAll(async () => {
-      admin = await connectAdmin();
-      conn = await connect(kind);
-      store = storeWith();
-      prefix = store.prefix;
-    });
-    afterAll(async () => {
-      for (const p of prefixes) await deleteKeys(admin, p);
-      await conn?.close();
-      admin?.destroy();
-    });
-
-    it('SM-61: value and expiry are set together; PTTL stays within the TTL the manager passed', async () => {
-      const k = newKey();
-      const redisKey = `${prefix}{${k}}`;
-      expect(await store.create(k, record({ 'v:a': '1' }), 60_000)).toBe(true);
-      let pttl = await admin.pTTL(redisKey);
-      expect(pttl).toBeGreaterThan(0);
-      expect(pttl).toBeLessThanOrEqual(60_000);
-      expect(
-        await store.commit(k, { set: { 'v:b': '2' }, unset: [], meta: { lastSeenAt: Date.now() } }, 30_000),
-      ).toBe('ok');
-      pttl = await admin.pTTL(redisKey);
-      expect(pttl).toBeGreaterThan(0);
-      expect(pttl).toBeLessThanOrEqual(30_000);
-      expect(await store.touch(k, { lastSeenAt: Date.now() }, 10_000)).toBe('ok');
-      pttl = await admin.pTTL(redisKey);
-      expect(pttl).toBeGreaterThan(0);
-      expect(pttl).toBeLessThanOrEqual(10_000);
-      // A record already past its lifetime is never written, so it can never lack an expiry.
-      const late = newKey();
-      expect(await store.create(late, record({ 'v:a': '1' }), 0)).toBe(true);
-      expect(await admin.exists(`${prefix}{${late}}`)).toBe(0);
-    });
-
-    it('SM-61: a create is one script call doing HSET + PEXPIRE; a touch is one call, index untouched (MONITOR)', async () => {
-      const userId = `u-${randomBytes(4).toString('hex')}`;
-      const loggedIn = newKey();
-      await store.create(loggedIn, record({}, { userId }), 60_000); // scripts are cached from here on
-      const monitor = admin.duplicate();
-      monitor.on('error', () => undefined);
-      await monitor.connect();
-      const seen: string[] = [];
-      await monitor.monitor((line) => {
-        seen.push(String(line));
-      });
-      const k = newKey();
-      await store.create(k, record({ 'v:a': '1' }), 60_000);
-      expect(await store.touch(loggedIn, { lastSeenAt: Date.now() }, 60_000)).toBe('ok');
-      const about = (name: string) => seen.filter((line) => line.includes(name));
-      const done = () => about(`${prefix}{${loggedIn}}`).some((l) => l.includes('"PEXPIRE"'));
-      for (let i = 0; i < 100 && !done(); i++) await sleep(20);
-      monitor.destroy();
-      const fromClient = (lines: string[]) => lines.filter((l) => !l.includes(' lua] '));
-      const created = about(`${prefix}{${k}}`);
-      expect(fromClient(created)).toHaveLength(1);
-      expect(fromClient(created)[0]).toMatch(/"EVALSHA"/);
-      const inside = created.filter((l) => l.includes(' lua] '));
-      expect(inside.some((l) => l.includes('"HSET"'))).toBe(true);
-      expect(inside.some((l) => l.includes('"PEXPIRE"'))).toBe(true);
-      expect(fromClient(about(`${prefix}{${loggedIn}}`))).toHaveLength(1);
-      expect(about(indexKey(prefix, userId))).toEqual([]);
-    });
-
-    it('SM-61: keys are `prefix{storage key}` plus a hashed user index; neither token nor user id appears', async () => {
-      const p = uniquePrefix(`layout-${kind}`);
-      const layout = storeWith({ prefix: p });
-      const token = newToken();
-      const k = storageKey(token);
-      const userId = 'alice@example.org';
-      await layout.create(k, record({ 'v:a': '"x"' }, { userId }), HOUR);
-      const keys = await keysOf(admin, p);
-      expect(keys).toEqual([`${p}{${k}}`, indexKey(p, userId)].sort());
-      for (const name of keys) {
-        expect(name).not.toContain(token);
-        expect(name).not.toContain(userId);
-      }
-      const hash = await admin.hGetAll(`${p}{${k}}`);
-      expect(Object.keys(hash).sort()).toEqual(['.v:a', 'meta']);
-      expect(JSON.stringify(hash)).not.toContain(token);
-    });
-
-    it('SM-61: after destroy the user index no longer lists the session', async () => {
-      const userId = `u-${randomBytes(4).toString('hex')}`;
-      const a = newKey();
-      const b = newKey();
-      await store.create(a, record({}, { userId }), HOUR);
-      await store.create(b, record({}, { userId }), HOUR);
-      expect(await admin.zRange(indexKey(prefix, userId), 0, -1)).toEqual(expect.arrayContaining([a, b]));
-      await store.destroy(a);
-      expect(await admin.zRange(indexKey(prefix, userId), 0, -1)).toEqual([b]);
-      expect((await store.sessionsOf(userId)).map((s) => s.key)).toEqual([b]);
-      await store.destroy(b);
-      expect(await admin.exists(indexKey(prefix, userId))).toBe(0);
-      expect(await store.sessionsOf(userId)).toEqual([]);
-    });
-
-    it('user index: entries of expired sessions stay until read, then sessionsOf prunes them', async () => {
-      const userId = `u-${randomBytes(4).toString('hex')}`;
-      const live = newKey();
-      await store.create(newKey(), record({}, { userId }), 50);
-      await store.create(newKey(), record({}, { userId }), 50);
-      await store.create(live, record({}, { userId }), HOUR);
-      await sleep(150);
-      expect(await admin.zCard(indexKey(prefix, userId))).toBe(3);
-      expect((await store.sessionsOf(userId)).map((s) => s.key)).toEqual([live]);
-      expect(await admin.zRange(indexKey(prefix, userId), 0, -1)).toEqual([live]);
-    });
-
-    it('user index: entries are trimmed by recorded expiry only past a 30 s clock-skew margin', async () => {
-      const userId = `u-${randomBytes(4).toString('hex')}`;
-      const k = newKey();
-      const t0 = Date.now();
-      await store.create(k, record({}, { userId, deadline: t0 + 60_000 }), 60_000);
-      // Another app server whose clock runs 20 s ahead still lists the session...
-      const ahead = storeWith({ prefix, now: () => Date.now() + 80_000 });
-      expect((await ahead.sessionsOf(userId)).map((s) => s.key)).toEqual([k]);
-      // ...one 2 minutes ahead considers it expired by its index score and drops the entry
-      // without reading the record (which Redis still holds: its own TTL decides).
-      const far = storeWith({ prefix, now: () => Date.now() + 120_000 });
-      expect(await far.sessionsOf(userId)).toEqual([]);
-      expect(await admin.exists(indexKey(prefix, userId))).toBe(0);
-      expect(await admin.exists(`${prefix}{${k}}`)).toBe(1);
-    });
-
-    it('user index: the index key expires on its own after its last session', async () => {
-      const userId = `u-${randomBytes(4).toString('hex')}`;
-      const deadline = Date.now() + 120_000;
-      await store.create(newKey(), record({}, { userId, deadline }), 60_000);
-      const pttl = await admin.pTTL(indexKey(prefix, userId));
-      expect(pttl).toBeGreaterThan(60_000);
-      expect(pttl).toBeLessThanOrEqual(120_000 + 30_000);
-    });
-
-    it('user index: a commit that changes or removes the user moves the session between indexes', async () => {
-      const u1 = `u1-${randomBytes(4).toString('hex')}`;
-      const u2 = `u2-${randomBytes(4).toString('hex')}`;
-      const k = newKey();
-      await store.create(k, record({ 'v:a': '1' }, { userId: u1 }), HOUR);
-      expect(await store.commit(k, { set: {}, unset: [], meta: { userId: u2 } }, HOUR)).toBe('ok');
-      expect(await store.sessionsOf(u1)).toEqual([]);
-      expect(await admin.exists(indexKey(prefix, u1))).toBe(0);
-      expect((await store.sessionsOf(u2)).map((s) => s.key)).toEqual([k]);
-      // The pending mark written before the change is settled afterwards (an integer score).
-      const score = await admin.zScore(indexKey(prefix, u2), k);
-      expect(Number.isInteger(score)).toBe(true);
-      expect(await store.commit(k, { set: {}, unset: [], meta: { userId: undefined } }, HOUR)).toBe('ok');
-      expect(await store.sessionsOf(u2)).toEqual([]);
-      expect((await store.load(k))?.meta.userId).toBeUndefined();
-      expect(await store.commit(newKey(), { set: {}, unset: [], meta: { userId: u2 } }, HOUR)).toBe('gone');
-      expect(await admin.exists(indexKey(prefix, u2))).toBe(0);
-    });
-
-    it('prefix isolation: stores with different prefixes on one client never see each other', async () => {
-      const other = storeWith();
-      const userId = `u-${randomBytes(4).toString('hex')}`;
-      const k = newKey();
-      await store.create(k, record({ 'v:a': '1' }, { userId }), HOUR);
-      expect(await other.load(k)).toBeNull();
-      expect(await other.commit(k, { set: { 'v:b': '1' }, unset: [] }, HOUR)).toBe('gone');
-      expect(await other.sessionsOf(userId)).toEqual([]);
-      await other.destroy(k);
-      expect(await other.create(k, record({ 'v:a': 'other' }), HOUR)).toBe(true);
-      expect((await store.load(k))?.values['v:a']).toBe('1');
-      expect((await store.sessionsOf(userId)).map((s) => s.key)).toEqual([k]);
-      expect((await other.load(k))?.values['v:a']).toBe('other');
-    });
-
-    it('metadata merged inside Redis keeps full number precision', async () => {
-      const k = newKey();
-      await store.create(k, record({}), HOUR);
-      const meta = { lastSeenAt: 2 ** 53 - 1, authAt: 0.1 + 0.2, deadline: 253_402_300_799_999 };
-      expect(await store.commit(k, { set: {}, unset: [], meta }, HOUR)).toBe('ok');
-      expect((await store.load(k))?.meta).toMatchObject(meta);
-    });
-
-    it('a record with unreadable metadata is reported and treated as absent', async () => {
-      const reported: string[] = [];
-      const p = uniquePrefix(`corrupt-${kind}`);
-      const guarded = storeWith({ prefix: p, onCorrupt: (key) => reported.push(key) });
-      const k = newKey();
-      await admin.hSet(`${p}{${k}}`, { meta: '{not json', '.v:a': '1' });
-      await admin.pExpire(`${p}{${k}}`, 60_000);
-      expect(await guarded.load(k)).toBeNull();
-      expect(reported).toEqual([`${p}{${k}}`]);
-      expect(await guarded.commit(k, { set: { 'v:b': '1' }, unset: [] }, HOUR)).toBe('gone');
-      expect(await admin.hExists(`${p}{${k}}`, '.v:b')).toBe(0);
-      await guarded.destroy(k);
-      expect(await admin.exists(`${p}{${k}}`)).toBe(0);
-    });
-
-    it('after SCRIPT FLUSH (restart, failover) the store sends the scripts again', async () => {
-      const k = newKey();
-      await store.create(k, record({ 'v:a': '1' }), HOUR);
-      await admin.scriptFlush();
-      expect((await store.load(k))?.values['v:a']).toBe('1');
-      expect(await store.commit(k, { set: { 'v:a': '2' }, unset: [] }, HOUR)).toBe('ok');
-      expect((await store.load(k))?.values['v:a']).toBe('2');
-    });
-
-    it('durability: a write that fewer replicas than required acknowledge fails loudly', async () => {
-      const info = await admin.info('replication');
-      const replicas = Number(/connected_slaves:(\d+)/.exec(info)?.[1] ?? 0);
-      const strict = storeWith({ durability: { replicas: replicas + 1, timeoutMs: 50 } });
-      const k = newKey();
-      const started = Date.now();
-      await expect(strict.create(k, record({}), HOUR)).rejects.toMatchObject({
-        code: 'STORE_UNAVAILABLE',
-        message: expect.stringContaining(`${replicas} of ${replicas + 1} required replicas`),
-      });
-      expect(Date.now() - started).toBeGreaterThanOrEqual(45);
-    });
-
-    it('errors from the client propagate (the manager turns them into a 503)', async () => {
-      const doomed = await connect(kind);
-      const broken = new RedisStore({ client: doomed.client, prefix: uniquePrefix('closed') });
-      await doomed.close();
-      await expect(broken.load(newKey())).rejects.toThrow();
-      await expect(broken.create(newKey(), record({}), HOUR)).rejects.toThrow();
-    });
+  beforeAll(async () => {
+    admin = await connectAdmin();
+    store = storeWith();
+    prefix = store.prefix;
   });
-}
+  afterAll(() => {
+    admin?.destroy();
+  });
+
+  it('SM-61: value and expiry are set together; PTTL stays within the TTL the manager passed', async () => {
+    const k = newKey();
+    const redisKey = `${prefix}{${k}}`;
+    expect(await store.create(k, record({ 'v:a': '1' }), 60_000)).toBe(true);
+    let pttl = await admin.pTTL(redisKey);
+    expect(pttl).toBeGreaterThan(0);
+    expect(pttl).toBeLessThanOrEqual(60_000);
+    expect(
+      await store.commit(k, { set: { 'v:b': '2' }, unset: [], meta: { lastSeenAt: Date.now() } }, 30_000),
+    ).toBe('ok');
+    pttl = await admin.pTTL(redisKey);
+    expect(pttl).toBeGreaterThan(0);
+    expect(pttl).toBeLessThanOrEqual(30_000);
+    expect(await store.touch(k, { lastSeenAt: Date.now() }, 10_000)).toBe('ok');
+    pttl = await admin.pTTL(redisKey);
+    expect(pttl).toBeGreaterThan(0);
+    expect(pttl).toBeLessThanOrEqual(10_000);
+    // A record already past its lifetime is never written, so it can never lack an expiry.
+    const late = newKey();
+    expect(await store.create(late, record({ 'v:a': '1' }), 0)).toBe(true);
+    expect(await admin.exists(`${prefix}{${late}}`)).toBe(0);
+  });
+
+  it('SM-61: a create is one script call doing HSET + PEXPIRE; a touch is one call, index untouched (MONITOR)', async () => {
+    const userId = `u-${randomBytes(4).toString('hex')}`;
+    const loggedIn = newKey();
+    await store.create(loggedIn, record({}, { userId }), 60_000); // scripts are cached from here on
+    const monitor = admin.duplicate();
+    monitor.on('error', () => undefined);
+    await monitor.connect();
+    const seen: string[] = [];
+    await monitor.monitor((line) => {
+      seen.push(String(line));
+    });
+    const k = newKey();
+    await store.create(k, record({ 'v:a': '1' }), 60_000);
+    expect(await store.touch(loggedIn, { lastSeenAt: Date.now() }, 60_000)).toBe('ok');
+    const about = (name: string) => seen.filter((line) => line.includes(name));
+    const done = () => about(`${prefix}{${loggedIn}}`).some((l) => l.includes('"PEXPIRE"'));
+    for (let i = 0; i < 100 && !done(); i++) await sleep(20);
+    monitor.destroy();
+    const fromClient = (lines: string[]) => lines.filter((l) => !l.includes(' lua] '));
+    const created = about(`${prefix}{${k}}`);
+    expect(fromClient(created)).toHaveLength(1);
+    expect(fromClient(created)[0]).toMatch(/"EVALSHA"/);
+    const inside = created.filter((l) => l.includes(' lua] '));
+    expect(inside.some((l) => l.includes('"HSET"'))).toBe(true);
+    expect(inside.some((l) => l.includes('"PEXPIRE"'))).toBe(true);
+    expect(fromClient(about(`${prefix}{${loggedIn}}`))).toHaveLength(1);
+    expect(about(indexKey(prefix, userId))).toEqual([]);
+  });
+
+  it('SM-61: keys are `prefix{storage key}` plus a hashed user index; neither token nor user id appears', async () => {
+    const p = uniquePrefix(`layout-${kind}`);
+    const layout = storeWith({ prefix: p });
+    const token = newToken();
+    const k = storageKey(token);
+    const userId = 'alice@example.org';
+    await layout.create(k, record({ 'v:a': '"x"' }, { userId }), HOUR);
+    const keys = await keysOf(admin, p);
+    expect(keys).toEqual([`${p}{${k}}`, indexKey(p, userId)].sort());
+    for (const name of keys) {
+      expect(name).not.toContain(token);
+      expect(name).not.toContain(userId);
+    }
+    const hash = await admin.hGetAll(`${p}{${k}}`);
+    expect(Object.keys(hash).sort()).toEqual(['.v:a', 'meta']);
+    expect(JSON.stringify(hash)).not.toContain(token);
+  });
+
+  it('SM-61: after destroy the user index no longer lists the session', async () => {
+    const userId = `u-${randomBytes(4).toString('hex')}`;
+    const a = newKey();
+    const b = newKey();
+    await store.create(a, record({}, { userId }), HOUR);
+    await store.create(b, record({}, { userId }), HOUR);
+    expect(await admin.zRange(indexKey(prefix, userId), 0, -1)).toEqual(expect.arrayContaining([a, b]));
+    await store.destroy(a);
+    expect(await admin.zRange(indexKey(prefix, userId), 0, -1)).toEqual([b]);
+    expect((await store.sessionsOf(userId)).map((s) => s.key)).toEqual([b]);
+    await store.destroy(b);
+    expect(await admin.exists(indexKey(prefix, userId))).toBe(0);
+    expect(await store.sessionsOf(userId)).toEqual([]);
+  });
+
+  it('user index: entries of expired sessions stay until read, then sessionsOf prunes them', async () => {
+    const userId = `u-${randomBytes(4).toString('hex')}`;
+    const live = newKey();
+    await store.create(newKey(), record({}, { userId }), 50);
+    await store.create(newKey(), record({}, { userId }), 50);
+    await store.create(live, record({}, { userId }), HOUR);
+    await sleep(150);
+    expect(await admin.zCard(indexKey(prefix, userId))).toBe(3);
+    expect((await store.sessionsOf(userId)).map((s) => s.key)).toEqual([live]);
+    expect(await admin.zRange(indexKey(prefix, userId), 0, -1)).toEqual([live]);
+  });
+
+  it('user index: entries are trimmed by recorded expiry only past a 30 s clock-skew margin', async () => {
+    const userId = `u-${randomBytes(4).toString('hex')}`;
+    const k = newKey();
+    const t0 = Date.now();
+    await store.create(k, record({}, { userId, deadline: t0 + 60_000 }), 60_000);
+    // Another app server whose clock runs 20 s ahead still lists the session...
+    const ahead = storeWith({ prefix, now: () => Date.now() + 80_000 });
+    expect((await ahead.sessionsOf(userId)).map((s) => s.key)).toEqual([k]);
+    // ...one 2 minutes ahead considers it expired by its index score and drops the entry
+    // without reading the record (which Redis still holds: its own TTL decides).
+    const far = storeWith({ prefix, now: () => Date.now() + 120_000 });
+    expect(await far.sessionsOf(userId)).toEqual([]);
+    expect(await admin.exists(indexKey(prefix, userId))).toBe(0);
+    expect(await admin.exists(`${prefix}{${k}}`)).toBe(1);
+  });
+
+  it('user index: the index key expires on its own after its last session', async () => {
+    const userId = `u-${randomBytes(4).toString('hex')}`;
+    const deadline = Date.now() + 120_000;
+    await store.create(newKey(), record({}, { userId, deadline }), 60_000);
+    const pttl = await admin.pTTL(indexKey(prefix, userId));
+    expect(pttl).toBeGreaterThan(60_000);
+    expect(pttl).toBeLessThanOrEqual(120_000 + 30_000);
+  });
+
+  it('user index: a commit that changes or removes the user moves the session between indexes', async () => {
+    const u1 = `u1-${randomBytes(4).toString('hex')}`;
+    const u2 = `u2-${randomBytes(4).toString('hex')}`;
+    const k = newKey();
+    await store.create(k, record({ 'v:a': '1' }, { userId: u1 }), HOUR);
+    expect(await store.commit(k, { set: {}, unset: [], meta: { userId: u2 } }, HOUR)).toBe('ok');
+    expect(await store.sessionsOf(u1)).toEqual([]);
+    expect(await admin.exists(indexKey(prefix, u1))).toBe(0);
+    expect((await store.sessionsOf(u2)).map((s) => s.key)).toEqual([k]);
+    // The pending mark written before the change is settled afterwards (an integer score).
+    const score = await admin.zScore(indexKey(prefix, u2), k);
+    expect(Number.isInteger(score)).toBe(true);
+    expect(await store.commit(k, { set: {}, unset: [], meta: { userId: undefined } }, HOUR)).toBe('ok');
+    expect(await store.sessionsOf(u2)).toEqual([]);
+    expect((await store.load(k))?.meta.userId).toBeUndefined();
+    expect(await store.commit(newKey(), { set: {}, unset: [], meta: { userId: u2 } }, HOUR)).toBe('gone');
+    expect(await admin.exists(indexKey(prefix, u2))).toBe(0);
+  });
+
+  it('prefix isolation: stores with different prefixes on one client never see each other', async () => {
+    const other = storeWith();
+    const userId = `u-${randomBytes(4).toString('hex')}`;
+    const k = newKey();
+    await store.create(k, record({ 'v:a': '1' }, { userId }), HOUR);
+    expect(await other.load(k)).toBeNull();
+    expect(await other.commit(k, { set: { 'v:b': '1' }, unset: [] }, HOUR)).toBe('gone');
+    expect(await other.sessionsOf(userId)).toEqual([]);
+    await other.destroy(k);
+    expect(await other.create(k, record({ 'v:a': 'other' }), HOUR)).toBe(true);
+    expect((await store.load(k))?.values['v:a']).toBe('1');
+    expect((await store.sessionsOf(userId)).map((s) => s.key)).toEqual([k]);
+    expect((await other.load(k))?.values['v:a']).toBe('other');
+  });
+
+  it('metadata merged inside Redis keeps full number precision', async () => {
+    const k = newKey();
+    await store.create(k, record({}), HOUR);
+    const meta = { lastSeenAt: 2 ** 53 - 1, authAt: 0.1 + 0.2, deadline: 253_402_300_799_999 };
+    expect(await store.commit(k, { set: {}, unset: [], meta }, HOUR)).toBe('ok');
+    expect((await store.load(k))?.meta).toMatchObject(meta);
+  });
+
+  it('a record with unreadable metadata is reported and treated as absent', async () => {
+    const reported: string[] = [];
+    const p = uniquePrefix(`corrupt-${kind}`);
+    const guarded = storeWith({ prefix: p, onCorrupt: (key) => reported.push(key) });
+    const k = newKey();
+    await admin.hSet(`${p}{${k}}`, { meta: '{not json', '.v:a': '1' });
+    await admin.pExpire(`${p}{${k}}`, 60_000);
+    expect(await guarded.load(k)).toBeNull();
+    expect(reported).toEqual([`${p}{${k}}`]);
+    expect(await guarded.commit(k, { set: { 'v:b': '1' }, unset: [] }, HOUR)).toBe('gone');
+    expect(await admin.hExists(`${p}{${k}}`, '.v:b')).toBe(0);
+    await guarded.destroy(k);
+    expect(await admin.exists(`${p}{${k}}`)).toBe(0);
+  });
+
+  it('after SCRIPT FLUSH (restart, failover) the store sends the scripts again', async () => {
+    const k = newKey();
+    await store.create(k, record({ 'v:a': '1' }), HOUR);
+    await admin.scriptFlush();
+    expect((await store.load(k))?.values['v:a']).toBe('1');
+    expect(await store.commit(k, { set: { 'v:a': '2' }, unset: [] }, HOUR)).toBe('ok');
+    expect((await store.load(k))?.values['v:a']).toBe('2');
+  });
+
+  it('durability: a write that fewer replicas than required acknowledge fails loudly', async () => {
+    const info = await admin.info('replication');
+    const replicas = Number(/connected_slaves:(\d+)/.exec(info)?.[1] ?? 0);
+    const strict = storeWith({ durability: { replicas: replicas + 1, timeoutMs: 50 } });
+    const k = newKey();
+    const started = Date.now();
+    await expect(strict.create(k, record({}), HOUR)).rejects.toMatchObject({
+      code: 'STORE_UNAVAILABLE',
+      message: expect.stringContaining(`${replicas} of ${replicas + 1} required replicas`),
+    });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(45);
+  });
+
+  it('errors from the client propagate (the manager turns them into a 503)', async () => {
+    const doomed = await connect(kind);
+    const broken = new RedisStore({ client: doomed.client, prefix: uniquePrefix('closed') });
+    await doomed.close();
+    await expect(broken.load(newKey())).rejects.toThrow();
+    await expect(broken.create(newKey(), record({}), HOUR)).rejects.toThrow();
+  });
+});
 
 describe('RedisStore options', () => {
   // A client that is never connected: validation happens before any I/O.

@@ -1,5 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type Csrf, type CsrfRequest, csrfDecision, escapeHtml, newToken } from '../../src/index.js';
+import { CSRF_CONTENT_TYPES, contentTypeHeader } from '../helpers/csrf-matrix.js';
 import { Browser, setup } from '../helpers/session-kit.js';
 
 describe('SM-65: flash messages', () => {
@@ -212,16 +213,8 @@ describe('SM-46/SM-47: the CSRF decision', () => {
   });
 
   it('SM-47: the decision does not depend on Content-Type', () => {
-    const types = [
-      undefined,
-      'text/plain',
-      'TEXT/PLAIN',
-      'multipart/form-data; boundary=x',
-      'application/x-www-form-urlencoded;charset=UTF-8',
-      'application/json',
-    ];
-    for (const type of types) {
-      const ct = type === undefined ? {} : { 'content-type': type };
+    for (const type of CSRF_CONTENT_TYPES) {
+      const ct = contentTypeHeader(type);
       expect(decide({ headers: { ...ct, origin: 'https://evil.example', 'x-csrf-token': token } })).toBe(
         'origin',
       );

@@ -1,6 +1,5 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
-  FileStore,
   MemoryStore,
   type RequestInfo,
   SessionError,
@@ -8,39 +7,39 @@ import {
   type SessionStore,
 } from '../../src/index.js';
 import { renewalClaimKey } from '../../src/policy/renewal.js';
-import { Browser, Clock, MINUTE, setup, tempDir } from '../helpers/session-kit.js';
+import {
+  Browser,
+  Clock,
+  MINUTE,
+  realStores,
+  type StoreFactory,
+  setup,
+  setupOver,
+} from '../helpers/session-kit.js';
 
 const INTERVAL = 2_000;
 const GRACE = 1_000;
 const RENEWAL = { interval: INTERVAL, grace: GRACE } as const;
 
-type StoreFactory = (clock: Clock) => Promise<SessionStore>;
-
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0)) await cleanup();
-});
-
-const stores: [string, StoreFactory][] = [
-  ['MemoryStore', async (clock) => new MemoryStore({ now: clock.now })],
-  [
-    'FileStore',
-    async (clock) => {
-      const { dir, cleanup } = await tempDir();
-      cleanups.push(cleanup);
-      return new FileStore({ dir, now: clock.now, fsync: false });
-    },
-  ],
-];
+const stores = realStores();
 
 /** A manager with renewal on, over a real store sharing the test's fake clock. */
 async function renewing(factory: StoreFactory, options: Partial<SessionManagerOptions> = {}) {
-  const clock = new Clock();
-  const kit = setup(
-    { idleTimeout: 30 * MINUTE, renewal: RENEWAL, store: await factory(clock), ...options },
-    clock,
-  );
+  const kit = await setupOver(factory, { idleTimeout: 30 * MINUTE, renewal: RENEWAL, ...options });
   return { ...kit, browser: new Browser(kit.manager) };
+}
+
+/**
+ * Lets the renewal interval pass and renews `browser`'s ID with one request; returns a second
+ * browser still holding the old cookie: a tab whose request left before the new cookie arrived,
+ * or a copy in an attacker's hands.
+ */
+async function renewKeepingOldCookie(browser: Browser, clock: Clock): Promise<Browser> {
+  clock.advance(INTERVAL);
+  const old = new Browser(browser.manager);
+  old.cookie = browser.cookie;
+  await browser.request();
+  return old;
 }
 
 /** The request a browser would send now, for loading a session by hand (a request in flight). */
@@ -157,10 +156,7 @@ describe.each(stores)('SM-24: renewal timeout with a grace window (%s)', (_name,
   it('within the grace window the old ID is served from the new record: 200, no extra session, writes land', async () => {
     const { browser, manager, store, clock, events } = await renewing(factory);
     await browser.request((s) => s.login('alice'));
-    clock.advance(INTERVAL);
-    const straggler = new Browser(manager);
-    straggler.cookie = browser.cookie; // a tab whose request left before the new cookie arrived
-    await browser.request();
+    const straggler = await renewKeepingOldCookie(browser, clock);
     const eventCount = events.length;
 
     clock.advance(GRACE - 1);
@@ -179,12 +175,9 @@ describe.each(stores)('SM-24: renewal timeout with a grace window (%s)', (_name,
   });
 
   it("after the grace window the old ID is dead: a fresh session, 'session_use_after_expire', nothing created", async () => {
-    const { browser, manager, store, clock, events } = await renewing(factory);
+    const { browser, store, clock, events } = await renewing(factory);
     await browser.request((s) => s.login('alice'));
-    clock.advance(INTERVAL);
-    const stolen = new Browser(manager);
-    stolen.cookie = browser.cookie;
-    await browser.request();
+    const stolen = await renewKeepingOldCookie(browser, clock);
 
     clock.advance(GRACE);
     store.reset();
@@ -305,10 +298,7 @@ describe.each(stores)('SM-24: renewal timeout with a grace window (%s)', (_name,
     const { browser, manager, clock } = await renewing(factory);
     await browser.request((s) => s.login('alice'));
     const oldKey = browser.key; // e.g. stored by the app at login for a later revoke()
-    clock.advance(INTERVAL);
-    const straggler = new Browser(manager);
-    straggler.cookie = browser.cookie;
-    await browser.request();
+    const straggler = await renewKeepingOldCookie(browser, clock);
     await manager.revoke(oldKey);
     expect(await manager.sessionsOf('alice')).toEqual([]);
     expect((await browser.request()).session.isNew).toBe(true);
@@ -340,12 +330,9 @@ describe.each(stores)('SM-24: renewal timeout with a grace window (%s)', (_name,
   });
 
   it('with encryption at rest, values are re-sealed for the new ID and forwarded writes are readable', async () => {
-    const { browser, manager, clock, events } = await renewing(factory, { encrypt: true });
+    const { browser, clock, events } = await renewing(factory, { encrypt: true });
     await browser.request((s) => s.set('secret', 'x'));
-    clock.advance(INTERVAL);
-    const straggler = new Browser(manager);
-    straggler.cookie = browser.cookie;
-    await browser.request();
+    const straggler = await renewKeepingOldCookie(browser, clock);
     await straggler.request((s) => s.set('more', 'y'));
     await browser.request((s) => expect([s.get('secret'), s.get('more')]).toEqual(['x', 'y']));
     expect(events.filter((e) => e.type === 'store_corrupt')).toEqual([]);
@@ -354,26 +341,20 @@ describe.each(stores)('SM-24: renewal timeout with a grace window (%s)', (_name,
 
 describe('SM-24: limits of the tombstone', () => {
   it('with expiredRetention 0 the retired record vanishes with the grace window: a later use is an unknown ID', async () => {
-    const { browser, manager, clock, events } = await renewing(stores[0]![1], { expiredRetention: 0 });
+    const { browser, clock, events } = await renewing(stores[0]![1], { expiredRetention: 0 });
     await browser.request((s) => s.login('alice'));
-    clock.advance(INTERVAL);
-    const stale = new Browser(manager);
-    stale.cookie = browser.cookie;
-    await browser.request();
+    const stale = await renewKeepingOldCookie(browser, clock);
     clock.advance(GRACE);
     expect((await stale.request()).session.isNew).toBe(true);
     expect(events.at(-1)?.type).toBe('session_unknown_id');
   });
 
   it("onReuse 'revoke-user' on a store that cannot list by user only logs", async () => {
-    const { browser, manager, clock, events } = await renewing(async (clock) => unindexed(clock), {
+    const { browser, clock, events } = await renewing(async (clock) => unindexed(clock), {
       renewal: { ...RENEWAL, onReuse: 'revoke-user' },
     });
     await browser.request((s) => s.login('alice'));
-    clock.advance(INTERVAL);
-    const stale = new Browser(manager);
-    stale.cookie = browser.cookie;
-    await browser.request();
+    const stale = await renewKeepingOldCookie(browser, clock);
     clock.advance(GRACE);
     await stale.request();
     expect(events.at(-1)).toMatchObject({ type: 'session_use_after_expire', userId: 'alice' });

@@ -1,6 +1,5 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
-  FileStore,
   MemoryStore,
   type RequestInfo,
   SessionError,
@@ -8,30 +7,12 @@ import {
   type SessionStore,
 } from '../../src/index.js';
 import { byAge } from '../../src/policy/session-limit.js';
-import { Browser, Clock, MINUTE, setup, tempDir } from '../helpers/session-kit.js';
+import { Browser, MINUTE, realStores, type StoreFactory, setup, setupOver } from '../helpers/session-kit.js';
 
-type StoreFactory = (clock: Clock) => Promise<SessionStore>;
-
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0)) await cleanup();
-});
-
-const stores: [string, StoreFactory][] = [
-  ['MemoryStore', async (clock) => new MemoryStore({ now: clock.now })],
-  [
-    'FileStore',
-    async (clock) => {
-      const { dir, cleanup } = await tempDir();
-      cleanups.push(cleanup);
-      return new FileStore({ dir, now: clock.now, fsync: false });
-    },
-  ],
-];
+const stores = realStores();
 
 async function limited(factory: StoreFactory, options: Partial<SessionManagerOptions> = {}) {
-  const clock = new Clock();
-  return setup({ maxSessionsPerUser: { limit: 2 }, store: await factory(clock), ...options }, clock);
+  return setupOver(factory, { maxSessionsPerUser: { limit: 2 }, ...options });
 }
 
 /** `count` browsers, each logged in as `userId`, one minute apart. */

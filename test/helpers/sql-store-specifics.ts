@@ -1,0 +1,262 @@
+/**
+ * What the PostgreSQL, MySQL/MariaDB and SQLite suites share: the SM-64 conformance registration
+ * and the SQL-specific tests (SM-63 injection, table names, expiry, the exported DDL) that differ
+ * only in the engine. Each engine file supplies its connection, a few raw statements and the input
+ * hostile to its dialect, and keeps its engine-only tests in its own file (passed as
+ * `engineOnly`, so they stay in the same `<Store> specifics` suite).
+ */
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newToken, storageKey } from '../../src/crypto/ids.js';
+import type { SqlSessionStore, SqlStoreOptions } from '../../src/stores/sql-common.js';
+import type { StoredSession } from '../../src/stores/store.js';
+import { describeStoreConformance } from '../../src/testing/conformance.js';
+
+export const HOUR = 3_600_000;
+export const key = () => storageKey(newToken());
+export const rec = (values: Record<string, string> = {}, userId?: string): StoredSession => ({
+  meta: { createdAt: 1, lastSeenAt: 1, deadline: 9e15, ...(userId ? { userId } : {}) },
+  values,
+});
+export const uniqueTable = () => `sf_test_${randomBytes(5).toString('hex')}`;
+
+type Awaitable<T> = T | Promise<T>;
+
+/** Builds a store of the engine on the suite's connection. */
+export type SqlStoreFactory<C, S extends SqlSessionStore> = (conn: C, options: SqlStoreOptions) => S;
+
+/** What differs between the SQL engines. */
+export interface SqlEngineHooks<C, S extends SqlSessionStore = SqlSessionStore> {
+  /** Why the suites are skipped (from `serverAvailable`), or false. */
+  skip?: string | false;
+  /** Opens what the stores of one suite share: a pool, a database handle. */
+  connect(): Awaitable<C>;
+  /** Ends what `connect` opened. */
+  disconnect(conn: C): Awaitable<void>;
+  /** The dialect's identifier quote. */
+  quote: '"' | '`';
+  /** Runs one statement without parameters (the exported DDL, DROP TABLE). */
+  exec(conn: C, sql: string): Awaitable<unknown>;
+  /** Rows in `table`, expired ones included: raw SQL, past the store. */
+  countRows(conn: C, table: string): Awaitable<number>;
+  /** Rows of `table` whose id is `id`, expired ones included. */
+  countId(conn: C, table: string, id: string): Awaitable<number>;
+  /** The exported DDL (`postgresSchema`, `mysqlSchema`, `sqliteSchema`). */
+  schema(table: string): string;
+  /** Keys that try to break out of this dialect's string literal, besides `' OR '1'='1`. */
+  hostileKeys(table: string): string[];
+  /** The end of the awkward-keys test name, and the field names it merges. */
+  awkwardKeys: { title: string; keys: string[] };
+  /** The driver's message for a table that does not exist. */
+  missingTable: RegExp;
+  /**
+   * The migrate test's name and the migrations it runs at once. By default (the server engines):
+   * four instances migrate a fresh table together.
+   */
+  migrate?: { title: string; concurrently(suite: SqlSuite<C, S>): Promise<unknown> };
+}
+
+/** The state of one `<Store> specifics` suite, for the engine-only tests. */
+export interface SqlSuite<C, S extends SqlSessionStore> {
+  /** What `connect` opened (set before the tests run). */
+  readonly conn: C;
+  /** A migrated store on `table`, on the suite's clock (set before the tests run). */
+  readonly store: S;
+  readonly table: string;
+  /** The clock of `store`, in milliseconds; tests move it forward. */
+  clock: number;
+  /** Rows in `table` (default: the suite's table), expired ones included. */
+  rows(table?: string): Promise<number>;
+  /** A further table of one test, dropped after the suite even if that test fails. */
+  scratchTable(name?: string): string;
+}
+
+const dropTable = <C>(engine: Pick<SqlEngineHooks<C>, 'exec' | 'quote'>, conn: C, table: string) =>
+  engine.exec(conn, `DROP TABLE IF EXISTS ${engine.quote}${table}${engine.quote}`);
+
+/** The SM-64 conformance suite on a fresh table of the engine. */
+export function describeSqlStoreConformance<C, S extends SqlSessionStore>(
+  name: string,
+  factory: SqlStoreFactory<C, S>,
+  engine: SqlEngineHooks<C, S>,
+): void {
+  describeStoreConformance(
+    name,
+    async () => {
+      const conn = await engine.connect();
+      const table = uniqueTable();
+      const store = factory(conn, { table });
+      await store.migrate();
+      return {
+        store,
+        cleanup: async () => {
+          await dropTable(engine, conn, table);
+          await engine.disconnect(conn);
+        },
+      };
+    },
+    { skip: engine.skip },
+  );
+}
+
+/**
+ * The `<name> specifics` suite: the tests every SQL engine shares, then `engineOnly`, all against
+ * one migrated table whose store runs on a clock the tests move.
+ */
+export function describeSqlStoreSpecifics<C, S extends SqlSessionStore>(
+  name: string,
+  factory: SqlStoreFactory<C, S>,
+  engine: SqlEngineHooks<C, S>,
+  engineOnly: (suite: SqlSuite<C, S>) => void = () => {},
+): void {
+  const skip = engine.skip ?? false;
+  describe.skipIf(skip)(`${name} specifics${skip ? ` (skipped: ${skip})` : ''}`, () => {
+    const table = uniqueTable();
+    const scratch: string[] = [];
+    let conn: C;
+    let store: S;
+    const suite: SqlSuite<C, S> = {
+      get conn() {
+        return conn;
+      },
+      get store() {
+        return store;
+      },
+      table,
+      clock: Date.now(),
+      rows: async (t = table) => engine.countRows(conn, t),
+      scratchTable: (t = uniqueTable()) => {
+        scratch.push(t);
+        return t;
+      },
+    };
+    const { rows, scratchTable } = suite;
+    const migrate = engine.migrate ?? {
+      title: 'migrate is idempotent, also when several instances start at once, and the DDL is exported',
+      concurrently: async () => {
+        const fresh = scratchTable();
+        const instances = Array.from({ length: 4 }, () => factory(conn, { table: fresh }));
+        await Promise.all(instances.map((s) => s.migrate()));
+      },
+    };
+
+    beforeAll(async () => {
+      conn = await engine.connect();
+      store = factory(conn, { table, now: () => suite.clock });
+      await store.migrate();
+    });
+    afterAll(async () => {
+      for (const t of [table, ...scratch]) await dropTable(engine, conn, t);
+      await engine.disconnect(conn);
+    });
+
+    it('SM-63, SM-13: a key carrying SQL is only data: load null, commit gone, nothing deleted', async () => {
+      await store.create(key(), rec({ 'v:a': '1' }), HOUR);
+      await store.create(key(), rec({ 'v:a': '2' }), HOUR);
+      const before = await rows();
+      const injection = "' OR '1'='1";
+      expect(await store.load(injection)).toBeNull();
+      expect(await store.commit(injection, { set: { 'v:x': '1' }, unset: [] }, HOUR)).toBe('gone');
+      await store.destroy(injection);
+      for (const hostile of engine.hostileKeys(table)) await store.destroy(hostile);
+      expect(await rows()).toBe(before);
+      // Stored as a key of its own, it round-trips like any other key.
+      expect(await store.create(injection, rec({ 'v:a': 'inj' }), HOUR)).toBe(true);
+      expect((await store.load(injection))?.values['v:a']).toBe('inj');
+      await store.destroy(injection);
+      expect(await rows()).toBe(before);
+    });
+
+    it('SM-63: the table name is validated, since identifiers cannot be parameters', () => {
+      for (const bad of [`x${engine.quote}; DROP TABLE y; --`, 'a b', '1abc', 'a'.repeat(64), '']) {
+        expect(() => factory(conn, { table: bad })).toThrow(
+          expect.objectContaining({ code: 'INVALID_OPTION' }),
+        );
+        expect(() => engine.schema(bad)).toThrow(/table name/);
+      }
+    });
+
+    it('SM-28: an expired row is never returned, even before gc removes it', async () => {
+      const k = key();
+      await store.create(k, rec({ 'v:a': '1' }, 'u-expiry'), 1_000);
+      suite.clock += 1_001;
+      const before = await rows();
+      expect(await store.sessionsOf('u-expiry')).toEqual([]);
+      expect(await rows()).toBe(before); // still in the table: the read predicate alone hid it
+      expect(await store.load(k)).toBeNull();
+      expect(await rows()).toBe(before - 1); // and a load that meets it removes it
+      expect(await store.commit(k, { set: { 'v:b': '1' }, unset: [] }, HOUR)).toBe('gone');
+    });
+
+    it('create replaces an expired leftover with the same key, never a live row', async () => {
+      const k = key();
+      await store.create(k, rec({ 'v:a': 'old' }), 1_000);
+      expect(await store.create(k, rec({ 'v:a': 'other' }), HOUR)).toBe(false);
+      suite.clock += 1_001;
+      expect(await store.create(k, rec({ 'v:a': 'new' }), HOUR)).toBe(true);
+      expect({ ...(await store.load(k))?.values }).toEqual({ 'v:a': 'new' });
+    });
+
+    it('SM-35: commit and touch after destroy answer gone and write no row', async () => {
+      const k = key();
+      await store.create(k, rec({ 'v:a': '1' }), HOUR);
+      await store.destroy(k);
+      const before = await rows();
+      expect(await store.commit(k, { set: { 'v:a': '2' }, unset: [] }, HOUR)).toBe('gone');
+      expect(await store.touch(k, { lastSeenAt: suite.clock }, HOUR)).toBe('gone');
+      expect(await rows()).toBe(before);
+      expect(await engine.countId(conn, table, k)).toBe(0);
+    });
+
+    it(`merges awkward keys and user ids exactly: ${engine.awkwardKeys.title}`, async () => {
+      const k = key();
+      const odd = engine.awkwardKeys.keys;
+      await store.create(
+        k,
+        rec({ keep: '1', ...Object.fromEntries(odd.map((o) => [o, 'v'])) }, 'u"é\\🍪'),
+        HOUR,
+      );
+      expect(await store.commit(k, { set: { [odd[0]!]: 'changed' }, unset: odd.slice(1) }, HOUR)).toBe('ok');
+      expect({ ...(await store.load(k))?.values }).toEqual({ keep: '1', [odd[0]!]: 'changed' });
+      expect((await store.sessionsOf('u"é\\🍪')).map((s) => s.key)).toEqual([k]);
+    });
+
+    it(migrate.title, async () => {
+      await store.migrate();
+      await migrate.concurrently(suite);
+      const own = scratchTable();
+      await engine.exec(conn, engine.schema(own));
+      await engine.exec(conn, engine.schema(own));
+      const mine = factory(conn, { table: own });
+      const k = key();
+      expect(await mine.create(k, rec({ 'v:a': '1' }), HOUR)).toBe(true);
+      expect((await mine.load(k))?.values['v:a']).toBe('1');
+    });
+
+    it('a driver error is thrown, never taken for a missing session', async () => {
+      const missing = factory(conn, { table: uniqueTable() });
+      await expect(missing.load(key())).rejects.toThrow(engine.missingTable);
+      await expect(missing.commit(key(), { set: {}, unset: [] }, HOUR)).rejects.toThrow(engine.missingTable);
+    });
+
+    engineOnly(suite);
+  });
+}
+
+/**
+ * Records the size of every gc batch, through the store's own statement: `gc` loops over the
+ * protected `deleteExpiredBatch`, which this wraps on the one instance.
+ */
+export function countGcBatches(store: SqlSessionStore): number[] {
+  const batches: number[] = [];
+  const target = store as unknown as {
+    deleteExpiredBatch(now: number, limit: number): Awaitable<number>;
+  };
+  const statement = target.deleteExpiredBatch.bind(store);
+  target.deleteExpiredBatch = async (now, limit) => {
+    const n = await statement(now, limit);
+    batches.push(n);
+    return n;
+  };
+  return batches;
+}
