@@ -1,0 +1,101 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerHookHandler } from 'fastify';
+import { SessionError } from '../errors.js';
+import { type CsrfPolicy, csrfDecision } from '../features/csrf.js';
+import type { RequestInfo, SessionManager } from '../manager.js';
+import type { Session } from '../session.js';
+import { requestInfo } from './http.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The request's session, set by sessionflow's Fastify plugin. */
+    session: Session;
+  }
+}
+
+type AnyManager = SessionManager<Record<string, unknown>>;
+
+const INFO = Symbol('sessionflow.requestInfo');
+const COMMITTED = Symbol('sessionflow.committed');
+
+interface Tracked {
+  [INFO]?: RequestInfo;
+  [COMMITTED]?: boolean;
+}
+
+/**
+ * Fastify plugin: `request.session` is the request's Session, loaded in `onRequest` and
+ * committed in `onSend`, before the head goes out, so a redirect after login never races the
+ * store. A store outage reaches Fastify's error handler as a SessionError with statusCode 503.
+ *
+ * @example
+ * await app.register(sessionPlugin(sessions));
+ * app.get('/', async (req) => ({ visits: req.session.get('visits') ?? 0 }));
+ */
+export function sessionPlugin<D extends Record<string, unknown>>(manager: SessionManager<D>) {
+  const m = manager as unknown as AnyManager;
+  async function plugin(app: FastifyInstance): Promise<void> {
+    app.decorateRequest('session', null as unknown as Session);
+    app.addHook('onRequest', async (request: FastifyRequest) => {
+      const info = requestInfo(m, request.raw);
+      (request as unknown as Tracked)[INFO] = info;
+      request.session = await m.load(info);
+    });
+    app.addHook('onSend', async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
+      const tracked = request as unknown as Tracked;
+      const info = tracked[INFO];
+      // Once per request: an error raised here is rendered through onSend again.
+      if (!request.session || !info || tracked[COMMITTED]) return payload;
+      tracked[COMMITTED] = true;
+      const out = await m.commit(request.session, info);
+      for (const cookie of out.setCookie) reply.header('set-cookie', cookie);
+      if (out.clearSiteData) reply.header('clear-site-data', out.clearSiteData);
+      if (out.setCookie.length > 0) reply.header('cache-control', 'no-store');
+      else if ((out.noStore || request.session.userId !== undefined) && !reply.hasHeader('cache-control')) {
+        reply.header('cache-control', 'no-store');
+      }
+      return payload;
+    });
+  }
+  // Registered without encapsulation, so the hooks and `request.session` apply to the whole app
+  // (what the fastify-plugin helper does, without the dependency).
+  Object.assign(plugin, {
+    [Symbol.for('skip-override')]: true,
+    [Symbol.for('fastify.display-name')]: 'sessionflow',
+  });
+  return plugin;
+}
+
+/**
+ * A `preHandler` that refuses unsafe requests without the session's CSRF token (403), with the
+ * same Fetch Metadata and Origin checks as the Express middleware.
+ */
+export function csrfPreHandler(
+  manager: SessionManager<Record<string, unknown>> | SessionManager<never>,
+  options: CsrfPolicy & { origin?: string | string[] } = {},
+): preHandlerHookHandler {
+  const m = manager as unknown as AnyManager;
+  return function sessionflowCsrf(request, _reply, done) {
+    const decision = csrfDecision(
+      request.session.csrf,
+      {
+        method: request.method,
+        headers: request.headers,
+        body: request.body,
+        ...(options.origin === undefined ? {} : { origin: options.origin }),
+      },
+      m.options.csrf,
+      options,
+    );
+    if (decision === 'ok') {
+      done();
+      return;
+    }
+    m.reportCsrfFailure(request.session, decision);
+    done(
+      new SessionError(
+        'CSRF_INVALID',
+        'The form has expired or did not come from this site. Reload the page and try again.',
+      ),
+    );
+  };
+}
