@@ -1,0 +1,801 @@
+/**
+ * `npm run bench`: sessionflow against its peers, in one run, printed as one table.
+ *
+ * Every scenario's server runs in its own child process on 127.0.0.1 (an ephemeral port it
+ * reports over IPC); autocannon runs here, in the parent. Scenarios run one after another, so
+ * on a 2-core machine one core serves and one core generates load. Ratios are taken against the
+ * bare node:http server (and plain Express / plain Fastify) measured in the same run.
+ *
+ *   npx tsx bench/run.ts [--duration 4] [--connections 50] [--warmup 1] [--only <substring>]...
+ *                        [--json results.json]
+ */
+import { type ChildProcess, fork } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import autocannon, { type Result } from 'autocannon';
+import Table from 'cli-table3';
+import { createClient } from 'redis';
+import type { ServerConfig, ServerMessage, StoreKind } from './servers/_shared.js';
+
+// ---- options ---------------------------------------------------------------------------------
+
+const USAGE = `Usage: npm run bench -- [options]
+
+  --duration <s>       measured seconds per row (default 4)
+  --connections <n>    concurrent connections, each with its own session (default 50)
+  --warmup <s>         unmeasured seconds before a server's first row, half of it before the
+                       others (default 1)
+  --only <substring>   run only rows whose id or label contains it (repeatable); the baselines
+                       the selected rows are compared with always run too
+  --rounds <n>         run everything n times and keep each row's best round (default 1)
+  --json <file>        also write the raw results as JSON
+  --profile <dir>      run each server with --cpu-prof; V8 CPU profiles go to <dir>/<server>/
+  -h, --help           this text`;
+
+function positive(name: string, raw: string, integer: boolean): number {
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
+    console.error(`--${name} must be a positive ${integer ? 'integer' : 'number'} (got ${raw})\n\n${USAGE}`);
+    process.exit(2);
+  }
+  return n;
+}
+
+const { values: args } = (() => {
+  try {
+    return parseArgs({
+      options: {
+        duration: { type: 'string', default: '4' },
+        connections: { type: 'string', default: '50' },
+        warmup: { type: 'string', default: '1' },
+        rounds: { type: 'string', default: '1' },
+        only: { type: 'string', multiple: true },
+        json: { type: 'string' },
+        profile: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    console.error(`${(err as Error).message}\n\n${USAGE}`);
+    process.exit(2);
+  }
+})();
+if (args.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+const DURATION = positive('duration', args.duration, false);
+const CONNECTIONS = positive('connections', args.connections, true);
+const WARMUP = Number(args.warmup) === 0 ? 0 : positive('warmup', args.warmup, false);
+const ROUNDS = positive('rounds', args.rounds, true);
+const ONLY = (args.only ?? []).map((s) => s.toLowerCase());
+
+// ---- scenarios -------------------------------------------------------------------------------
+
+type Mode = 'read' | 'write' | 'anon';
+type Family = 'http' | 'express' | 'fastify';
+
+interface ServerSpec {
+  /** File in bench/servers/. */
+  file: string;
+  store?: StoreKind;
+  /** Needs a Redis server; `sessionflow` also needs src/stores/redis.ts. */
+  redis?: 'peer' | 'sessionflow';
+  /** Baselines answer without a session: no setup request. */
+  baseline?: boolean;
+}
+
+const SERVERS = {
+  bare: { file: 'bare.ts', baseline: true },
+  sfHttpMemory: { file: 'sessionflow-http.ts', store: 'memory' },
+  sfHttpFile: { file: 'sessionflow-http.ts', store: 'file' },
+  sfHttpRedis: { file: 'sessionflow-http.ts', store: 'redis', redis: 'sessionflow' },
+  express: { file: 'express.ts', baseline: true },
+  sfExpressMemory: { file: 'sessionflow-express.ts', store: 'memory' },
+  sfExpressFile: { file: 'sessionflow-express.ts', store: 'file' },
+  sfExpressRedis: { file: 'sessionflow-express.ts', store: 'redis', redis: 'sessionflow' },
+  esMemory: { file: 'express-session.ts', store: 'memory' },
+  esRedis: { file: 'express-session.ts', store: 'redis', redis: 'peer' },
+  esFile: { file: 'express-session.ts', store: 'file' },
+  fastify: { file: 'fastify.ts', baseline: true },
+  sfFastifyMemory: { file: 'sessionflow-fastify.ts', store: 'memory' },
+  fastifySession: { file: 'fastify-session.ts', store: 'memory' },
+  iron: { file: 'iron-session.ts' },
+} satisfies Record<string, ServerSpec>;
+type ServerId = keyof typeof SERVERS;
+
+interface RowSpec {
+  id: string;
+  label: string;
+  server: ServerId;
+  mode: Mode;
+  family: Family;
+}
+
+/** Display order. Rows of one server run together, whatever their place here. */
+const ROWS: RowSpec[] = (
+  [
+    { id: 'bare', label: 'bare node:http (no session)', server: 'bare', mode: 'read', family: 'http' },
+    row('sf-http-memory', 'sessionflow + node:http + MemoryStore', 'sfHttpMemory', 'http'),
+    row('sf-http-file', 'sessionflow + node:http + FileStore', 'sfHttpFile', 'http'),
+    row('sf-http-redis', 'sessionflow + node:http + RedisStore', 'sfHttpRedis', 'http'),
+    {
+      id: 'sf-http-anon',
+      label: 'sessionflow anonymous visitor (node:http, memory)',
+      server: 'sfHttpMemory',
+      mode: 'anon',
+      family: 'http',
+    },
+    {
+      id: 'express',
+      label: 'plain Express 5 (no session)',
+      server: 'express',
+      mode: 'read',
+      family: 'express',
+    },
+    row('sf-express-memory', 'sessionflow + Express + MemoryStore', 'sfExpressMemory', 'express'),
+    row('sf-express-file', 'sessionflow + Express + FileStore', 'sfExpressFile', 'express'),
+    row('sf-express-redis', 'sessionflow + Express + RedisStore', 'sfExpressRedis', 'express'),
+    row('express-session-memory', 'express-session + MemoryStore', 'esMemory', 'express'),
+    row('express-session-redis', 'express-session + connect-redis', 'esRedis', 'express'),
+    row('express-session-file', 'express-session + session-file-store', 'esFile', 'express'),
+    {
+      id: 'fastify',
+      label: 'plain Fastify 5 (no session)',
+      server: 'fastify',
+      mode: 'read',
+      family: 'fastify',
+    },
+    row('sf-fastify-memory', 'sessionflow + Fastify + MemoryStore', 'sfFastifyMemory', 'fastify'),
+    row('fastify-session', '@fastify/session + @fastify/cookie (memory)', 'fastifySession', 'fastify'),
+    row('iron-session', 'iron-session 8 (sealed cookie, node:http)', 'iron', 'http'),
+  ] satisfies (RowSpec | RowSpec[])[]
+).flat();
+
+function row(id: string, label: string, server: ServerId, family: Family): RowSpec[] {
+  return (['read', 'write'] as const).map((mode) => ({ id: `${id}-${mode}`, label, server, mode, family }));
+}
+
+const PATH: Record<Mode, string> = { read: '/read', write: '/write', anon: '/anon' };
+/** What each route answers; autocannon counts anything else as a mismatch. */
+const BODY: Record<Mode, string> = { read: 'hello', write: 'ok', anon: 'anon' };
+/** Baselines get a cookie of a session cookie's size, so requests weigh the same. */
+const DUMMY_COOKIE = `id=${'x'.repeat(43)}.${'y'.repeat(43)}`;
+
+/** DESIGN.md "Performance targets", checked against this run's numbers. */
+const TARGETS: { label: string; row: string; of: 'bare' | 'express' | 'fastify'; min: number }[] = [
+  {
+    label: 'node:http + memory store (read) >= 0.70 of bare',
+    row: 'sf-http-memory-read',
+    of: 'bare',
+    min: 0.7,
+  },
+  { label: 'node:http + file store (read) >= 0.45 of bare', row: 'sf-http-file-read', of: 'bare', min: 0.45 },
+  { label: 'node:http + Redis (read) >= 0.35 of bare', row: 'sf-http-redis-read', of: 'bare', min: 0.35 },
+  {
+    label: 'Express + memory store (read) >= 0.85 of plain Express',
+    row: 'sf-express-memory-read',
+    of: 'express',
+    min: 0.85,
+  },
+  {
+    label: 'Express + file store (read) >= 0.85 of plain Express',
+    row: 'sf-express-file-read',
+    of: 'express',
+    min: 0.85,
+  },
+  {
+    label: 'Express + Redis (read) >= 0.85 of plain Express',
+    row: 'sf-express-redis-read',
+    of: 'express',
+    min: 0.85,
+  },
+  {
+    label: 'Fastify + memory store (read) >= 0.70 of plain Fastify',
+    row: 'sf-fastify-memory-read',
+    of: 'fastify',
+    min: 0.7,
+  },
+  { label: 'anonymous visitor >= 0.90 of bare', row: 'sf-http-anon', of: 'bare', min: 0.9 },
+];
+
+// ---- child processes and cleanup ---------------------------------------------------------------
+
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+const ROOT = join(HERE, '..');
+const TSX_LOADER = import.meta.resolve('tsx');
+const REDIS_URL = 'redis://127.0.0.1:6379';
+const RUN_ID = `${process.pid}-${randomBytes(4).toString('hex')}`;
+const REDIS_PREFIX = `sfbench:${RUN_ID}:`;
+
+const children = new Set<ChildProcess>();
+/** File-store directories of running servers (each server also removes its own on exit). */
+const tempDirs = new Set<string>();
+let redis: ReturnType<typeof createClient> | undefined;
+let redisKeysWritten = false;
+
+function killChildren(): void {
+  for (const child of children) child.kill('SIGKILL');
+  children.clear();
+}
+
+async function removeRedisKeys(): Promise<number> {
+  if (!redis?.isOpen || !redisKeysWritten) return 0;
+  let removed = 0;
+  for await (const keys of redis.scanIterator({ MATCH: `${REDIS_PREFIX}*`, COUNT: 1000 })) {
+    if (keys.length > 0) removed += await redis.unlink(keys);
+  }
+  return removed;
+}
+
+async function cleanup(): Promise<void> {
+  killChildren();
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+  tempDirs.clear();
+  try {
+    await removeRedisKeys();
+  } catch (err) {
+    console.error(
+      `could not remove the benchmark's Redis keys (${REDIS_PREFIX}*): ${(err as Error).message}`,
+    );
+  }
+  if (redis?.isOpen) await redis.close().catch(() => undefined);
+}
+
+let exiting = false;
+function abort(code: number, error?: unknown): void {
+  if (exiting) return;
+  exiting = true;
+  if (error) console.error(error);
+  setTimeout(() => process.exit(code), 3000).unref();
+  cleanup().finally(() => process.exit(code));
+}
+process.on('exit', killChildren);
+process.on('SIGINT', () => abort(130));
+process.on('SIGTERM', () => abort(143));
+process.on('uncaughtException', (err) => abort(1, err));
+process.on('unhandledRejection', (err) => abort(1, err));
+
+interface Running {
+  child: ChildProcess;
+  port: number;
+}
+
+/** One directory per server: Node writes one profile per thread (main + module loader). */
+function profileName(spec: ServerSpec, config: ServerConfig): string {
+  return `${spec.file.replace(/\.ts$/, '')}${config.store ? `-${config.store}` : ''}`;
+}
+
+/** Forks a server and waits for its port; `unavailable` when the scenario cannot run here. */
+function startServer(spec: ServerSpec, config: ServerConfig): Promise<Running | { unavailable: string }> {
+  const child = fork(join(HERE, 'servers', spec.file), [JSON.stringify(config)], {
+    cwd: ROOT,
+    execArgv: [
+      '--import',
+      TSX_LOADER,
+      ...(args.profile
+        ? ['--cpu-prof', `--cpu-prof-dir=${join(args.profile, profileName(spec, config))}`]
+        : []),
+    ],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${spec.file} did not start within 30 s`));
+    }, 30_000);
+    const done = () => {
+      clearTimeout(timer);
+      child.off('message', onMessage);
+      child.off('exit', onExit);
+    };
+    const onMessage = (message: ServerMessage) => {
+      if (message.type === 'ready') {
+        done();
+        resolve({ child, port: message.port });
+      } else if (message.type === 'unavailable') {
+        done();
+        resolve({ unavailable: message.reason });
+      } else if (message.type === 'error') {
+        done();
+        reject(new Error(`${spec.file} failed to start:\n${message.message}`));
+      }
+    };
+    const onExit = (code: number | null, signal: string | null) => {
+      done();
+      reject(new Error(`${spec.file} exited while starting (code ${code}, signal ${signal})`));
+    };
+    child.on('message', onMessage);
+    child.once('exit', onExit);
+  });
+}
+
+async function stopServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** The server's own CPU time (user + system, µs), asked over IPC. */
+function serverCpu(child: ChildProcess): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.off('message', onMessage);
+      reject(new Error('server did not report its CPU usage'));
+    }, 2000);
+    const onMessage = (message: ServerMessage) => {
+      if (message.type !== 'cpu') return;
+      clearTimeout(timer);
+      child.off('message', onMessage);
+      resolve(message.usage.user + message.usage.system);
+    };
+    child.on('message', onMessage);
+    child.send({ type: 'cpu' });
+  });
+}
+
+/** Busy CPU time of the whole machine (all cores, all processes), in µs. */
+function machineBusyUs(): number {
+  let busy = 0;
+  for (const { times } of cpus()) busy += times.user + times.nice + times.sys + times.irq;
+  return busy * 1000;
+}
+
+/** CPU time the hypervisor gave to other guests (Linux `steal`) and all CPU time, in ticks. */
+function stealTicks(): { steal: number; total: number } | undefined {
+  try {
+    const fields = readFileSync('/proc/stat', 'utf8')
+      .split('\n', 1)[0]!
+      .trim()
+      .split(/\s+/)
+      .slice(1, 9)
+      .map(Number);
+    return { steal: fields[7] ?? 0, total: fields.reduce((a, b) => a + b, 0) };
+  } catch {
+    return undefined; // not Linux
+  }
+}
+
+/** Share of one core that processes other than this benchmark used, sampled while it is idle. */
+async function otherLoad(ms: number): Promise<number> {
+  const m0 = machineBusyUs();
+  const own0 = process.cpuUsage();
+  await new Promise((r) => setTimeout(r, ms));
+  const own = process.cpuUsage(own0);
+  return Math.max(0, machineBusyUs() - m0 - own.user - own.system) / (ms * 1000);
+}
+
+// ---- measuring -------------------------------------------------------------------------------
+
+interface RowResult {
+  id: string;
+  label: string;
+  mode: Mode;
+  family: Family;
+  status: 'ok' | 'n/a' | 'failed';
+  reason?: string;
+  /** Completed requests per second over the measured window. */
+  rps?: number;
+  /** Latency percentiles in milliseconds. */
+  p50?: number;
+  p99?: number;
+  errors?: number;
+  timeouts?: number;
+  non2xx?: number;
+  mismatches?: number;
+  /** Share of one core used by the server / by this process (the load generator). */
+  serverCpu?: number;
+  loadgenCpu?: number;
+  /** Share of the machine's CPU time taken by the hypervisor for other guests (Linux only). */
+  steal?: number;
+  /** Server CPU time per completed request, in µs: what the server spends, whoever is the bottleneck. */
+  serverUsPerRequest?: number;
+  /** Share of one core used by everything else on the machine meanwhile (Redis, other jobs). */
+  otherCpu?: number;
+  vsBare?: number;
+  vsFramework?: number;
+  /** With --rounds > 1: req/s of every round (the row shows the best). */
+  rounds?: number[];
+}
+
+/** One session per connection (like 50 users), made by GET /setup; checked with one GET /read. */
+async function setupSessions(port: number, count: number): Promise<string[]> {
+  const cookies: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const res = await fetch(`http://127.0.0.1:${port}/setup`);
+    await res.arrayBuffer();
+    const cookie = res.headers.getSetCookie()[0]?.split(';')[0];
+    if (res.status !== 200 || !cookie) throw new Error(`GET /setup answered ${res.status} without a cookie`);
+    cookies.push(cookie);
+  }
+  const check = await fetch(`http://127.0.0.1:${port}/read`, { headers: { cookie: cookies[0]! } });
+  const body = await check.text();
+  if (body !== BODY.read)
+    throw new Error(`GET /read with the setup cookie answered ${check.status} "${body}"`);
+  return cookies;
+}
+
+function load(port: number, mode: Mode, cookies: string[] | null, seconds: number): Promise<Result> {
+  let next = 0;
+  return Promise.resolve(
+    autocannon({
+      url: `http://127.0.0.1:${port}${PATH[mode]}`,
+      connections: CONNECTIONS,
+      duration: seconds,
+      expectBody: BODY[mode],
+      ...(cookies
+        ? { setupClient: (client) => client.setHeaders({ cookie: cookies[next++ % cookies.length]! }) }
+        : {}),
+    }),
+  );
+}
+
+async function measure(
+  running: Running,
+  spec: RowSpec,
+  cookies: string[] | null,
+  warmup: number,
+): Promise<RowResult> {
+  if (warmup > 0) await load(running.port, spec.mode, cookies, warmup);
+  const srv0 = await serverCpu(running.child);
+  const gen0 = process.cpuUsage();
+  const m0 = machineBusyUs();
+  const s0 = stealTicks();
+  const t0 = process.hrtime.bigint();
+  const r = await load(running.port, spec.mode, cookies, DURATION);
+  const wallUs = Number(process.hrtime.bigint() - t0) / 1000;
+  const gen = process.cpuUsage(gen0);
+  const machine = machineBusyUs() - m0;
+  const s1 = stealTicks();
+  const srv1 = await serverCpu(running.child);
+  return {
+    id: spec.id,
+    label: spec.label,
+    mode: spec.mode,
+    family: spec.family,
+    status: 'ok',
+    rps: r.requests.total / r.duration,
+    p50: r.latency.p50,
+    p99: r.latency.p99,
+    errors: r.errors,
+    timeouts: r.timeouts,
+    non2xx: r.non2xx,
+    mismatches: r.mismatches,
+    serverCpu: (srv1 - srv0) / wallUs,
+    loadgenCpu: (gen.user + gen.system) / wallUs,
+    otherCpu: Math.max(0, machine - (srv1 - srv0) - gen.user - gen.system) / wallUs,
+    serverUsPerRequest: (srv1 - srv0) / r.requests.total,
+    ...(s0 && s1 && s1.total > s0.total ? { steal: (s1.steal - s0.steal) / (s1.total - s0.total) } : {}),
+  };
+}
+
+function selected(spec: RowSpec): boolean {
+  return (
+    ONLY.length === 0 ||
+    ONLY.some((s) => spec.id.toLowerCase().includes(s) || spec.label.toLowerCase().includes(s))
+  );
+}
+
+async function redisReachable(): Promise<string | null> {
+  const client = createClient({ url: REDIS_URL, socket: { connectTimeout: 2000, reconnectStrategy: false } });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await client.ping();
+    redis = client;
+    return null;
+  } catch (err) {
+    await client.close().catch(() => undefined);
+    return `redis not reachable at 127.0.0.1:6379: ${(err as Error).message}`;
+  }
+}
+
+interface RunContext {
+  redisProblem: string | null;
+  sfRedisMissing: boolean;
+}
+
+/** Starts one server, measures its rows in the given order, stops it and removes its files. */
+async function runServer(
+  serverId: ServerId,
+  own: RowSpec[],
+  context: RunContext,
+  report: (row: RowSpec, result: RowResult) => void,
+): Promise<void> {
+  const spec: ServerSpec = SERVERS[serverId];
+  const skip = (reason: string, status: 'n/a' | 'failed') => {
+    for (const r of own)
+      report(r, { id: r.id, label: r.label, mode: r.mode, family: r.family, status, reason });
+  };
+  if (spec.redis && context.redisProblem) return skip(context.redisProblem, 'n/a');
+  if (spec.redis === 'sessionflow' && context.sfRedisMissing) return skip('store not available', 'n/a');
+  const config: ServerConfig = {};
+  if (spec.store) config.store = spec.store;
+  if (spec.store === 'file') {
+    config.dir = mkdtempSync(join(tmpdir(), `sessionflow-bench-${serverId}-`));
+    tempDirs.add(config.dir);
+  }
+  if (spec.redis) {
+    config.redisUrl = REDIS_URL;
+    config.prefix = `${REDIS_PREFIX}${serverId}:`;
+    redisKeysWritten = true;
+  }
+  let running: Running | { unavailable: string };
+  try {
+    running = await startServer(spec, config);
+  } catch (err) {
+    console.error((err as Error).message);
+    return skip(`server failed: ${(err as Error).message.split('\n')[0]}`, 'failed');
+  }
+  if ('unavailable' in running) return skip(running.unavailable, 'n/a');
+  try {
+    let sessions: string[] | undefined;
+    for (const [index, r] of own.entries()) {
+      let result: RowResult;
+      try {
+        let cookies: string[] | null = null;
+        if (spec.baseline) cookies = r.mode === 'anon' ? null : [DUMMY_COOKIE];
+        else if (r.mode !== 'anon') {
+          sessions ??= await setupSessions(running.port, CONNECTIONS);
+          cookies = sessions;
+        }
+        // The server is warm after its first row: later rows only warm their own route.
+        result = await measure(running, r, cookies, index === 0 ? WARMUP : WARMUP / 2);
+      } catch (err) {
+        const reason = (err as Error).message;
+        result = { id: r.id, label: r.label, mode: r.mode, family: r.family, status: 'failed', reason };
+      }
+      report(r, result);
+    }
+  } finally {
+    await stopServer(running.child);
+    if (config.dir) {
+      rmSync(config.dir, { recursive: true, force: true });
+      tempDirs.delete(config.dir);
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const picked = ROWS.filter(selected);
+  if (picked.length === 0) {
+    console.error(`--only ${ONLY.join(', ')} matches no row; row ids: ${ROWS.map((r) => r.id).join(', ')}`);
+    process.exit(2);
+  }
+  // Ratios need their baselines measured in the same run.
+  const wanted = new Set(picked.map((r) => r.id));
+  wanted.add('bare');
+  if (picked.some((r) => r.family === 'express')) wanted.add('express');
+  if (picked.some((r) => r.family === 'fastify')) wanted.add('fastify');
+  const rows = ROWS.filter((r) => wanted.has(r.id));
+
+  const cpu = cpus();
+  const machine = {
+    cpus: cpu.length,
+    cpuModel: cpu[0]?.model.trim() ?? 'unknown',
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    node: process.version,
+    os: `${process.platform} ${release()}`,
+    loadAverage: loadavg().map((n) => Math.round(n * 100) / 100),
+    otherLoadBeforeRun: 0,
+  };
+  console.log(
+    `sessionflow bench: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node ${machine.node}, ${machine.os}`,
+  );
+  console.log(
+    `${rows.length} rows${ROUNDS > 1 ? ` × ${ROUNDS} rounds (best kept)` : ''}, ${CONNECTIONS} connections, ${WARMUP} s warm-up + ${DURATION} s measured each; load average at start ${machine.loadAverage.join(' ')}`,
+  );
+  if (machine.cpus < 2)
+    console.log('warning: fewer than 2 cores: the server and the load generator share one.');
+  const idleOther = await otherLoad(1000);
+  machine.otherLoadBeforeRun = idleOther;
+  console.log(`other processes used ${fmtPct(idleOther)} of a core just before the run`);
+  if (idleOther > 0.15)
+    console.log(
+      'warning: the machine is busy with other work; numbers will be lower and noisier than usual.',
+    );
+
+  const redisProblem = rows.some((r) => 'redis' in SERVERS[r.server]) ? await redisReachable() : null;
+  const sfRedisMissing = !existsSync(join(ROOT, 'src/stores/redis.ts'));
+
+  const runs = new Map<string, RowResult[]>(rows.map((r) => [r.id, []]));
+  const order: ServerId[] = [...new Set(rows.map((r) => r.server))];
+  const total = rows.length * ROUNDS;
+  let done = 0;
+  const context: RunContext = { redisProblem, sfRedisMissing };
+  const outcome = (result: RowResult) =>
+    result.status === 'ok' ? `${fmtInt(result.rps!)} req/s` : result.reason!;
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const serverId of order) {
+      // Writes last: reads then see exactly the state /setup left.
+      const own = rows
+        .filter((r) => r.server === serverId)
+        .sort((a, b) => Number(a.mode === 'write') - Number(b.mode === 'write'));
+      await runServer(serverId, own, context, (r, result) => {
+        runs.get(r.id)!.push(result);
+        progress(++done, total, r, outcome(result));
+      });
+    }
+  }
+  // Background load only ever slows a run down: with several rounds, keep each row's best.
+  const results = new Map<string, RowResult>();
+  for (const [id, list] of runs) {
+    const ok = list.filter((r) => r.status === 'ok');
+    const best = ok.length > 0 ? ok.reduce((a, b) => (b.rps! > a.rps! ? b : a)) : list[0]!;
+    results.set(id, ROUNDS > 1 && ok.length > 0 ? { ...best, rounds: ok.map((r) => r.rps!) } : best);
+  }
+  // The machine may be shared: measure the baseline again to show how much it drifted.
+  let drift: { start: number; end: number } | undefined;
+  const bareStart = runs.get('bare')?.[0]?.rps;
+  if (bareStart !== undefined) {
+    await runServer('bare', [{ ...ROWS[0]!, id: 'bare-again' }], context, (r, result) => {
+      progress(done, total, { ...r, label: `${r.label}, again` }, outcome(result));
+      if (result.rps !== undefined) drift = { start: bareStart, end: result.rps };
+    });
+  }
+
+  const ordered = rows.map((r) => results.get(r.id)!);
+  addRatios(ordered);
+  console.log();
+  console.log(renderTable(ordered));
+  const targets = evaluateTargets(ordered);
+  console.log();
+  console.log('DESIGN.md performance targets (read = valid session, reads one key, changes nothing):');
+  for (const t of targets) console.log(`  ${t.verdict.padEnd(7)} ${t.label}: ${t.detail}`);
+  if (drift) {
+    const change = drift.end / drift.start - 1;
+    console.log();
+    console.log(
+      `baseline drift: bare node:http ${fmtInt(drift.start)} req/s at the start, ${fmtInt(drift.end)} at the end (${change >= 0 ? '+' : ''}${(change * 100).toFixed(0)}%)${Math.abs(change) > 0.1 ? ' -- over 10%: the machine was not quiet, rerun for ratios you can trust' : ''}`,
+    );
+  }
+  const stolen = ordered.filter((r) => (r.steal ?? 0) > 0.05);
+  if (stolen.length > 0) {
+    console.log();
+    console.log(
+      `hypervisor steal over 5% during: ${stolen.map((r) => `${r.id} (${fmtPct(r.steal)})`).join(', ')}; those rows ran on a shared host`,
+    );
+  }
+  const invalid = ordered.filter((r) => r.status === 'ok' && problems(r));
+  if (invalid.length > 0) {
+    console.log();
+    console.log(
+      `! rows with errors, non-2xx answers or wrong bodies: ${invalid.map((r) => r.id).join(', ')}`,
+    );
+  }
+
+  if (args.json) {
+    const options = {
+      duration: DURATION,
+      connections: CONNECTIONS,
+      warmup: WARMUP,
+      rounds: ROUNDS,
+      only: ONLY,
+    };
+    writeFileSync(
+      args.json,
+      `${JSON.stringify({ date: new Date().toISOString(), machine, options, rows: ordered, targets, baselineDrift: drift ?? null }, null, 2)}\n`,
+    );
+    console.log(`\nraw results written to ${args.json}`);
+  }
+}
+
+// ---- reporting -------------------------------------------------------------------------------
+
+function progress(done: number, total: number, r: RowSpec, outcome: string): void {
+  process.stderr.write(`[${String(done).padStart(2)}/${total}] ${r.label} (${r.mode}): ${outcome}\n`);
+}
+
+function addRatios(rows: RowResult[]): void {
+  const rpsOf = (id: string) => rows.find((r) => r.id === id && r.status === 'ok')?.rps;
+  const bare = rpsOf('bare');
+  const framework: Partial<Record<Family, number | undefined>> = {
+    express: rpsOf('express'),
+    fastify: rpsOf('fastify'),
+  };
+  for (const r of rows) {
+    if (r.status !== 'ok' || r.rps === undefined) continue;
+    if (bare) r.vsBare = r.rps / bare;
+    const base = framework[r.family];
+    if (base) r.vsFramework = r.rps / base;
+  }
+}
+
+function problems(r: RowResult): string {
+  const parts: string[] = [];
+  if (r.errors) parts.push(`${r.errors} errors`);
+  if (r.timeouts) parts.push(`${r.timeouts} timeouts`);
+  if (r.non2xx) parts.push(`${r.non2xx} non-2xx`);
+  if (r.mismatches) parts.push(`${r.mismatches} wrong bodies`);
+  return parts.join(', ');
+}
+
+const fmtInt = (n: number) => Math.round(n).toLocaleString('en-US');
+const fmtMs = (n: number | undefined) =>
+  n === undefined ? '' : n < 10 ? n.toFixed(1) : String(Math.round(n));
+const fmtRatio = (n: number | undefined) => (n === undefined ? '' : n.toFixed(2));
+const fmtPct = (n: number | undefined) => (n === undefined ? '?' : `${Math.round(n * 100)}%`);
+
+function renderTable(rows: RowResult[]): string {
+  const table = new Table({
+    head: [
+      'Scenario',
+      'Mode',
+      'req/s',
+      'p50 ms',
+      'p99 ms',
+      'vs bare',
+      'vs framework',
+      'srv µs/req',
+      'CPU srv/gen/other',
+    ],
+    colAligns: ['left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
+    style: { head: [], border: [] },
+  });
+  for (const r of rows) {
+    if (r.status !== 'ok') {
+      table.push([
+        r.label,
+        r.mode,
+        { colSpan: 7, content: r.status === 'n/a' ? `n/a (${r.reason})` : `failed: ${r.reason}` },
+      ]);
+      continue;
+    }
+    const issues = problems(r);
+    table.push([
+      issues ? `${r.label} (! ${issues})` : r.label,
+      r.mode,
+      fmtInt(r.rps!),
+      fmtMs(r.p50),
+      fmtMs(r.p99),
+      fmtRatio(r.vsBare),
+      r.family === 'http' ? '' : fmtRatio(r.vsFramework),
+      fmtInt(r.serverUsPerRequest!),
+      `${fmtPct(r.serverCpu)}/${fmtPct(r.loadgenCpu)}/${fmtPct(r.otherCpu)}`,
+    ]);
+  }
+  return table.toString();
+}
+
+interface TargetResult {
+  label: string;
+  verdict: 'MET' | 'MISSED' | 'n/a';
+  measured?: number;
+  /** Baseline's server CPU per request / this row's: the ratio with the server as the bottleneck. */
+  cpuRatio?: number;
+  detail: string;
+}
+
+function evaluateTargets(rows: RowResult[]): TargetResult[] {
+  return TARGETS.map((t) => {
+    const r = rows.find((x) => x.id === t.row);
+    if (!r) return { label: t.label, verdict: 'n/a', detail: 'not run (--only)' };
+    if (r.status !== 'ok') return { label: t.label, verdict: 'n/a', detail: r.reason ?? r.status };
+    const ratio = t.of === 'bare' ? r.vsBare : r.vsFramework;
+    if (ratio === undefined) return { label: t.label, verdict: 'n/a', detail: `no ${t.of} baseline` };
+    const issues = problems(r);
+    // What the ratio would be if the server, not the load generator, were the bottleneck.
+    const baseUs = rows.find((x) => x.id === t.of && x.status === 'ok')?.serverUsPerRequest;
+    const cpuRatio = baseUs && r.serverUsPerRequest ? baseUs / r.serverUsPerRequest : undefined;
+    return {
+      label: t.label,
+      verdict: ratio >= t.min && !issues ? 'MET' : 'MISSED',
+      measured: ratio,
+      ...(cpuRatio === undefined ? {} : { cpuRatio }),
+      detail: `${ratio.toFixed(2)} (${fmtInt(r.rps!)} req/s${cpuRatio === undefined ? '' : `; by server CPU per request ${cpuRatio.toFixed(2)}`})${issues ? `, invalid run: ${issues}` : ''}`,
+    };
+  });
+}
+
+main()
+  .then(() => cleanup())
+  .catch((err: unknown) => abort(1, err));
