@@ -47,6 +47,15 @@ export interface CommitOutcome {
 }
 
 const MAX_COOKIE_VALUE = 128;
+const VERIFIED_COOKIE_CACHE = 10_000;
+
+/** A cookie value that passed the MAC and shape checks. */
+interface VerifiedCookie {
+  token: string;
+  /** Index of the secret that verified it; 0 is the newest. */
+  keyIndex: number;
+  key: string;
+}
 
 /**
  * Creates and commits sessions for requests. Construct one per application; options are
@@ -64,6 +73,7 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
   readonly #warn: (message: string) => void;
   readonly #guesses: GuessDetector | undefined;
   #warnedInsecure = false;
+  readonly #verifiedCookies = new Map<string, VerifiedCookie>();
 
   constructor(options: SessionManagerOptions) {
     this.options = resolveOptions(options);
@@ -126,13 +136,13 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
     if (raw === undefined) return this.#fresh(client, false);
     // A Secure cookie that arrives over plain HTTP was not set by us over HTTPS: ignore it.
     if (o.cookie.secure && !req.secure) return this.#fresh(client, false);
-    const verified = raw.length <= MAX_COOKIE_VALUE ? this.#keys.verify(o.cookie.name, raw) : null;
-    if (!verified || !isWellFormedToken(verified.value)) {
+    const verified = this.#verify(raw);
+    if (!verified) {
       this.#emit('session_invalid_cookie', undefined, client);
       this.#countGuess(client);
       return this.#fresh(client, true);
     }
-    const key = storageKey(verified.value);
+    const key = verified.key;
     let record: StoredSession | null;
     try {
       record = await this.store.load(key);
@@ -148,7 +158,7 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
     // from the successor, without a token (the renewing response carried the new cookie).
     let live: { key: string; token: string | null; record: StoredSession } = {
       key,
-      token: verified.value,
+      token: verified.token,
       record,
     };
     if (isRenewedAway(record.meta)) {
@@ -710,6 +720,29 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
       hadCookie,
       ...(endedReason === undefined ? {} : { endedReason }),
     });
+  }
+
+  /**
+   * Checks a cookie value's MAC and shape, and derives its storage key. A session's cookie comes
+   * back on every request, so verified values are remembered (bounded, oldest out): a repeat
+   * costs a map lookup instead of an HMAC and a hash. Only values that passed the check enter.
+   */
+  #verify(raw: string): VerifiedCookie | null {
+    const cached = this.#verifiedCookies.get(raw);
+    if (cached) return cached;
+    if (raw.length > MAX_COOKIE_VALUE) return null;
+    const verified = this.#keys.verify(this.options.cookie.name, raw);
+    if (!verified || !isWellFormedToken(verified.value)) return null;
+    const entry: VerifiedCookie = {
+      token: verified.value,
+      keyIndex: verified.keyIndex,
+      key: storageKey(verified.value),
+    };
+    if (this.#verifiedCookies.size >= VERIFIED_COOKIE_CACHE) {
+      this.#verifiedCookies.delete(this.#verifiedCookies.keys().next().value as string);
+    }
+    this.#verifiedCookies.set(raw, entry);
+    return entry;
   }
 
   #readCookie(header: string | undefined): string | undefined {

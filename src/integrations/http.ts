@@ -1,4 +1,4 @@
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { type IncomingMessage, type OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import { SessionError } from '../errors.js';
 import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
@@ -90,6 +90,69 @@ const defaultCommitError: CommitErrorHandler = (error, res) => {
   res.end(body);
 };
 
+type HeldMethod = 'writeHead' | 'write' | 'end' | 'flushHeaders';
+type Methods = Record<HeldMethod, (...args: unknown[]) => unknown>;
+const HELD: readonly HeldMethod[] = ['writeHead', 'write', 'end', 'flushHeaders'];
+/** What a held call returns to the app, since the real call happens later. */
+const HELD_RESULT: Record<HeldMethod, (res: ServerResponse) => unknown> = {
+  writeHead: (res) => res,
+  write: () => true,
+  end: (res) => res,
+  flushHeaders: () => undefined,
+};
+
+/** Per-response hold of the responses whose prototype carries the interception (see below). */
+const holds = new WeakMap<ServerResponse, (method: HeldMethod, args: unknown[]) => unknown>();
+const prototypeOriginals = new WeakMap<object, Methods>();
+
+function methodsOf(target: object): Methods {
+  const t = target as unknown as Methods;
+  return { writeHead: t.writeHead, write: t.write, end: t.end, flushHeaders: t.flushHeaders };
+}
+
+/**
+ * Routes the four head-and-body methods of `res` to `hold` until the returned release function
+ * is called, and gives the methods to replay with. A plain node:http response gets own
+ * properties. Frameworks such as Express give every response a prototype of their own, and
+ * adding own properties to such an object takes V8's slow path (~20 µs a request): there the
+ * interception is installed once on that prototype and finds the hold in a WeakMap.
+ */
+function intercept(
+  res: ServerResponse,
+  hold: (method: HeldMethod, args: unknown[]) => unknown,
+): { originals: Methods; release: () => void } {
+  const proto = Object.getPrototypeOf(res) as object;
+  if (proto !== ServerResponse.prototype && !Object.hasOwn(res, 'end')) {
+    let originals = prototypeOriginals.get(proto);
+    if (!originals) {
+      const below = methodsOf(proto);
+      originals = below;
+      prototypeOriginals.set(proto, below);
+      for (const method of HELD) {
+        Object.defineProperty(proto, method, {
+          configurable: true,
+          writable: true,
+          value(this: ServerResponse, ...args: unknown[]) {
+            const held = holds.get(this);
+            return held ? held(method, args) : below[method].apply(this, args);
+          },
+        });
+      }
+    }
+    holds.set(res, hold);
+    return { originals, release: () => holds.delete(res) };
+  }
+  const originals = methodsOf(res);
+  const own = res as unknown as Methods;
+  for (const method of HELD) own[method] = (...args: unknown[]) => hold(method, args);
+  return {
+    originals,
+    release: () => {
+      for (const method of HELD) own[method] = originals[method];
+    },
+  };
+}
+
 /**
  * Holds the response's head until the session is committed, so that the session is stored
  * before the client sees a redirect (login -> dashboard) and the Set-Cookie goes out with the
@@ -104,20 +167,11 @@ export function commitBeforeHeaders(
   res: ServerResponse,
   onError: CommitErrorHandler = defaultCommitError,
 ): void {
-  const original = {
-    writeHead: res.writeHead,
-    write: res.write,
-    end: res.end,
-    flushHeaders: res.flushHeaders,
-  };
-  const queue: Array<{ method: keyof typeof original; args: unknown[] }> = [];
+  const queue: Array<{ method: HeldMethod; args: unknown[] }> = [];
   let started = false;
-
-  const restore = () => {
-    res.writeHead = original.writeHead;
-    res.write = original.write;
-    res.end = original.end;
-    res.flushHeaders = original.flushHeaders;
+  let pending: CommitOutcome | undefined;
+  const applyPending = () => {
+    if (pending && !res.headersSent) applyOutcome(res, pending, session);
   };
 
   const replay = () => {
@@ -131,22 +185,16 @@ export function commitBeforeHeaders(
           | undefined;
         applyWriteHeadHeaders(res, headers);
         applyPending();
-        if (typeof reasonOrHeaders === 'string')
-          (original.writeHead as (s: number, r: string) => unknown).call(res, status, reasonOrHeaders);
-        else original.writeHead.call(res, status);
+        if (typeof reasonOrHeaders === 'string') originals.writeHead.call(res, status, reasonOrHeaders);
+        else originals.writeHead.call(res, status);
         continue;
       }
       if (!headApplied) {
         headApplied = true;
         applyPending();
       }
-      (original[method] as (...a: unknown[]) => unknown).apply(res, args);
+      originals[method].apply(res, args);
     }
-  };
-
-  let pending: CommitOutcome | undefined;
-  const applyPending = () => {
-    if (pending && !res.headersSent) applyOutcome(res, pending, session);
   };
 
   const start = () => {
@@ -155,11 +203,11 @@ export function commitBeforeHeaders(
     manager.commit(session, info).then(
       (out) => {
         pending = out;
-        restore();
+        release();
         replay();
       },
       (err: unknown) => {
-        restore();
+        release();
         for (const name of res.getHeaderNames()) res.removeHeader(name);
         const error =
           err instanceof SessionError
@@ -171,15 +219,9 @@ export function commitBeforeHeaders(
     );
   };
 
-  const defer =
-    (method: keyof typeof original, result: (args: unknown[]) => unknown) =>
-    (...args: unknown[]) => {
-      queue.push({ method, args });
-      start();
-      return result(args);
-    };
-  res.writeHead = defer('writeHead', () => res) as typeof res.writeHead;
-  res.flushHeaders = defer('flushHeaders', () => undefined) as typeof res.flushHeaders;
-  res.write = defer('write', () => true) as typeof res.write;
-  res.end = defer('end', () => res) as typeof res.end;
+  const { originals, release } = intercept(res, (method, args) => {
+    queue.push({ method, args });
+    start();
+    return HELD_RESULT[method](res);
+  });
 }

@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { constants, promises as fs } from 'node:fs';
+import { constants, promises as fs, readFile } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { SessionError } from '../errors.js';
 import {
   applyDelta,
@@ -34,6 +35,10 @@ interface FileRecord {
   meta: SessionMeta;
   values: Record<string, string>;
 }
+
+// The callback readFile, promisified, reads a small file in about half the time of
+// fs.promises.readFile (measured in bench/README.md): it is on every request's path.
+const readText = promisify(readFile);
 
 const KEY = /^[A-Za-z0-9_-]{16,128}$/;
 const GC_BATCH = 64;
@@ -103,7 +108,7 @@ export class FileStore implements SessionStore {
     const file = this.#file(key);
     let text: string;
     try {
-      text = await fs.readFile(file, 'utf8');
+      text = await readText(file, 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw err;

@@ -15,10 +15,14 @@ export interface MemoryStoreOptions {
   now?: () => number;
 }
 
+/** Records are frozen and replaced on every write, so `load` can hand them out without copying. */
 interface Entry {
-  meta: SessionMeta;
-  values: Map<string, string>;
+  record: Readonly<StoredSession>;
   expiresAt: number;
+}
+
+function freeze(meta: SessionMeta, values: Record<string, string>): Readonly<StoredSession> {
+  return Object.freeze({ meta: Object.freeze(meta), values: Object.freeze(values) });
 }
 
 let warnedProduction = false;
@@ -64,19 +68,21 @@ export class MemoryStore implements SessionStore {
 
   #remove(key: string, entry: Entry): void {
     this.#entries.delete(key);
-    if (entry.meta.userId !== undefined) {
-      const set = this.#byUser.get(entry.meta.userId);
+    const userId = entry.record.meta.userId;
+    if (userId !== undefined) {
+      const set = this.#byUser.get(userId);
       set?.delete(key);
-      if (set?.size === 0) this.#byUser.delete(entry.meta.userId);
+      if (set?.size === 0) this.#byUser.delete(userId);
     }
   }
 
   #index(key: string, entry: Entry, previousUser: string | undefined): void {
-    if (previousUser === entry.meta.userId) return;
+    const userId = entry.record.meta.userId;
+    if (previousUser === userId) return;
     if (previousUser !== undefined) this.#byUser.get(previousUser)?.delete(key);
-    if (entry.meta.userId !== undefined) {
-      const set = this.#byUser.get(entry.meta.userId) ?? new Set<string>();
-      this.#byUser.set(entry.meta.userId, set);
+    if (userId !== undefined) {
+      const set = this.#byUser.get(userId) ?? new Set<string>();
+      this.#byUser.set(userId, set);
       set.add(key);
     }
   }
@@ -87,15 +93,14 @@ export class MemoryStore implements SessionStore {
     // Map order is insertion order: re-inserting marks the entry most recently used.
     this.#entries.delete(key);
     this.#entries.set(key, entry);
-    return { meta: { ...entry.meta }, values: Object.fromEntries(entry.values) };
+    return entry.record;
   }
 
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     if (this.#live(key)) return false;
     if (!isLiveTtl(ttlMs)) return true;
     const entry: Entry = {
-      meta: { ...record.meta },
-      values: new Map(Object.entries(record.values)),
+      record: freeze({ ...record.meta }, { ...record.values }),
       expiresAt: this.#now() + ttlMs,
     };
     this.#entries.set(key, entry);
@@ -114,10 +119,11 @@ export class MemoryStore implements SessionStore {
       this.#remove(key, entry);
       return 'gone';
     }
-    const previousUser = entry.meta.userId;
-    for (const f of delta.unset) entry.values.delete(f);
-    for (const [f, v] of Object.entries(delta.set)) entry.values.set(f, v);
-    if (delta.meta) Object.assign(entry.meta, delta.meta);
+    const previousUser = entry.record.meta.userId;
+    const values = { ...entry.record.values };
+    for (const f of delta.unset) delete values[f];
+    for (const [f, v] of Object.entries(delta.set)) values[f] = v;
+    entry.record = freeze(delta.meta ? { ...entry.record.meta, ...delta.meta } : entry.record.meta, values);
     entry.expiresAt = this.#now() + ttlMs;
     this.#index(key, entry, previousUser);
     return 'ok';
@@ -136,7 +142,7 @@ export class MemoryStore implements SessionStore {
     const out: SessionSummary[] = [];
     for (const key of [...(this.#byUser.get(userId) ?? [])]) {
       const entry = this.#live(key);
-      if (entry) out.push({ key, meta: { ...entry.meta } });
+      if (entry) out.push({ key, meta: entry.record.meta });
     }
     return out;
   }
