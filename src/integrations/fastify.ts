@@ -3,6 +3,7 @@ import { SessionError } from '../errors.js';
 import { type CsrfPolicy, csrfDecision } from '../features/csrf.js';
 import type { RequestInfo, SessionManager } from '../manager.js';
 import type { Session } from '../session.js';
+import { writeSessionHeaders } from './headers.js';
 import { requestInfo } from './http.js';
 
 declare module 'fastify' {
@@ -47,12 +48,16 @@ export function sessionPlugin<D extends Record<string, unknown>>(manager: Sessio
       if (!request.session || !info || tracked[COMMITTED]) return payload;
       tracked[COMMITTED] = true;
       const out = await m.commit(request.session, info);
-      for (const cookie of out.setCookie) reply.header('set-cookie', cookie);
-      if (out.clearSiteData) reply.header('clear-site-data', out.clearSiteData);
-      if (out.setCookie.length > 0) reply.header('cache-control', 'no-store');
-      else if ((out.noStore || request.session.userId !== undefined) && !reply.hasHeader('cache-control')) {
-        reply.header('cache-control', 'no-store');
-      }
+      // Fastify's reply.header() appends to set-cookie and replaces any other header.
+      writeSessionHeaders(
+        {
+          append: (name, value) => reply.header(name, value),
+          set: (name, value) => reply.header(name, value),
+          has: (name) => reply.hasHeader(name),
+        },
+        out,
+        request.session,
+      );
       return payload;
     });
   }

@@ -1,6 +1,7 @@
 import { SessionError } from '../errors.js';
 import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
 import type { Session } from '../session.js';
+import { writeSessionHeaders } from './headers.js';
 
 export interface FetchSessionOptions {
   /** The client address, if the runtime knows it (the Fetch API does not carry it). */
@@ -25,25 +26,14 @@ export function withSessionHeaders(
 ): Response {
   if (out.setCookie.length === 0 && !out.clearSiteData && !out.noStore && session.userId === undefined)
     return response;
-  let target = response;
   try {
-    applyHeaders(target.headers, out, session);
+    writeSessionHeaders(response.headers, out, session);
+    return response;
   } catch {
     // Responses from fetch() or Response.redirect() have immutable headers: copy them.
-    target = new Response(response.body, response);
-    applyHeaders(target.headers, out, session);
-  }
-  return target;
-}
-
-function applyHeaders(headers: Headers, out: CommitOutcome, session: Session<Record<string, unknown>>): void {
-  for (const cookie of out.setCookie) headers.append('Set-Cookie', cookie);
-  if (out.clearSiteData) headers.set('Clear-Site-Data', out.clearSiteData);
-  if (
-    out.setCookie.length > 0 ||
-    ((out.noStore || session.userId !== undefined) && !headers.has('Cache-Control'))
-  ) {
-    headers.set('Cache-Control', 'no-store');
+    const copy = new Response(response.body, response);
+    writeSessionHeaders(copy.headers, out, session);
+    return copy;
   }
 }
 

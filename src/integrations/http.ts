@@ -3,6 +3,7 @@ import type { TLSSocket } from 'node:tls';
 import { SessionError } from '../errors.js';
 import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
 import type { Session } from '../session.js';
+import { writeSessionHeaders } from './headers.js';
 
 type AnyManager = SessionManager<Record<string, unknown>>;
 
@@ -62,13 +63,15 @@ export function applyOutcome(
   out: CommitOutcome,
   session: Session<Record<string, unknown>>,
 ): void {
-  for (const cookie of out.setCookie) res.appendHeader('Set-Cookie', cookie);
-  if (out.clearSiteData) res.setHeader('Clear-Site-Data', out.clearSiteData);
-  // Responses that carry a session cookie or show an authenticated user must not be cached.
-  if (out.setCookie.length > 0) res.setHeader('Cache-Control', 'no-store');
-  else if ((out.noStore || session.userId !== undefined) && !res.hasHeader('Cache-Control')) {
-    res.setHeader('Cache-Control', 'no-store');
-  }
+  writeSessionHeaders(
+    {
+      append: (name, value) => res.appendHeader(name, value),
+      set: (name, value) => res.setHeader(name, value),
+      has: (name) => res.hasHeader(name),
+    },
+    out,
+    session,
+  );
 }
 
 /** Renders the error response when the session could not be committed. */
