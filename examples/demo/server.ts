@@ -12,9 +12,9 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { storeFromUrl } from '../../src/cli/store-from-url.js';
 import { jsonLinesAudit, MIN_SECRET_BYTES } from '../../src/index.js';
 import { createApp } from './app.js';
-import { storeFromEnv } from './store-from-env.js';
 import { DEMO_CREDENTIALS } from './users.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -49,7 +49,7 @@ async function main(): Promise<void> {
   if (!Number.isInteger(port) || port < 0 || port > 65_535)
     throw new Error(`PORT ${process.env.PORT} is not a port`);
 
-  const { store, label, close } = await storeFromEnv(process.env.SESSION_STORE, { dataDir });
+  const { store, label, close } = await storeFromUrl(process.env.SESSION_STORE, { dataDir });
   const { app, manager } = createApp({
     store,
     secret: await developmentSecret(),

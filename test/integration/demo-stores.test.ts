@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type SelectedStore, storeFromEnv } from '../../examples/demo/store-from-env.js';
+import { type SelectedStore, storeFromUrl } from '../../src/cli/store-from-url.js';
 import { ALICE, credentials, startDemo } from '../helpers/demo.js';
 import { serverAvailable } from '../helpers/servers.js';
 
@@ -32,7 +32,7 @@ const csrfOf = (html: string) => /name="_csrf" value="([^"]+)"/.exec(html)?.[1] 
 describe.each(cases)('the demo on SESSION_STORE=%s', async (label, url) => {
   let selected: SelectedStore | undefined;
   const skip = await serverAvailable(`${label} store`, async () => {
-    selected = await storeFromEnv(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
+    selected = await storeFromUrl(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
   });
 
   it.skipIf(skip)('login, dashboard, 10 parallel writes, logout: the whole workflow holds', async () => {

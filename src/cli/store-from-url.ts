@@ -1,7 +1,9 @@
 import { join } from 'node:path';
-import { FileStore, MemoryStore, type SessionStore } from '../../src/index.js';
+import { FileStore } from '../stores/file.js';
+import { MemoryStore } from '../stores/memory.js';
+import type { SessionStore } from '../stores/store.js';
 
-/** The store the demo runs on, with a label for the startup banner. */
+/** A store built from a URL, with a label safe to print (no password) and a way to close it. */
 export interface SelectedStore {
   store: SessionStore;
   label: string;
@@ -25,14 +27,16 @@ function hosts(url: string): string[] {
 }
 
 /**
- * Picks the session store from `SESSION_STORE` (drivers are imported only when chosen):
+ * Builds a store from a URL, as the demo's `SESSION_STORE` and the admin CLI's `--store` take it
+ * (drivers are imported only when chosen):
  * - `file` (default): one file per session in `<dataDir>/sessions`, kept across restarts;
+ *   `file:/some/dir` names the directory itself;
  * - `memory`: in this process only, lost on restart;
  * - `redis://host:6379` (node-redis), `redis-cluster://host:7101,host:7102` (Cluster);
  * - `memcached://host:11211,host:11212`;
  * - `postgres://user@host/db`, `mysql://user@host/db`, `sqlite:/path/to/file.db`.
  */
-export async function storeFromEnv(
+export async function storeFromUrl(
   value: string | undefined,
   options: { dataDir: string },
 ): Promise<SelectedStore> {
@@ -40,7 +44,9 @@ export async function storeFromEnv(
   const scheme = choice.includes(':') ? choice.slice(0, choice.indexOf(':')) : choice;
   switch (scheme) {
     case 'file': {
-      const dir = join(options.dataDir, 'sessions');
+      const dir = choice.startsWith('file:')
+        ? choice.replace(/^file:(\/\/)?/, '')
+        : join(options.dataDir, 'sessions');
       return { store: new FileStore({ dir }), label: `file (${dir})`, close: nothing };
     }
     case 'memory':
@@ -48,7 +54,7 @@ export async function storeFromEnv(
     case 'redis':
     case 'rediss': {
       const { createClient } = await import('redis');
-      const { RedisStore } = await import('../../src/stores/redis.js');
+      const { RedisStore } = await import('../stores/redis.js');
       const client = createClient({ url: choice });
       await client.connect();
       return {
@@ -61,7 +67,7 @@ export async function storeFromEnv(
       // ioredis, because node-redis 5's Cluster client does not re-route while a dead master
       // stays down (see docs/stores-redis.md); ioredis follows the replica's promotion.
       const { Cluster } = await import('ioredis');
-      const { RedisStore } = await import('../../src/stores/redis.js');
+      const { RedisStore } = await import('../stores/redis.js');
       const nodes = hosts(choice).map((h) => ({
         host: h.slice(0, h.lastIndexOf(':')),
         port: Number(h.slice(h.lastIndexOf(':') + 1)),
@@ -75,7 +81,7 @@ export async function storeFromEnv(
     }
     case 'memcached': {
       const { default: Memcached } = await import('memcached');
-      const { MemcachedStore, recommendedMemcachedOptions } = await import('../../src/stores/memcached.js');
+      const { MemcachedStore, recommendedMemcachedOptions } = await import('../stores/memcached.js');
       const client = new Memcached(hosts(choice), { ...recommendedMemcachedOptions });
       return {
         store: new MemcachedStore(client),
@@ -86,7 +92,7 @@ export async function storeFromEnv(
     case 'postgres':
     case 'postgresql': {
       const { default: pg } = await import('pg');
-      const { PostgresStore } = await import('../../src/stores/postgres.js');
+      const { PostgresStore } = await import('../stores/postgres.js');
       const pool = new pg.Pool({ connectionString: choice });
       const store = new PostgresStore(pool);
       await store.migrate();
@@ -95,7 +101,7 @@ export async function storeFromEnv(
     case 'mysql':
     case 'mariadb': {
       const mysql = await import('mysql2/promise');
-      const { MySqlStore } = await import('../../src/stores/mysql.js');
+      const { MySqlStore } = await import('../stores/mysql.js');
       const pool = mysql.createPool(choice.replace(/^mariadb:/, 'mysql:'));
       const store = new MySqlStore(pool);
       await store.migrate();
@@ -103,7 +109,7 @@ export async function storeFromEnv(
     }
     case 'sqlite': {
       const { default: Database } = await import('better-sqlite3');
-      const { SqliteStore } = await import('../../src/stores/sqlite.js');
+      const { SqliteStore } = await import('../stores/sqlite.js');
       const file = choice.replace(/^sqlite:(\/\/)?/, '');
       const db = new Database(file);
       db.pragma('journal_mode = WAL');
