@@ -81,6 +81,7 @@ export class Session<D extends Record<string, unknown> = Record<string, unknown>
   #regenerateFrom: { key: string; deleteOld: boolean } | null = null;
   #reissueCookie: boolean;
   #clearCookie = false;
+  #onFirstChange: (() => void) | undefined;
   #hadCookie: boolean;
   #destroyed = false;
   #flash?: Flash;
@@ -231,6 +232,7 @@ export class Session<D extends Record<string, unknown> = Record<string, unknown>
     // Checked before the write: a refused value must not be committed anyway at the end of the request.
     this.#checkSize(field, json);
     this.#changes.set(field, json);
+    this.#changed();
   }
 
   /** @internal */
@@ -344,6 +346,7 @@ export class Session<D extends Record<string, unknown> = Record<string, unknown>
     this.#meta.authAt = now;
     this.#meta.createdAt = now;
     this.#meta.deadline = now + this.#driver.options.absoluteTimeout;
+    this.#changed();
     this.#driver.audit('authn_login_success', this);
   }
 
@@ -355,6 +358,7 @@ export class Session<D extends Record<string, unknown> = Record<string, unknown>
     const now = this.#driver.options.now();
     this.#meta.authAt = now;
     this.#meta.deadline = now + this.#driver.options.absoluteTimeout;
+    this.#changed();
   }
 
   /** Logs out: records the event, then destroys the session (see {@link destroy}). */
@@ -383,6 +387,23 @@ export class Session<D extends Record<string, unknown> = Record<string, unknown>
     this.#reissueCookie = false;
     this.#destroyed = true;
     this.#clearCookie = this.#hadCookie || keys.size > 0;
+    if (this.#clearCookie) this.#changed();
+  }
+
+  /**
+   * @internal An integration that holds the response for new sessions only once they change
+   * registers here: a visitor who never writes then costs no hold and no commit.
+   */
+  onFirstChange(listener: () => void): void {
+    this.#onFirstChange = listener;
+  }
+
+  #changed(): void {
+    const listener = this.#onFirstChange;
+    if (listener) {
+      this.#onFirstChange = undefined;
+      listener();
+    }
   }
 
   /** @internal read by the manager at commit. */

@@ -222,9 +222,20 @@ export function commitBeforeHeaders(
     );
   };
 
-  const { originals, release } = intercept(res, (method, args) => {
-    queue.push({ method, args });
-    start();
-    return HELD_RESULT[method](res);
-  });
+  let originals: Methods;
+  let release: () => void;
+  const hold = () => {
+    // A change made after the head went out cannot send a cookie any more; as before, it is
+    // not committed (the commit starts when the head goes out).
+    if (res.headersSent) return;
+    ({ originals, release } = intercept(res, (method, args) => {
+      queue.push({ method, args });
+      start();
+      return HELD_RESULT[method](res);
+    }));
+  };
+  // A session that has no record yet needs a commit only once it changes: hold the response
+  // from then on, so a visitor who never writes pays neither the hold nor a commit.
+  if (session.isNew) session.onFirstChange(hold);
+  else hold();
 }
