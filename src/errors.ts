@@ -4,12 +4,10 @@ export type SessionErrorCode =
   | 'WEAK_SECRET'
   | 'NOT_SERIALIZABLE'
   | 'INVALID_KEY'
-  | 'SESSION_DESTROYED'
   | 'STORE_UNAVAILABLE'
   | 'STORE_CORRUPT'
   | 'VALUE_TOO_LARGE'
   | 'CSRF_INVALID'
-  | 'INSECURE_TRANSPORT'
   | 'NOT_SUPPORTED'
   | 'SESSION_LIMIT'
   | 'REAUTH_REQUIRED';
@@ -19,12 +17,10 @@ const STATUS: Record<SessionErrorCode, number> = {
   WEAK_SECRET: 500,
   NOT_SERIALIZABLE: 500,
   INVALID_KEY: 500,
-  SESSION_DESTROYED: 500,
   STORE_UNAVAILABLE: 503,
   STORE_CORRUPT: 500,
   VALUE_TOO_LARGE: 500,
   CSRF_INVALID: 403,
-  INSECURE_TRANSPORT: 500,
   NOT_SUPPORTED: 500,
   // 409, not 429: the login conflicts with the state of the account (its other live sessions)
   // and succeeds only once the user ends one of them; 429 means "slow down", invites automatic

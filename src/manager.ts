@@ -361,7 +361,8 @@ export class SessionManager<D extends Record<string, unknown> = Record<string, u
 
   /** Deletes expired sessions (Phalcon's garbage collection). Returns how many were removed. */
   async gc(): Promise<number> {
-    if (!this.store.gc) return 0;
+    // Checked like listByUser: a store says by its capability flag whether gc() does anything.
+    if (!this.store.capabilities.gc || !this.store.gc) return 0;
     return this.store.gc(this.options.now());
   }
 

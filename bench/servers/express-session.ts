@@ -3,21 +3,12 @@
  * Store from config: memory (its MemoryStore) | redis (connect-redis 9 on node-redis) |
  * file (session-file-store).
  */
-import { createServer } from 'node:http';
 import { RedisStore } from 'connect-redis';
 import express from 'express';
 import session, { type Store } from 'express-session';
 import sessionFileStore from 'session-file-store';
-import {
-  ANON_BODY,
-  closeRedis,
-  closeServer,
-  connectRedis,
-  listen,
-  SECRET,
-  serve,
-  WRITE_BODY,
-} from './_shared.js';
+import { serveExpressRoutes } from './_express.js';
+import { closeRedis, connectRedis, SECRET, serve } from './_shared.js';
 
 /** express-session's `req.session`: its data plus the session's own methods. */
 type SessionRequest = { session: Record<string, unknown> };
@@ -35,7 +26,6 @@ serve(async (config) => {
   } else if (config.store !== 'memory') {
     throw new Error(`unknown store ${String(config.store)}`);
   }
-  let counter = 0;
   const app = express();
   app.use(
     session({
@@ -46,27 +36,16 @@ serve(async (config) => {
       ...(store ? { store } : {}),
     }),
   );
-  app.get('/setup', (req, res) => {
-    (req as unknown as SessionRequest).session.k = 'hello';
-    res.type('text/plain').send(WRITE_BODY);
-  });
-  app.get('/read', (req, res) => {
-    res.type('text/plain').send(String((req as unknown as SessionRequest).session.k ?? 'missing'));
-  });
-  app.get('/write', (req, res) => {
-    (req as unknown as SessionRequest).session.n = ++counter;
-    res.type('text/plain').send(WRITE_BODY);
-  });
-  app.get('/anon', (_req, res) => {
-    res.type('text/plain').send(ANON_BODY);
-  });
-  const server = createServer(app);
-  const port = await listen(server);
-  return {
-    port,
-    close: async () => {
-      await closeServer(server);
-      await closeStore();
+  // express-session keeps the data as properties of req.session.
+  const data = (req: unknown) => (req as SessionRequest).session;
+  return serveExpressRoutes(
+    app,
+    {
+      get: (req, key) => data(req)[key],
+      set: (req, key, value) => {
+        data(req)[key] = value;
+      },
     },
-  };
+    closeStore,
+  );
 });
