@@ -4,6 +4,8 @@ export type SessionErrorCode =
   | 'WEAK_SECRET'
   | 'NOT_SERIALIZABLE'
   | 'INVALID_KEY'
+  /** A session key name that no store can keep (empty, too long, NUL, lone surrogate). */
+  | 'INVALID_KEY_NAME'
   | 'STORE_UNAVAILABLE'
   | 'STORE_CORRUPT'
   | 'VALUE_TOO_LARGE'
@@ -17,6 +19,7 @@ const STATUS: Record<SessionErrorCode, number> = {
   WEAK_SECRET: 500,
   NOT_SERIALIZABLE: 500,
   INVALID_KEY: 500,
+  INVALID_KEY_NAME: 500,
   STORE_UNAVAILABLE: 503,
   STORE_CORRUPT: 500,
   VALUE_TOO_LARGE: 500,

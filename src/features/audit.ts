@@ -44,20 +44,44 @@ export interface ClientInfo {
 
 // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point.
 const CONTROL = /[\u0000-\u001f\u007f]/g;
+/**
+ * NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR: JSON.stringify leaves them as they are, yet many
+ * log viewers and JSON-lines readers treat them as line breaks, so a user agent could forge a line.
+ */
+const LINE_BREAKS = /[\u0085\u2028\u2029]/g;
 
-/** Header values are attacker-controlled: drop control characters and bound the length. */
+function escapeLineBreak(char: string): string {
+  return `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`;
+}
+
+const MAX_HEADER_LENGTH = 256;
+/** What a cut at MAX_HEADER_LENGTH may leave at the end: half an escape, or half a surrogate pair. */
+const CUT_TAIL = /\\u[0-9a-f]{0,3}$|[\uD800-\uDBFF]$/;
+
+/**
+ * Header values are attacker-controlled: replace control characters with U+FFFD, write U+0085,
+ * U+2028 and U+2029 as the text `\u0085`, `\u2028`, `\u2029` (so that no sink, plain text or
+ * JSON, shows them as line breaks), and bound the result to 256 characters.
+ */
 export function cleanHeaderValue(value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
-  return value.replace(CONTROL, '\uFFFD').slice(0, 256);
+  const clean = value
+    .slice(0, MAX_HEADER_LENGTH)
+    .replace(CONTROL, '\uFFFD')
+    .replace(LINE_BREAKS, escapeLineBreak);
+  const cut = value.length > MAX_HEADER_LENGTH || clean.length > MAX_HEADER_LENGTH;
+  return cut ? clean.slice(0, MAX_HEADER_LENGTH).replace(CUT_TAIL, '') : clean;
 }
 
 /**
- * A sink that writes one JSON object per line to a stream (stdout, a file). JSON escaping keeps
+ * A sink that writes one JSON object per line to a stream (stdout, a file). JSON escaping, plus
+ * `\u0085`, `\u2028` and `\u2029` escapes (JSON.stringify leaves those characters raw), keeps
  * every event on exactly one line, whatever the user agent contains.
  * @example new SessionManager({ secret, audit: jsonLinesAudit(process.stdout) })
  */
 export function jsonLinesAudit(stream: { write(chunk: string): unknown }): (event: AuditEvent) => void {
   return (event) => {
-    stream.write(`${JSON.stringify(event)}\n`);
+    // Those characters can only occur inside JSON strings, where the escape means the same text.
+    stream.write(`${JSON.stringify(event).replace(LINE_BREAKS, escapeLineBreak)}\n`);
   };
 }

@@ -60,6 +60,14 @@ export interface CsrfRequest {
   body?: unknown;
   /** The origin the app is served on, e.g. 'https://app.example.org'; derived from Host if absent. */
   origin?: string | readonly string[];
+  /**
+   * Whether the request came over HTTPS (as the integrations' `requestInfo(...).secure` says,
+   * X-Forwarded-Proto from a trusted proxy included). With no `origin`, the app's origin is this
+   * scheme plus the Host header, so an `http://` page cannot post to the `https://` app or the
+   * other way round. Without `origin` and without `secure` the app's origin is unknown and every
+   * unsafe request that carries an Origin or Referer is refused.
+   */
+  secure?: boolean;
 }
 
 function header(req: CsrfRequest, name: string): string | undefined {
@@ -77,10 +85,12 @@ export interface CsrfPolicy {
   allowMissingOrigin?: boolean;
 }
 
+/** The app's origin(s): the configured ones, else the request's own scheme and Host, never both schemes. */
 function allowedOrigins(req: CsrfRequest): readonly string[] {
   if (req.origin !== undefined) return typeof req.origin === 'string' ? [req.origin] : req.origin;
   const host = header(req, 'host');
-  return host ? [`http://${host}`, `https://${host}`] : [];
+  if (!host || typeof req.secure !== 'boolean') return [];
+  return [`${req.secure ? 'https' : 'http'}://${host}`];
 }
 
 /** The origin the browser says the request comes from: `Origin`, else the `Referer`'s origin. */
@@ -99,7 +109,8 @@ function sourceOrigin(req: CsrfRequest): string | undefined {
 /**
  * Decides whether an unsafe request may proceed: 'ok', or the reason it may not. Safe methods
  * pass. Unsafe ones are refused when the browser says they come from another site (Fetch
- * Metadata), when their Origin (or, without one, their Referer) is not exactly the app's origin,
+ * Metadata), when their Origin (or, without one, their Referer) is not exactly the app's origin
+ * (`req.origin`, else the request's own scheme — `req.secure` — and Host header),
  * when none of these headers is present (unless the policy allows it), and when the session's
  * token is not in the form field or the header (never a cookie). Content-Type plays no part.
  */

@@ -1,5 +1,9 @@
 /** The standard flash types, as in Phalcon's flashSession. */
 export type FlashType = 'success' | 'error' | 'notice' | 'warning';
+/**
+ * Messages grouped by type. Objects of this type that Flash returns have a null prototype, so a
+ * type named `constructor` or `toString` is just a type like any other.
+ */
 export type FlashMessages = Partial<Record<string, string[]>>;
 
 /** The subset of Session that flash needs: one internal value, read and written as JSON. */
@@ -31,9 +35,19 @@ export class Flash {
     this.#host = host;
   }
 
+  /**
+   * The stored messages as a fresh null-prototype object holding only own, array-valued entries:
+   * a lookup such as `all.constructor` or `all.__proto__` never reaches Object.prototype.
+   */
   #all(): FlashMessages {
+    const all: FlashMessages = Object.create(null);
     const stored = this.#host.readInternal(FIELD);
-    return stored && typeof stored === 'object' ? (stored as FlashMessages) : {};
+    if (!stored || typeof stored !== 'object' || Array.isArray(stored)) return all;
+    for (const type of Object.keys(stored)) {
+      const list = (stored as Record<string, unknown>)[type];
+      if (Array.isArray(list)) all[type] = list.filter((m): m is string => typeof m === 'string');
+    }
+    return all;
   }
 
   /** Queues a message of any type name (lowercase letters, digits, '-' and '_'). */
@@ -41,7 +55,7 @@ export class Flash {
     if (!TYPE_NAME.test(type))
       throw new TypeError(`flash type ${JSON.stringify(type)} must match ${TYPE_NAME}`);
     const all = this.#all();
-    all[type] = [...(all[type] ?? []), String(text)];
+    all[type] = [...(Object.hasOwn(all, type) ? all[type]! : []), String(text)];
     this.#host.writeInternal(FIELD, all);
   }
 
@@ -63,13 +77,16 @@ export class Flash {
     const all = this.#all();
     return type === undefined
       ? Object.values(all).some((m) => (m?.length ?? 0) > 0)
-      : (all[type]?.length ?? 0) > 0;
+      : Object.hasOwn(all, type) && (all[type]?.length ?? 0) > 0;
   }
 
   /** Returns the waiting messages without consuming them. */
   peek(type?: string): FlashMessages {
     const all = this.#all();
-    return type === undefined ? all : { [type]: all[type] ?? [] };
+    if (type === undefined) return all;
+    const one: FlashMessages = Object.create(null);
+    one[type] = Object.hasOwn(all, type) ? all[type]! : [];
+    return one;
   }
 
   /** Returns and consumes the messages of `type`. */
@@ -82,7 +99,7 @@ export class Flash {
       if (Object.keys(all).length > 0) this.#host.writeInternal(FIELD, undefined);
       return all;
     }
-    const list = all[type] ?? [];
+    const list = Object.hasOwn(all, type) ? all[type]! : [];
     if (list.length > 0) {
       delete all[type];
       this.#host.writeInternal(FIELD, Object.keys(all).length > 0 ? all : undefined);

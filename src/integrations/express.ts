@@ -80,6 +80,7 @@ export function csrfProtection(
         method: req.method,
         headers: req.headers,
         body: req.body,
+        secure: requestInfo(manager as unknown as AnyManager, req).secure,
         ...(options.origin === undefined ? {} : { origin: options.origin }),
       },
       names,

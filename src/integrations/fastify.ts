@@ -86,6 +86,7 @@ export function csrfPreHandler(
         method: request.method,
         headers: request.headers,
         body: request.body,
+        secure: requestInfo(m, request.raw).secure,
         ...(options.origin === undefined ? {} : { origin: options.origin }),
       },
       m.options.csrf,

@@ -115,7 +115,13 @@ export class Client {
       !hasHeader('origin') &&
       !hasHeader('referer')
     ) {
-      headers.origin = new URL(this.base).origin;
+      // Behind a TLS proxy the page the browser shows is https: so is its Origin.
+      const viaTls = Object.entries(headers).some(
+        ([h, v]) => h.toLowerCase() === 'x-forwarded-proto' && v === 'https',
+      );
+      const origin = new URL(this.base);
+      if (viaTls) origin.protocol = 'https:';
+      headers.origin = origin.origin;
     }
     const cookie = this.jar.header();
     if (cookie && !options.noCookies && !hasHeader('cookie')) {

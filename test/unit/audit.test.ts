@@ -8,7 +8,7 @@ describe('SM-54: audit events', () => {
     const browser = new Browser(manager);
     const secrets: string[] = [];
     const remember = () => {
-      secrets.push(browser.cookie!, browser.cookie!.split('.')[0]!, browser.key);
+      secrets.push(browser.cookie!, browser.cookie!.split('.')[1]!, browser.key);
     };
 
     await browser.request((s) => secrets.push(s.csrf.token()));

@@ -132,11 +132,11 @@ describe('SM-46/SM-47: the CSRF decision', () => {
   let csrf: Csrf;
   let token = '';
 
-  // A browser on the app's own page: it sends the app's Origin with every POST.
+  // A browser on the app's own HTTPS page: it sends the app's Origin with every POST.
   const decide = (req: Partial<CsrfRequest> & { headers?: CsrfRequest['headers'] }) =>
     csrfDecision(
       csrf,
-      { method: 'POST', ...req, headers: { host, origin: `https://${host}`, ...req.headers } },
+      { method: 'POST', secure: true, ...req, headers: { host, origin: `https://${host}`, ...req.headers } },
       names,
     );
 
@@ -179,7 +179,7 @@ describe('SM-46/SM-47: the CSRF decision', () => {
   });
 
   it('SM-47: with neither Origin nor Referer (nor Sec-Fetch-Site) the request is refused unless the policy allows it', () => {
-    const bare = { method: 'POST', headers: { host, 'x-csrf-token': token } };
+    const bare = { method: 'POST', secure: true, headers: { host, 'x-csrf-token': token } };
     expect(csrfDecision(csrf, bare, names)).toBe('origin');
     expect(csrfDecision(csrf, bare, names, { allowMissingOrigin: true })).toBe('ok');
     expect(
