@@ -23,7 +23,10 @@ export { FileStore, type FileStoreOptions } from './stores/file.js';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export {
   applyDelta,
+  type CommitGuard,
   type CommitResult,
+  cloneRecord,
+  guardHolds,
   isLiveTtl,
   type SessionDelta,
   type SessionMeta,

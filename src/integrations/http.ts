@@ -2,7 +2,7 @@ import { type IncomingMessage, type OutgoingHttpHeaders, ServerResponse } from '
 import type { TLSSocket } from 'node:tls';
 import { SessionError } from '../errors.js';
 import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
-import type { Session } from '../session.js';
+import { type Session, stateOf } from '../session.js';
 import { writeSessionHeaders } from './headers.js';
 
 type AnyManager = SessionManager<Record<string, unknown>>;
@@ -236,6 +236,6 @@ export function commitBeforeHeaders(
   };
   // A session that has no record yet needs a commit only once it changes: hold the response
   // from then on, so a visitor who never writes pays neither the hold nor a commit.
-  if (session.isNew) session.onFirstChange(hold);
+  if (session.isNew) stateOf(session).onFirstChange = hold;
   else hold();
 }

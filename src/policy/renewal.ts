@@ -1,11 +1,11 @@
-import { createHash } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import type { ResolvedOptions } from '../options.js';
-import type { SessionDelta, SessionMeta, StoredSession } from '../stores/store.js';
+import type { SessionMeta } from '../stores/store.js';
 
 /** Renewal settings once resolved (renewal on). */
 export type Renewal = Exclude<ResolvedOptions['renewal'], false>;
 
-/** When the record's current ID was issued: its last regeneration, else its creation. */
+/** When the record's current handle was issued: its last ID change, else its creation. */
 export function idIssuedAt(meta: SessionMeta): number {
   return meta.idAt ?? meta.createdAt;
 }
@@ -15,39 +15,42 @@ export function renewalDue(renewal: Renewal, meta: SessionMeta, now: number): bo
   return now - idIssuedAt(meta) >= renewal.interval;
 }
 
-/** The record was renewed away: it only points to its successor now (and later, a tombstone). */
-export function isRenewedAway(meta: SessionMeta): meta is SessionMeta & { renewedAt: number } {
-  return meta.renewedAt !== undefined;
+/**
+ * How a cookie's handle relates to the record it names:
+ * - 'current': it is the record's handle;
+ * - 'grace': it is the handle the last renewal replaced, still within its grace window (a
+ *   request that was in flight, or a browser that has not seen the renewing response yet);
+ * - 'replaced': it is the handle the last ID change replaced, past its grace (or an explicit ID
+ *   change, which has none): a reuse of a retired ID;
+ * - 'foreign': it matches neither (an older handle, or a guess).
+ */
+export type HandleAccess = 'current' | 'grace' | 'replaced' | 'foreign';
+
+function same(a: string | undefined, b: string): boolean {
+  if (a === undefined || a.length !== b.length) return false;
+  return timingSafeEqual(Buffer.from(a), Buffer.from(b));
 }
 
-/** Within the grace window a renewed-away ID still stands for its successor. */
-export function withinGrace(grace: number, meta: SessionMeta & { renewedAt: number }, now: number): boolean {
-  return now - meta.renewedAt < grace;
+export function handleAccess(meta: SessionMeta, handle: string, now: number): HandleAccess {
+  if (same(meta.h, handle)) return 'current';
+  if (!same(meta.ph, handle)) return 'foreign';
+  return meta.phUntil !== undefined && now < meta.phUntil ? 'grace' : 'replaced';
 }
 
 /**
- * The store key of the renewal claim for `key`. The store contract's only atomic conditional
- * write is `create`, so concurrent requests that all find the same ID due elect one renewer by
- * creating this record; the losers read it to learn the successor. Derived with a domain prefix,
- * so no token can hash to it and it never collides with a session key.
+ * The metadata of an ID change: the new handle, the one it replaces (kept to recognise a reuse)
+ * and, for a scheduled renewal, the grace window during which the replaced one still works.
  */
-export function renewalClaimKey(key: string): string {
-  return createHash('sha256').update(`sessionflow:renewal\0${key}`).digest('base64url');
-}
-
-/** The claim record: a pointer to the successor, alive for the grace window only. */
-export function renewalClaim(successor: string, now: number, grace: number): StoredSession {
+export function rotatedMeta(
+  newHandle: string,
+  oldHandle: string | null,
+  now: number,
+  grace: number,
+): Partial<SessionMeta> {
   return {
-    meta: { createdAt: now, lastSeenAt: now, deadline: now + grace, renewedAt: now, successor },
-    values: {},
+    h: newHandle,
+    ph: oldHandle ?? undefined,
+    phUntil: grace > 0 ? now + grace : undefined,
+    idAt: now,
   };
-}
-
-/**
- * Turns the old record into a pointer to its successor. Its values are dropped: nothing reads
- * them any more (requests with the old ID are served from the successor), and a dead ID should
- * not keep data. `userId` stays, so a reuse after the grace window can be tied to the user.
- */
-export function renewedAwayDelta(successor: string, now: number, fields: readonly string[]): SessionDelta {
-  return { set: {}, unset: [...fields], meta: { renewedAt: now, successor } };
 }

@@ -1,11 +1,14 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { constants, promises as fs, readFile } from 'node:fs';
+import { close, constants, promises as fs, fstat, open, read } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { SessionError } from '../errors.js';
+import { CorruptLog, checkStorageKey, decodeRecord, encodeRecord, isStorageKey } from './kit.js';
 import {
   applyDelta,
+  type CommitGuard,
   type CommitResult,
+  guardHolds,
   isLiveTtl,
   type SessionDelta,
   type SessionMeta,
@@ -23,24 +26,54 @@ export interface FileStoreOptions {
   staleLockMs?: number;
   /** How long to wait for a session's lock before failing the request. @default 5000 */
   lockTimeoutMs?: number;
-  /** Called when a file cannot be parsed; the session is then treated as absent. @default console.warn */
+  /**
+   * Called when a file cannot be parsed; the session is then treated as absent.
+   * @default the manager's `warn` (see `setWarn`), else console.warn
+   */
   onCorrupt?: (file: string, error: Error) => void;
   /** Clock in milliseconds, for tests. @default Date.now */
   now?: () => number;
 }
 
+/** A session file as read: the record, and its expiry (the file's mtime). */
 interface FileRecord {
-  v: 1;
+  record: StoredSession;
   expiresAt: number;
-  meta: SessionMeta;
-  values: Record<string, string>;
 }
 
-// The callback readFile, promisified, reads a small file in about half the time of
-// fs.promises.readFile (measured in bench/README.md): it is on every request's path.
-const readText = promisify(readFile);
+// The callback fs functions, promisified, read a small file in about half the time of
+// fs.promises.readFile (measured in bench/README.md): this is on every request's path. One open
+// descriptor gives the content and the mtime (the expiry) of the same file, even if a writer
+// renames a new version over it meanwhile; it costs what the callback readFile costs (open,
+// fstat, read, close).
+const openFd = promisify(open);
+const fstatFd = promisify(fstat);
+const readFd = promisify(read);
+const closeFd = promisify(close);
 
-const KEY = /^[A-Za-z0-9_-]{16,128}$/;
+async function readWithMtime(file: string): Promise<{ text: string; mtimeMs: number } | null> {
+  let fd: number;
+  try {
+    fd = await openFd(file, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+  try {
+    const stat = await fstatFd(fd);
+    const buffer = Buffer.allocUnsafe(stat.size);
+    let filled = 0;
+    while (filled < buffer.length) {
+      const { bytesRead } = await readFd(fd, buffer, filled, buffer.length - filled, filled);
+      if (bytesRead === 0) break;
+      filled += bytesRead;
+    }
+    return { text: buffer.toString('utf8', 0, filled), mtimeMs: stat.mtimeMs };
+  } finally {
+    await closeFd(fd);
+  }
+}
+
 const GC_BATCH = 64;
 
 function userDirName(userId: string): string {
@@ -50,13 +83,15 @@ function userDirName(userId: string): string {
 /**
  * One file per session (Phalcon's Stream adapter), the default store: no server needed.
  *
- * - Files are named by the storage key (already a hash of the token), mode 0600, in a 0700 dir.
+ * - Files are named by the record key, mode 0600, in a 0700 dir; the content is the shared record
+ *   JSON (`encodeRecord`). A file that does not decode is reported and treated as absent.
  * - Writes go to a temp file, are fsynced, then renamed over the old file: a reader sees the
  *   old or the new record, never a torn one.
  * - A per-session lock (in-process queue + an O_EXCL lock file, so several processes can share
- *   the directory) makes each commit a read-merge-write of only the keys the request changed.
- * - The file's mtime is set to its expiry, so `gc()` finds expired files with a `stat` and never
- *   reads a live one.
+ *   the directory) makes each commit one step: read, check the guard, merge only the keys the
+ *   request changed, write.
+ * - The file's mtime is its expiry (rounded to the millisecond when read), so `gc()` finds
+ *   expired files with a `stat` and never reads a live one.
  * - A user index (`users/<hash>/<key>` marker files) serves `sessionsOf`.
  */
 export class FileStore implements SessionStore {
@@ -65,7 +100,7 @@ export class FileStore implements SessionStore {
   readonly #fsync: boolean;
   readonly #staleLockMs: number;
   readonly #lockTimeoutMs: number;
-  readonly #onCorrupt: (file: string, error: Error) => void;
+  readonly #corrupt: CorruptLog;
   readonly #now: () => number;
   readonly #queues = new Map<string, Promise<void>>();
   #ready: Promise<void> | undefined;
@@ -78,10 +113,16 @@ export class FileStore implements SessionStore {
     this.#fsync = options.fsync ?? true;
     this.#staleLockMs = options.staleLockMs ?? 10_000;
     this.#lockTimeoutMs = options.lockTimeoutMs ?? 5_000;
-    this.#onCorrupt =
-      options.onCorrupt ??
-      ((file, err) => console.warn(`[sessionflow] corrupt session file ${file} ignored: ${err.message}`));
+    const onCorrupt = options.onCorrupt;
+    this.#corrupt = new CorruptLog(
+      onCorrupt ? (file, reason) => onCorrupt(file, new Error(reason)) : undefined,
+    );
     this.#now = options.now ?? Date.now;
+  }
+
+  /** Corrupt files are reported through the manager's `warn` (unless `onCorrupt` was given). */
+  setWarn(warn: (message: string) => void): void {
+    this.#corrupt.attach(warn);
   }
 
   #init(): Promise<void> {
@@ -98,66 +139,66 @@ export class FileStore implements SessionStore {
   }
 
   #file(key: string): string {
-    // Keys come from the manager (SHA-256, base64url); anything else never reaches a path.
-    if (!KEY.test(key))
-      throw new SessionError('INVALID_KEY', 'FileStore refused a storage key that is not base64url.');
+    // Keys come from the manager (base64url); anything else never reaches a path.
+    checkStorageKey('FileStore', key);
     return join(this.dir, `${key}.json`);
   }
 
   async #read(key: string): Promise<FileRecord | null> {
     const file = this.#file(key);
-    let text: string;
-    try {
-      text = await readText(file, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw err;
-    }
-    try {
-      const parsed = JSON.parse(text) as FileRecord;
-      if (
-        parsed?.v !== 1 ||
-        typeof parsed.expiresAt !== 'number' ||
-        typeof parsed.meta !== 'object' ||
-        typeof parsed.values !== 'object'
-      ) {
-        throw new Error('not a session record');
-      }
-      return parsed;
-    } catch (err) {
-      this.#onCorrupt(file, err as Error);
+    const found = await readWithMtime(file);
+    if (!found) return null;
+    const record = decodeRecord(found.text);
+    if (!record) {
+      this.#corrupt.report('FileStore', file, 'not a session record');
       return null;
     }
+    return { record, expiresAt: Math.round(found.mtimeMs) };
   }
 
-  async #write(key: string, record: FileRecord): Promise<void> {
+  async #write(key: string, record: StoredSession, expiresAt: number): Promise<void> {
     const file = this.#file(key);
     const tmp = join(this.dir, `.tmp-${key}-${randomBytes(6).toString('hex')}`);
     const handle = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
     try {
-      await handle.writeFile(JSON.stringify(record));
+      await handle.writeFile(encodeRecord(record));
       if (this.#fsync) await handle.datasync();
     } finally {
       await handle.close();
     }
-    const expiry = record.expiresAt / 1000;
+    const expiry = expiresAt / 1000;
     await fs.utimes(tmp, expiry, expiry);
     await fs.rename(tmp, file);
   }
 
-  async #indexUser(key: string, userId: string | undefined, previous: string | undefined): Promise<void> {
-    if (previous !== undefined && previous !== userId)
-      await fs.rm(join(this.dir, 'users', userDirName(previous), key), { force: true });
-    if (userId !== undefined && userId !== previous) {
-      const dir = join(this.dir, 'users', userDirName(userId));
-      await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-      await fs.writeFile(join(dir, key), '', { mode: 0o600 });
-    }
+  #marker(key: string, userId: string): string {
+    return join(this.dir, 'users', userDirName(userId), key);
   }
 
-  async #unlink(key: string, record: FileRecord | null): Promise<void> {
+  async #mark(key: string, userId: string): Promise<void> {
+    await fs.mkdir(join(this.dir, 'users', userDirName(userId)), { recursive: true, mode: 0o700 });
+    await fs.writeFile(this.#marker(key, userId), '', { mode: 0o600 });
+  }
+
+  async #unmark(key: string, userId: string): Promise<void> {
+    await fs.rm(this.#marker(key, userId), { force: true });
+  }
+
+  /**
+   * Writes a record under the lock, keeping the user index in step: the new user's marker is
+   * made before the record (a crash in between leaves a stray marker, which `sessionsOf` prunes,
+   * never a session missing from its user's list), the old user's marker removed after.
+   */
+  async #store(key: string, record: StoredSession, expiresAt: number, previousUser: string | undefined) {
+    const userId = record.meta.userId;
+    if (userId !== undefined && userId !== previousUser) await this.#mark(key, userId);
+    await this.#write(key, record, expiresAt);
+    if (previousUser !== undefined && previousUser !== userId) await this.#unmark(key, previousUser);
+  }
+
+  async #unlink(key: string, record: StoredSession | null): Promise<void> {
     await fs.rm(this.#file(key), { force: true });
-    if (record?.meta.userId !== undefined) await this.#indexUser(key, undefined, record.meta.userId);
+    if (record?.meta.userId !== undefined) await this.#unmark(key, record.meta.userId);
   }
 
   /** Runs `fn` holding the session's lock: queued within this process, a lock file across processes. */
@@ -206,76 +247,82 @@ export class FileStore implements SessionStore {
   }
 
   async load(key: string): Promise<StoredSession | null> {
+    checkStorageKey('FileStore', key);
     await this.#init();
-    const record = await this.#read(key);
-    if (!record) return null;
-    if (record.expiresAt <= this.#now()) {
+    const found = await this.#read(key);
+    if (!found) return null;
+    if (found.expiresAt <= this.#now()) {
       await this.#locked(key, async () => {
         const again = await this.#read(key);
-        if (again && again.expiresAt <= this.#now()) await this.#unlink(key, again);
+        if (again && again.expiresAt <= this.#now()) await this.#unlink(key, again.record);
       });
       return null;
     }
-    return { meta: record.meta, values: record.values };
+    return found.record;
   }
 
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
+    checkStorageKey('FileStore', key);
     return this.#locked(key, async () => {
       const existing = await this.#read(key);
       if (existing && existing.expiresAt > this.#now()) return false;
       if (!isLiveTtl(ttlMs)) return true;
-      await this.#write(key, {
-        v: 1,
-        expiresAt: this.#now() + ttlMs,
-        meta: record.meta,
-        values: record.values,
-      });
-      await this.#indexUser(key, record.meta.userId, existing?.meta.userId);
+      await this.#store(key, record, this.#now() + ttlMs, existing?.record.meta.userId);
       return true;
     });
   }
 
-  async commit(key: string, delta: SessionDelta, ttlMs: number): Promise<CommitResult> {
+  /** Guard check, merge and write happen under the session's lock, on the record read under it. */
+  async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
+    checkStorageKey('FileStore', key);
     return this.#locked(key, async () => {
       const existing = await this.#read(key);
-      if (!existing || existing.expiresAt <= this.#now()) return 'gone';
-      if (!isLiveTtl(ttlMs)) {
-        await this.#unlink(key, existing);
+      if (!existing) return 'gone';
+      if (existing.expiresAt <= this.#now()) {
+        await this.#unlink(key, existing.record);
         return 'gone';
       }
-      const previousUser = existing.meta.userId;
-      const merged = applyDelta({ meta: existing.meta, values: existing.values }, delta);
-      await this.#write(key, {
-        v: 1,
-        expiresAt: this.#now() + ttlMs,
-        meta: merged.meta,
-        values: merged.values,
-      });
-      await this.#indexUser(key, merged.meta.userId, previousUser);
+      if (!guardHolds(existing.record.meta, guard)) return 'conflict';
+      if (!isLiveTtl(ttlMs)) {
+        await this.#unlink(key, existing.record);
+        return 'gone';
+      }
+      const previousUser = existing.record.meta.userId;
+      const merged = applyDelta(existing.record, delta);
+      await this.#store(key, merged, this.#now() + ttlMs, previousUser);
       return 'ok';
     });
   }
 
-  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<CommitResult> {
-    return this.commit(key, { set: {}, unset: [], meta }, ttlMs);
+  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<'ok' | 'gone'> {
+    return (await this.commit(key, { set: {}, unset: [], meta }, ttlMs)) === 'ok' ? 'ok' : 'gone';
   }
 
   async destroy(key: string): Promise<void> {
+    checkStorageKey('FileStore', key);
     await this.#locked(key, async () => {
-      await this.#unlink(key, await this.#read(key));
+      await this.#unlink(key, (await this.#read(key))?.record ?? null);
     });
   }
 
   async sessionsOf(userId: string): Promise<SessionSummary[]> {
     await this.#init();
-    const dir = join(this.dir, 'users', userDirName(userId));
-    const names = await fs.readdir(dir).catch(() => [] as string[]);
+    const names = await fs.readdir(join(this.dir, 'users', userDirName(userId))).catch(() => [] as string[]);
     const out: SessionSummary[] = [];
     for (const key of names) {
-      if (!KEY.test(key)) continue;
+      if (!isStorageKey(key)) continue;
       const record = await this.load(key);
-      if (record && record.meta.userId === userId) out.push({ key, meta: record.meta });
-      else await fs.rm(join(dir, key), { force: true });
+      if (record && record.meta.userId === userId) {
+        out.push({ key, meta: record.meta });
+        continue;
+      }
+      // A stray marker (the user changed, the session ended, or a crash): pruned under the lock,
+      // so a commit that is moving the session to this user right now is not undone.
+      await this.#locked(key, async () => {
+        const again = await this.#read(key);
+        if (!again || again.expiresAt <= this.#now() || again.record.meta.userId !== userId)
+          await this.#unmark(key, userId);
+      });
     }
     return out;
   }
@@ -296,13 +343,14 @@ export class FileStore implements SessionStore {
       const path = join(this.dir, name);
       if (name.endsWith('.json')) {
         const stat = await fs.stat(path).catch(() => null);
-        if (!stat || stat.mtimeMs > now) continue;
+        if (!stat || Math.round(stat.mtimeMs) > now) continue;
         const key = name.slice(0, -5);
-        if (!KEY.test(key)) continue;
+        if (!isStorageKey(key)) continue;
         const gone = await this.#locked(key, async () => {
-          const record = await this.#read(key);
-          if (record && record.expiresAt > now) return false;
-          await this.#unlink(key, record);
+          const found = await this.#read(key);
+          if (found && found.expiresAt > now) return false;
+          // A corrupt file counts as absent: it is removed with the expired ones.
+          await this.#unlink(key, found?.record ?? null);
           return true;
         });
         if (gone) removed++;

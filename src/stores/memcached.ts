@@ -1,9 +1,12 @@
+import { createHash } from 'node:crypto';
 import { auditTag } from '../crypto/ids.js';
 import { SessionError, storeUnavailable } from '../errors.js';
+import { asMeta, asValues, CorruptLog, checkStorageKey } from './kit.js';
 import {
   applyDelta,
+  type CommitGuard,
   type CommitResult,
-  cloneRecord,
+  guardHolds,
   isLiveTtl,
   type SessionDelta,
   type SessionMeta,
@@ -46,7 +49,11 @@ export interface MemcachedStoreOptions {
   casAttempts?: number;
   /** A memcached call that has not answered after this many milliseconds fails the request. @default 2000 */
   operationTimeoutMs?: number;
-  /** Called when an item cannot be parsed; the session is then treated as absent. @default console.warn */
+  /**
+   * Called when an item cannot be parsed; the session (or the user's revocation state) is then
+   * treated as absent. Receives the storage key for a session item, `user record <tag>` for a
+   * user item. @default the manager's `warn` (see `setWarn`), else console.warn
+   */
   onCorrupt?: (key: string, reason: string) => void;
   /** Clock in milliseconds, for tests. @default Date.now */
   now?: () => number;
@@ -79,23 +86,44 @@ export const recommendedMemcachedOptions = Object.freeze({
   remove: false,
 });
 
-/** What one memcached item holds: the session plus its exact expiry, JSON-encoded. */
+/** What one memcached session item holds: the session plus its exact expiry, JSON-encoded. */
 interface ItemRecord {
   v: 1;
   /** Milliseconds since the epoch; memcached's own TTL is only accurate to a second. */
   expiresAt: number;
+  /**
+   * The revocation generation of the user the session was authenticated under (see
+   * `revokeUser`). Absent on sessions without a user (and read as 0 on older items). Kept beside
+   * `meta`, not in it, so the manager never sees, copies or overwrites it.
+   */
+  ug?: number;
   meta: SessionMeta;
   values: Record<string, string>;
 }
 
-interface Fetched {
-  cas: string;
-  /** null when the item exists but is not a session record. */
-  record: (StoredSession & { expiresAt: number }) | null;
+/** A decoded session item. */
+interface Decoded extends StoredSession {
+  expiresAt: number;
+  ug: number | undefined;
 }
 
-/** Storage keys are SHA-256 in base64url (43 characters); anything else never reaches the wire. */
-const STORAGE_KEY = /^[A-Za-z0-9_-]{16,128}$/;
+/** What one user item holds (`prefix + 'u:' + sha256(userId)`): the user's revocation state. */
+interface UserRecord {
+  /** Sessions of the user stamped with a lower generation are dead. 0 when there is no user item. */
+  gen: number;
+  /** The one session kept alive by the last `revokeUser`... */
+  except?: string;
+  /** ...provided it was stamped with at least this generation (it was alive just before). */
+  exceptGen?: number;
+}
+
+interface Got {
+  cas: string;
+  raw: unknown;
+}
+
+const STORE_NAME = 'MemcachedStore';
+/** Longest storage key `checkStorageKey` accepts; the prefix budget is computed with it. */
 const MAX_STORAGE_KEY = 128;
 /** Printable ASCII without space: memcached keys must not contain whitespace or control characters. */
 const PREFIX = /^[\x21-\x7e]{0,100}$/;
@@ -104,6 +132,8 @@ const MAX_KEY_BYTES = 250;
 const MAX_RELATIVE_SECONDS = 60 * 60 * 24 * 30;
 /** Largest backoff window: measured with 100 writers on one session, 50 ms ran out of attempts, 200 ms did not. */
 const BACKOFF_CAP_MS = 200;
+/** memcached's "never expires": the user item must outlive every session it governs. */
+const NO_EXPIRY = 0;
 
 /**
  * The expiration to send for a TTL. One second is added because memcached's clock ticks once a
@@ -126,19 +156,48 @@ function isNotStored(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { notStored?: unknown }).notStored === true;
 }
 
+const isGeneration = (value: unknown): value is number =>
+  Number.isSafeInteger(value) && (value as number) >= 0;
+
+/**
+ * True if a session of the user, under storage key `key` and stamped with generation `ug`, was
+ * revoked: stamped below the user's generation, unless it is the session the last `revokeUser`
+ * kept and it was alive just before that call.
+ */
+function isRevoked(key: string, ug: number | undefined, user: UserRecord): boolean {
+  const stamp = ug ?? 0;
+  if (stamp >= user.gen) return false;
+  return !(user.except === key && stamp >= (user.exceptGen ?? user.gen - 1));
+}
+
+/**
+ * The user record after one more `revokeUser`. The generation also never falls below the clock,
+ * so a revocation made after the user item was lost (evicted, restarted) still outranks every
+ * stamp handed out under the lost item. The kept session stays alive only if it was alive just
+ * before: stamped at the old generation or later, or the session the previous call kept (so
+ * "log out my other devices" twice in a row keeps the caller's device).
+ */
+function nextRevocation(old: UserRecord, except: string | undefined, nowMs: number): UserRecord {
+  const gen = Math.max(old.gen + 1, Math.floor(nowMs));
+  if (except === undefined) return { gen };
+  const exceptGen = old.except === except ? Math.min(old.exceptGen ?? old.gen - 1, old.gen) : old.gen;
+  return { gen, except, exceptGen: Math.max(0, exceptGen) };
+}
+
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
  * Sessions in memcached, one item per session, spread over the client's servers by its
  * consistent hashing.
  *
- * - The item is JSON `{ v, expiresAt, meta, values }` under `prefix + storageKey`; memcached's TTL
- *   removes it, and `expiresAt` (milliseconds) makes every read exact.
- * - `create` is `add` (atomic, never overwrites). `commit` and `touch` are `gets`, merge, `cas`,
- *   retried with jittered backoff while another writer wins; a miss is 'gone' and nothing is ever
- *   inserted, so a commit racing a logout cannot resurrect the session.
- * - Memcached cannot enumerate keys: no `sessionsOf` (revoke-all-devices needs another store) and
- *   no `gc` (items expire on their own).
+ * - The item is JSON `{ v, expiresAt, ug?, meta, values }` under `prefix + storageKey`;
+ *   memcached's TTL removes it, and `expiresAt` (milliseconds) makes every read exact.
+ * - `create` is `add` (atomic, never overwrites). `commit` and `touch` are `gets`, guard check and
+ *   merge, `cas`, retried with jittered backoff while another writer wins; a miss is 'gone', a
+ *   guard that does not hold on the value `gets` read is 'conflict', and nothing is ever inserted,
+ *   so a commit racing a logout cannot resurrect the session.
+ * - Memcached cannot enumerate keys: no `sessionsOf` and no `gc` (items expire on their own).
+ *   `revokeUser` works with a per-user revocation generation instead (see its comment).
  * - Every failure to reach a server is thrown (the manager answers 503), never read as a miss.
  *
  * @example
@@ -154,7 +213,9 @@ export class MemcachedStore implements SessionStore {
   readonly #maxItemBytes: number;
   readonly #casAttempts: number;
   readonly #timeoutMs: number;
-  readonly #onCorrupt: (key: string, reason: string) => void;
+  readonly #corrupt: CorruptLog;
+  /** With a custom `onCorrupt` the storage key is handed over; logs get its audit tag. */
+  readonly #customCorrupt: boolean;
   readonly #now: () => number;
 
   constructor(client: MemcachedClient, options: MemcachedStoreOptions = {}) {
@@ -193,22 +254,38 @@ export class MemcachedStore implements SessionStore {
     this.#maxItemBytes = positiveInteger(options.maxItemBytes, 1_000_000, 'maxItemBytes');
     this.#casAttempts = positiveInteger(options.casAttempts, 16, 'casAttempts');
     this.#timeoutMs = positiveInteger(options.operationTimeoutMs, 2_000, 'operationTimeoutMs');
-    this.#onCorrupt =
-      options.onCorrupt ??
-      ((key, reason) =>
-        console.warn(`[sessionflow] unreadable memcached session ${auditTag(key)} ignored: ${reason}`));
+    this.#corrupt = new CorruptLog(options.onCorrupt);
+    this.#customCorrupt = options.onCorrupt !== undefined;
     this.#now = options.now ?? Date.now;
+  }
+
+  /** The manager hands its `warn` here: corrupt items are reported where the application looks. */
+  setWarn(warn: (message: string) => void): void {
+    this.#corrupt.attach(warn);
   }
 
   /** The item key of a storage key; refuses anything that could break the text protocol (CVE-2020-13254). */
   #itemKey(key: string): string {
-    if (typeof key !== 'string' || !STORAGE_KEY.test(key)) {
-      throw new SessionError(
-        'INVALID_KEY',
-        'MemcachedStore refused a storage key that is not 16-128 base64url characters; it was not sent to memcached.',
-      );
-    }
+    checkStorageKey(STORE_NAME, key);
     return this.prefix + key;
+  }
+
+  /**
+   * The item key of a user's revocation record. The user id is hashed, so any id fits memcached's
+   * key rules; `:` never occurs in a storage key, so it cannot collide with a session item.
+   */
+  #userItemKey(userId: string): string {
+    return `${this.prefix}u:${createHash('sha256').update(userId).digest('base64url')}`;
+  }
+
+  #report(storageKey: string | undefined, userId: string | undefined, reason: string): void {
+    const where =
+      storageKey !== undefined
+        ? this.#customCorrupt
+          ? storageKey
+          : `session ${auditTag(storageKey)}`
+        : `user record ${auditTag(`user:${userId}`)}`;
+    this.#corrupt.report(STORE_NAME, where, reason);
   }
 
   /** Runs one client call as a promise, with a deadline: the client never answers on a half-open socket. */
@@ -237,7 +314,8 @@ export class MemcachedStore implements SessionStore {
     });
   }
 
-  async #fetch(storageKey: string, itemKey: string): Promise<Fetched | null> {
+  /** One `gets`: the raw value and its CAS token, or null on a miss. */
+  async #gets(itemKey: string): Promise<Got | null> {
     const data = await this.#call<unknown>('gets', (done) => this.#client.gets(itemKey, done));
     if (data === undefined || data === null || data === false) return null;
     if (typeof data !== 'object') throw storeUnavailable('memcached gets', new Error('unexpected reply'));
@@ -250,39 +328,43 @@ export class MemcachedStore implements SessionStore {
     }
     if (typeof cas !== 'string')
       throw storeUnavailable('memcached gets', new Error('reply without a CAS token'));
-    return { cas, record: this.#decode(storageKey, raw) };
+    return { cas, raw };
   }
 
-  #decode(storageKey: string, raw: unknown): Fetched['record'] {
+  /** Parses a session item; an unreadable one is reported and answered as null (absent). */
+  #decode(storageKey: string, raw: unknown): Decoded | null {
     if (typeof raw !== 'string') {
-      this.#onCorrupt(storageKey, 'not a string item');
+      this.#report(storageKey, undefined, 'not a string item');
       return null;
     }
-    let parsed: Partial<ItemRecord>;
+    let parsed: unknown;
     try {
-      parsed = JSON.parse(raw) as Partial<ItemRecord>;
+      parsed = JSON.parse(raw);
     } catch {
-      this.#onCorrupt(storageKey, 'not JSON');
+      this.#report(storageKey, undefined, 'not JSON');
       return null;
     }
+    const item = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as Partial<ItemRecord>;
+    // The record checks every store shares (kit.ts); values come back with a null prototype, so
+    // that a field named `__proto__` stays plain data through a merge.
+    const meta = asMeta(item.meta);
+    const values = asValues(item.values);
     if (
-      parsed?.v !== 1 ||
-      typeof parsed.expiresAt !== 'number' ||
-      typeof parsed.meta !== 'object' ||
-      parsed.meta === null ||
-      typeof parsed.values !== 'object' ||
-      parsed.values === null ||
-      Object.values(parsed.values).some((v) => typeof v !== 'string')
+      item.v !== 1 ||
+      typeof item.expiresAt !== 'number' ||
+      (item.ug !== undefined && !isGeneration(item.ug)) ||
+      !meta ||
+      !values
     ) {
-      this.#onCorrupt(storageKey, 'not a session record');
+      this.#report(storageKey, undefined, 'not a session record');
       return null;
     }
-    // Null-prototype values, so that a field named `__proto__` stays plain data through a merge.
-    return { ...cloneRecord({ meta: parsed.meta, values: parsed.values }), expiresAt: parsed.expiresAt };
+    return { meta: { ...meta }, values, expiresAt: item.expiresAt, ug: item.ug };
   }
 
-  #encode(record: StoredSession, expiresAt: number): string {
+  #encode(record: StoredSession, expiresAt: number, ug: number | undefined): string {
     const item: ItemRecord = { v: 1, expiresAt, meta: record.meta, values: record.values };
+    if (ug !== undefined) item.ug = ug;
     const body = JSON.stringify(item);
     const bytes = Buffer.byteLength(body);
     // Checked here because the `memcached` client reports a server-side SERVER_ERROR as a silent
@@ -294,6 +376,41 @@ export class MemcachedStore implements SessionStore {
       );
     }
     return body;
+  }
+
+  /** Reads a session item: null when missing or unreadable (reported). */
+  async #fetch(storageKey: string, itemKey: string): Promise<{ cas: string; record: Decoded | null } | null> {
+    const got = await this.#gets(itemKey);
+    return got && { cas: got.cas, record: this.#decode(storageKey, got.raw) };
+  }
+
+  #decodeUser(userId: string, raw: unknown): UserRecord | null {
+    let parsed: Partial<UserRecord> | null = null;
+    try {
+      parsed = typeof raw === 'string' ? (JSON.parse(raw) as Partial<UserRecord> | null) : null;
+    } catch {
+      // reported below
+    }
+    if (
+      parsed &&
+      typeof parsed === 'object' &&
+      isGeneration(parsed.gen) &&
+      (parsed.except === undefined || typeof parsed.except === 'string') &&
+      (parsed.exceptGen === undefined || isGeneration(parsed.exceptGen))
+    ) {
+      return { gen: parsed.gen, except: parsed.except, exceptGen: parsed.exceptGen };
+    }
+    this.#report(undefined, userId, 'not a user revocation record');
+    return null;
+  }
+
+  /**
+   * The user's revocation state. No item (never revoked, or evicted) and an unreadable item
+   * (reported) both read as generation 0: nothing is revoked.
+   */
+  async #user(userId: string): Promise<UserRecord> {
+    const got = await this.#gets(this.#userItemKey(userId));
+    return (got && this.#decodeUser(userId, got.raw)) ?? { gen: 0 };
   }
 
   #add(itemKey: string, body: string, lifetime: number): Promise<boolean> {
@@ -328,14 +445,27 @@ export class MemcachedStore implements SessionStore {
     return sleep(Math.random() * Math.min(BACKOFF_CAP_MS, 2 ** (attempt + 1)));
   }
 
+  /**
+   * True if the session read under `key` belongs to a user whose `revokeUser` came after it was
+   * stamped. Costs one read of the user item, for authenticated sessions only. `user` receives the
+   * state read, so that a commit can stamp with it.
+   */
+  async #revoked(key: string, record: Decoded): Promise<{ revoked: boolean; user?: UserRecord }> {
+    const userId = record.meta.userId;
+    if (typeof userId !== 'string') return { revoked: false };
+    const user = await this.#user(userId);
+    return { revoked: isRevoked(key, record.ug, user), user };
+  }
+
   async load(key: string): Promise<StoredSession | null> {
     const itemKey = this.#itemKey(key);
     const found = await this.#fetch(key, itemKey);
     if (!found?.record) return null;
-    if (found.record.expiresAt <= this.#now()) {
-      // Expired to the millisecond but still held by memcached for up to two seconds. Nothing can
-      // revive it (commit answers 'gone'), so an unconditional delete is safe; if the delete fails
-      // the answer is still known (absent) and memcached drops the item on its own.
+    // Expired to the millisecond but still held by memcached for up to two seconds, or revoked:
+    // either way dead for good (commit answers 'gone' and never rewrites it), so an unconditional
+    // delete is safe; if the delete fails the answer is still known (absent) and memcached drops
+    // the item on its own.
+    if (found.record.expiresAt <= this.#now() || (await this.#revoked(key, found.record)).revoked) {
       await this.#del(itemKey).catch(() => {});
       return null;
     }
@@ -344,13 +474,17 @@ export class MemcachedStore implements SessionStore {
 
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     const itemKey = this.#itemKey(key);
-    const now = this.#now();
     if (!isLiveTtl(ttlMs)) {
       // Nothing to write; only say whether a live session already holds the key.
       const found = await this.#fetch(key, itemKey);
-      return !(found?.record && found.record.expiresAt > now);
+      return !(found?.record && found.record.expiresAt > this.#now());
     }
-    const body = this.#encode(record, now + ttlMs);
+    // A session created authenticated is stamped with the user's generation, read before the
+    // write: a revokeUser landing in between leaves it with the old one, and dead (fail closed).
+    const userId = record.meta.userId;
+    const ug = typeof userId === 'string' ? (await this.#user(userId)).gen : undefined;
+    const now = this.#now();
+    const body = this.#encode(record, now + ttlMs, ug);
     const lifetime = memcachedExpiration(ttlMs, now);
     for (let attempt = 0; attempt < this.#casAttempts; attempt++) {
       if (await this.#add(itemKey, body, lifetime)) return true;
@@ -363,7 +497,12 @@ export class MemcachedStore implements SessionStore {
     throw this.#contention('create');
   }
 
-  async commit(key: string, delta: SessionDelta, ttlMs: number): Promise<CommitResult> {
+  /**
+   * `gets`, then on the value read: liveness (expiry, revocation), the guard, the merge, the
+   * user stamp; then `cas`, which writes only if nothing changed since the `gets`. So the guard
+   * check and the write are one atomic step, and a guard failure writes nothing.
+   */
+  async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     const itemKey = this.#itemKey(key);
     if (!isLiveTtl(ttlMs)) {
       await this.#del(itemKey);
@@ -371,23 +510,71 @@ export class MemcachedStore implements SessionStore {
     }
     for (let attempt = 0; ; attempt++) {
       const found = await this.#fetch(key, itemKey);
-      const now = this.#now();
       // Never an insert: a missing, unreadable or expired item stays gone.
-      if (!found?.record || found.record.expiresAt <= now) return 'gone';
+      if (!found?.record || found.record.expiresAt <= this.#now()) return 'gone';
+      const current = found.record;
+      const { revoked, user } = await this.#revoked(key, current);
+      if (revoked) {
+        await this.#del(itemKey).catch(() => {});
+        return 'gone';
+      }
+      if (!guardHolds(current.meta, guard)) return 'conflict';
       if (attempt >= this.#casAttempts) throw this.#contention('commit');
-      const merged = applyDelta(found.record, delta);
-      const body = this.#encode({ meta: merged.meta, values: merged.values }, now + ttlMs);
+      const { userId: oldUserId, authAt: oldAuthAt } = current.meta;
+      const merged = applyDelta(current, delta);
+      const newUserId = merged.meta.userId;
+      let ug: number | undefined;
+      if (typeof newUserId === 'string') {
+        if (newUserId === oldUserId && merged.meta.authAt === oldAuthAt) ug = current.ug;
+        // Login or reauthentication: stamp with the generation read before this write (the one
+        // just read for the same user, or the new user's). A revokeUser that lands between that
+        // read and the `cas` leaves the old generation on the session, which is then dead.
+        else ug = newUserId === oldUserId && user ? user.gen : (await this.#user(newUserId)).gen;
+      }
+      const now = this.#now();
+      const body = this.#encode(merged, now + ttlMs, ug);
       if (await this.#cas(itemKey, body, found.cas, memcachedExpiration(ttlMs, now))) return 'ok';
       await this.#backoff(attempt);
     }
   }
 
-  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<CommitResult> {
-    return this.commit(key, { set: {}, unset: [], meta }, ttlMs);
+  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<'ok' | 'gone'> {
+    // No guard, so never 'conflict'.
+    return (await this.commit(key, { set: {}, unset: [], meta }, ttlMs)) === 'ok' ? 'ok' : 'gone';
   }
 
   async destroy(key: string): Promise<void> {
     await this.#del(this.#itemKey(key));
+  }
+
+  /**
+   * Makes every session of `userId` that exists now dead for good, except `except`. Memcached
+   * cannot list a user's sessions, so this bumps the user's revocation generation instead: one
+   * item per user (`prefix + 'u:' + sha256(userId)`, no expiry) holding `{ gen, except?,
+   * exceptGen? }`, changed with `add` or `gets` + `cas`. Every authenticated session carries the
+   * generation it was authenticated under (stamped by `create` and by a `commit` that changes
+   * `userId` or `authAt`); `load`, `commit` and `touch` treat one stamped below the user's
+   * generation as dead and delete it. An evicted user item, or a memcached restart, loses the
+   * revocations (see docs/stores-memcached.md).
+   */
+  async revokeUser(userId: string, except?: string): Promise<void> {
+    if (typeof userId !== 'string') {
+      throw new SessionError('INVALID_KEY', 'MemcachedStore.revokeUser needs the user id as a string.');
+    }
+    if (except !== undefined) checkStorageKey(STORE_NAME, except);
+    const itemKey = this.#userItemKey(userId);
+    for (let attempt = 0; attempt < this.#casAttempts; attempt++) {
+      if (attempt > 0) await this.#backoff(attempt - 1);
+      const got = await this.#gets(itemKey);
+      const old = (got && this.#decodeUser(userId, got.raw)) ?? { gen: 0 };
+      const body = JSON.stringify(nextRevocation(old, except, this.#now()));
+      // An unreadable item is replaced too: the clock-based generation outranks what it held.
+      if (
+        got ? await this.#cas(itemKey, body, got.cas, NO_EXPIRY) : await this.#add(itemKey, body, NO_EXPIRY)
+      )
+        return;
+    }
+    throw this.#contention('revokeUser');
   }
 }
 

@@ -1,5 +1,10 @@
+import { checkStorageKey } from './kit.js';
 import {
+  applyDelta,
+  type CommitGuard,
   type CommitResult,
+  cloneRecord,
+  guardHolds,
   isLiveTtl,
   type SessionDelta,
   type SessionMeta,
@@ -15,14 +20,28 @@ export interface MemoryStoreOptions {
   now?: () => number;
 }
 
-/** Records are frozen and replaced on every write, so `load` can hand them out without copying. */
+/**
+ * Records are frozen and replaced on every write (never changed in place), so `load` can hand
+ * them out without copying.
+ */
 interface Entry {
   record: Readonly<StoredSession>;
   expiresAt: number;
 }
 
-function freeze(meta: SessionMeta, values: Record<string, string>): Readonly<StoredSession> {
-  return Object.freeze({ meta: Object.freeze(meta), values: Object.freeze(values) });
+function freeze(record: StoredSession): Readonly<StoredSession> {
+  Object.freeze(record.meta);
+  Object.freeze(record.values);
+  return Object.freeze(record);
+}
+
+/** The record a delta makes of a frozen one: a fresh copy; a meta-only delta shares the values. */
+function applyFrozen(record: Readonly<StoredSession>, delta: SessionDelta): Readonly<StoredSession> {
+  const valuesChange =
+    delta.retain !== undefined || delta.unset.length > 0 || Object.keys(delta.set).length > 0;
+  if (valuesChange) return freeze(applyDelta(cloneRecord(record), delta));
+  // Nothing to set, unset or drop: applyDelta only writes the new meta object.
+  return freeze(applyDelta({ meta: { ...record.meta }, values: record.values }, delta));
 }
 
 let warnedProduction = false;
@@ -68,26 +87,32 @@ export class MemoryStore implements SessionStore {
 
   #remove(key: string, entry: Entry): void {
     this.#entries.delete(key);
-    const userId = entry.record.meta.userId;
-    if (userId !== undefined) {
-      const set = this.#byUser.get(userId);
-      set?.delete(key);
-      if (set?.size === 0) this.#byUser.delete(userId);
-    }
+    this.#unindex(key, entry.record.meta.userId);
   }
 
-  #index(key: string, entry: Entry, previousUser: string | undefined): void {
-    const userId = entry.record.meta.userId;
+  #unindex(key: string, userId: string | undefined): void {
+    if (userId === undefined) return;
+    const set = this.#byUser.get(userId);
+    set?.delete(key);
+    if (set?.size === 0) this.#byUser.delete(userId);
+  }
+
+  /** Keeps the user index in step when a write changes the record's user (login, logout). */
+  #index(key: string, userId: string | undefined, previousUser: string | undefined): void {
     if (previousUser === userId) return;
-    if (previousUser !== undefined) this.#byUser.get(previousUser)?.delete(key);
+    this.#unindex(key, previousUser);
     if (userId !== undefined) {
-      const set = this.#byUser.get(userId) ?? new Set<string>();
-      this.#byUser.set(userId, set);
+      let set = this.#byUser.get(userId);
+      if (!set) {
+        set = new Set<string>();
+        this.#byUser.set(userId, set);
+      }
       set.add(key);
     }
   }
 
   async load(key: string): Promise<StoredSession | null> {
+    checkStorageKey('MemoryStore', key);
     const entry = this.#live(key);
     if (!entry) return null;
     // Map order is insertion order: re-inserting marks the entry most recently used.
@@ -97,14 +122,12 @@ export class MemoryStore implements SessionStore {
   }
 
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
+    checkStorageKey('MemoryStore', key);
     if (this.#live(key)) return false;
     if (!isLiveTtl(ttlMs)) return true;
-    const entry: Entry = {
-      record: freeze({ ...record.meta }, { ...record.values }),
-      expiresAt: this.#now() + ttlMs,
-    };
+    const entry: Entry = { record: freeze(cloneRecord(record)), expiresAt: this.#now() + ttlMs };
     this.#entries.set(key, entry);
-    this.#index(key, entry, undefined);
+    this.#index(key, entry.record.meta.userId, undefined);
     while (this.#entries.size > this.#max) {
       const oldest = this.#entries.keys().next().value as string;
       this.#remove(oldest, this.#entries.get(oldest)!);
@@ -112,28 +135,29 @@ export class MemoryStore implements SessionStore {
     return true;
   }
 
-  async commit(key: string, delta: SessionDelta, ttlMs: number): Promise<CommitResult> {
+  /** Synchronous from the guard check to the write: nothing can run in between. */
+  async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
+    checkStorageKey('MemoryStore', key);
     const entry = this.#live(key);
     if (!entry) return 'gone';
+    if (!guardHolds(entry.record.meta, guard)) return 'conflict';
     if (!isLiveTtl(ttlMs)) {
       this.#remove(key, entry);
       return 'gone';
     }
     const previousUser = entry.record.meta.userId;
-    const values = { ...entry.record.values };
-    for (const f of delta.unset) delete values[f];
-    for (const [f, v] of Object.entries(delta.set)) values[f] = v;
-    entry.record = freeze(delta.meta ? { ...entry.record.meta, ...delta.meta } : entry.record.meta, values);
+    entry.record = applyFrozen(entry.record, delta);
     entry.expiresAt = this.#now() + ttlMs;
-    this.#index(key, entry, previousUser);
+    this.#index(key, entry.record.meta.userId, previousUser);
     return 'ok';
   }
 
-  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<CommitResult> {
-    return this.commit(key, { set: {}, unset: [], meta }, ttlMs);
+  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<'ok' | 'gone'> {
+    return (await this.commit(key, { set: {}, unset: [], meta }, ttlMs)) === 'ok' ? 'ok' : 'gone';
   }
 
   async destroy(key: string): Promise<void> {
+    checkStorageKey('MemoryStore', key);
     const entry = this.#entries.get(key);
     if (entry) this.#remove(key, entry);
   }

@@ -1,7 +1,11 @@
 import { createHash } from 'node:crypto';
 import type { Pool } from 'pg';
 import {
+  type CommitDialect,
+  type Composed,
   checkTable,
+  composeCommit,
+  composeDelete,
   DEFAULT_TABLE,
   indexName,
   portableStatements,
@@ -9,11 +13,11 @@ import {
   SqlSessionStore,
   type SqlStoreOptions,
   type StatementName,
-  splitDelta,
+  splitMeta,
   type UserSessionRow,
   upsertUnlessLive,
 } from './sql-common.js';
-import type { SessionDelta, StoredSession } from './store.js';
+import type { CommitGuard, SessionDelta, StoredSession } from './store.js';
 
 /** Options of {@link PostgresStore}: the shared SQL store options. */
 export type PostgresStoreOptions = SqlStoreOptions;
@@ -40,6 +44,26 @@ function lockId(table: string): string {
 }
 
 /**
+ * How a commit reads in PostgreSQL: jsonb operators, keys as parameters (a jsonb object, text
+ * arrays), never as JSON paths. Order as in `applyDelta`: retain, unset, then set.
+ */
+const dialect: CommitDialect = {
+  numbered: true,
+  data(delta, bind) {
+    const kept = delta.retain
+      ? `(data - ARRAY(SELECT k FROM jsonb_object_keys(data) AS k WHERE k <> ALL(${bind.add(delta.retain)}::text[])))`
+      : 'data';
+    return `(${kept} - ${bind.add(delta.unset)}::text[]) || ${bind.add(JSON.stringify(delta.set))}::jsonb`;
+  },
+  meta(meta, bind) {
+    const m = splitMeta(meta);
+    return `(meta - ${bind.add(m.unset)}::text[]) || ${bind.add(m.set)}::jsonb`;
+  },
+  handleIs: (handle, bind) => `meta ->> 'h' = ${bind.add(handle)}`,
+  userIs: (userId, bind) => `user_id = ${bind.add(userId)}`,
+};
+
+/**
  * The PostgreSQL DDL of the session table, for users who run migrations themselves.
  *
  * @example
@@ -52,11 +76,13 @@ export function postgresSchema(table: string = DEFAULT_TABLE): string {
 /**
  * Sessions in PostgreSQL through the application's own `pg` Pool.
  *
- * - A commit is one `UPDATE ... WHERE id = $1 AND expires_at > $now` that merges the delta with
- *   jsonb operators (`(data || $set) - $unset`). PostgreSQL locks the row and, under concurrent
- *   updates, re-evaluates the predicate and the merge on the newest version, so parallel requests
- *   setting different keys all survive, and a row deleted meanwhile matches nothing: 'gone', never
- *   an insert, so a logout cannot be undone.
+ * - A commit is one `UPDATE ... WHERE id = $key AND expires_at > $now [AND meta->>'h' = $handle]
+ *   [AND user_id = $user | IS NULL]` that merges the delta with jsonb operators
+ *   (`((data - <not retained>) - $unset) || $set`). PostgreSQL locks the row and, under concurrent
+ *   updates, re-evaluates the predicate (guard included) and the merge on the newest version, so
+ *   parallel requests setting different keys all survive, of two ID changes from one handle only
+ *   the first matches, and a row deleted meanwhile matches nothing: 'gone', never an insert, so a
+ *   logout cannot be undone. Only when nothing matched does a second read tell 'conflict' from 'gone'.
  * - `create` is `INSERT ... ON CONFLICT (id) DO UPDATE ... WHERE <existing row expired>`: a live
  *   row is never overwritten (0 rows: false), an expired leftover with the same key is replaced
  *   in the same atomic statement (a plain `ON CONFLICT DO NOTHING` would refuse the key forever
@@ -75,18 +101,13 @@ export class PostgresStore extends SqlSessionStore {
   readonly #sql: Readonly<Record<StatementName, string>>;
 
   constructor(pool: Pool, options: PostgresStoreOptions = {}) {
-    super(options);
+    super('PostgresStore', options);
     this.#pool = pool;
     const t = `"${this.table}"`;
     const p = (n: number) => `$${n}`;
     this.#sql = {
       ...portableStatements(t, p),
       insert: upsertUnlessLive(t, p, (n) => `$${n}::jsonb`),
-      update: `UPDATE ${t} SET data = (data || $2::jsonb) - $3::text[], meta = (meta || $4::jsonb) - $5::text[],
-        expires_at = $6 WHERE id = $1 AND expires_at > $7`,
-      // A touch leaves `data` alone: rewriting it would re-TOAST a large session on every read.
-      touch: `UPDATE ${t} SET meta = (meta || $2::jsonb) - $3::text[], expires_at = $4
-        WHERE id = $1 AND expires_at > $5`,
       // SKIP LOCKED lets several instances collect at once; the outer predicate is re-checked on
       // the row version a concurrent create may just have written.
       gc: `DELETE FROM ${t} WHERE id IN (
@@ -134,24 +155,24 @@ export class PostgresStore extends SqlSessionStore {
     return (await this.#pool.query(this.#sql.insert, values)).rowCount === 1;
   }
 
-  protected async update(key: string, delta: SessionDelta, expiresAt: number, now: number): Promise<boolean> {
-    const d = splitDelta(delta);
-    const result = d.hasValues
-      ? await this.#pool.query(this.#sql.update, [
-          key,
-          d.set,
-          d.unset,
-          d.metaSet,
-          d.metaUnset,
-          expiresAt,
-          now,
-        ])
-      : await this.#pool.query(this.#sql.touch, [key, d.metaSet, d.metaUnset, expiresAt, now]);
-    return result.rowCount === 1;
+  async #run({ sql, values }: Composed): Promise<number> {
+    return (await this.#pool.query(sql, values)).rowCount ?? 0;
   }
 
-  protected async deleteKey(key: string): Promise<void> {
-    await this.#pool.query(this.#sql.remove, [key]);
+  protected async update(
+    key: string,
+    delta: SessionDelta,
+    guard: CommitGuard | undefined,
+    expiresAt: number,
+    now: number,
+  ): Promise<boolean> {
+    return (
+      (await this.#run(composeCommit(`"${this.table}"`, dialect, key, delta, guard, expiresAt, now))) === 1
+    );
+  }
+
+  protected async deleteKey(key: string, guard?: CommitGuard): Promise<boolean> {
+    return (await this.#run(composeDelete(`"${this.table}"`, dialect, key, guard))) > 0;
   }
 
   protected async selectByUser(userId: string, now: number): Promise<UserSessionRow[]> {

@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import { SessionError } from '../errors.js';
+import { asMeta, CorruptLog, checkStorageKey, isStorageKey } from './kit.js';
 import {
+  type CommitGuard,
   type CommitResult,
   isLiveTtl,
   type SessionDelta,
@@ -66,15 +68,16 @@ export interface RedisStoreOptions {
   prefix?: string;
   /** Wait for replicas after each write (see docs/stores-redis.md). @default undefined (asynchronous replication) */
   durability?: RedisDurability;
-  /** Called when a stored record cannot be parsed; the session is then treated as absent. @default console.warn */
+  /**
+   * Called when a stored record cannot be parsed; the session is then treated as absent.
+   * @default the manager's `warn` (see `setWarn`), else console.warn
+   */
   onCorrupt?: (redisKey: string, error: Error) => void;
   /** Clock in milliseconds for the user index scores, for tests. @default Date.now */
   now?: () => number;
 }
 
-// Keys come from the manager (SHA-256, base64url): a key that is not base64url never reaches
-// Redis, which also rules out `{`/`}` changing the hash slot.
-const KEY = /^[A-Za-z0-9_-]{16,128}$/;
+const STORE_NAME = 'RedisStore';
 // Index entries are trimmed by their recorded expiry only once this much later, so clocks that
 // disagree between app servers cannot drop a live session from the index.
 const INDEX_SKEW_MS = 30_000;
@@ -121,6 +124,13 @@ local function decodeMeta(raw)
   if ok and type(meta) == 'table' then return meta end
   return nil
 end
+-- The same test as asMeta in kit.ts: what load would treat as corrupt, commit treats as absent.
+local function liveMeta(raw)
+  local meta = decodeMeta(raw)
+  if meta and type(meta.createdAt) == 'number' and type(meta.lastSeenAt) == 'number'
+    and type(meta.deadline) == 'number' then return meta end
+  return nil
+end
 -- Lua's unpack has a stack limit: large argument lists go in chunks of 1000.
 local function each(cmd, first, last)
   for i = first, last, 1000 do
@@ -156,21 +166,50 @@ return 1
   true,
 );
 
-// ARGV: ttl, meta patch ('' or [set, removed]), count of unset fields, unset fields, set pairs.
-// Returns {0} gone, {0, userTag} deleted for a non-positive TTL, {1, previousUserTag,
-// userTag, deadline} written. The previous user lets the caller fix the index of a user change.
+// ARGV: ttl, meta patch ('' or [set, removed]), handle guard ('' none, '=' .. handle), user
+// guard ('' none, '-' no user, '=' .. userId), count of unset fields, count of retained fields
+// ('-1' without retain), the unset fields, the retained fields, the set pairs.
+// Returns {0} gone, {3} gone because the metadata is unreadable, {2, userTag} conflict (nothing
+// written), {0, userTag} deleted for a non-positive TTL, {1, previousUserTag, userTag, deadline}
+// written. The previous user lets the caller fix the index of a user change.
 const COMMIT = script(
   `
-local meta = decodeMeta(redis.call('HGET', KEYS[1], '${META_FIELD}'))
-if not meta then return {0} end
+local raw = redis.call('HGET', KEYS[1], '${META_FIELD}')
+local meta = liveMeta(raw)
+if not meta then
+  if raw then return {3} end
+  return {0}
+end
 local before = tag(meta.userId)
+if ARGV[3] ~= '' and (type(meta.h) ~= 'string' or '=' .. meta.h ~= ARGV[3]) then
+  return {2, before}
+end
+if ARGV[4] == '-' then
+  if meta.userId ~= nil and meta.userId ~= cjson.null then return {2, before} end
+elseif ARGV[4] ~= '' then
+  if type(meta.userId) ~= 'string' or '=' .. meta.userId ~= ARGV[4] then return {2, before} end
+end
 if tonumber(ARGV[1]) <= 0 then
   redis.call('UNLINK', KEYS[1])
   return {0, before}
 end
-local nunset = tonumber(ARGV[3])
-each('HDEL', 4, 3 + nunset)
-each('HSET', 4 + nunset, #ARGV)
+local nunset = tonumber(ARGV[5])
+local nretain = tonumber(ARGV[6])
+local setFrom = 7 + nunset + math.max(nretain, 0)
+if nretain >= 0 then
+  local keep = {}
+  for i = 7 + nunset, setFrom - 1 do keep[ARGV[i]] = true end
+  for i = setFrom, #ARGV, 2 do keep[ARGV[i]] = true end
+  local drop = {}
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(field, 1, 1) == '${VALUE_PREFIX}' and not keep[field] then drop[#drop + 1] = field end
+  end
+  for i = 1, #drop, 1000 do
+    redis.call('HDEL', KEYS[1], unpack(drop, i, math.min(i + 999, #drop)))
+  end
+end
+each('HDEL', 7, 6 + nunset)
+each('HSET', setFrom, #ARGV)
 if ARGV[2] ~= '' then
   local patch = cjson.decode(ARGV[2])
   for k, v in pairs(patch[1]) do meta[k] = v end
@@ -415,7 +454,10 @@ function untag(value: unknown): string | undefined {
   return s?.startsWith('=') ? s.slice(1) : undefined;
 }
 
-/** The `[set, removed]` patch the COMMIT script merges into the stored metadata. */
+/**
+ * The `[set, removed]` patch the COMMIT script merges into the stored metadata. A field present
+ * with the value `undefined` is removed (JSON would otherwise drop it silently and keep the old value).
+ */
 function metaPatch(meta: Partial<SessionMeta> | undefined): string {
   if (!meta) return '';
   const set: Record<string, unknown> = {};
@@ -425,6 +467,13 @@ function metaPatch(meta: Partial<SessionMeta> | undefined): string {
     else set[k] = v;
   }
   return JSON.stringify([set, removed]);
+}
+
+/** The guard as two COMMIT arguments: '' checks nothing, '=' + value must equal, '-' must be absent. */
+function guardArgs(guard: CommitGuard | undefined): [string, string] {
+  const handle = guard?.handle === undefined ? '' : `=${guard.handle}`;
+  const userId = guard?.userId;
+  return [handle, userId === undefined ? '' : userId === null ? '-' : `=${userId}`];
 }
 
 function ttlArg(ttlMs: number): string {
@@ -448,7 +497,7 @@ export class RedisStore implements SessionStore {
   readonly prefix: string;
   readonly #driver: Driver;
   readonly #durability: RedisDurability | undefined;
-  readonly #onCorrupt: (redisKey: string, error: Error) => void;
+  readonly #corrupt: CorruptLog;
   readonly #now: () => number;
 
   constructor(options: RedisStoreOptions) {
@@ -481,17 +530,24 @@ export class RedisStore implements SessionStore {
       }
       this.#durability = { replicas: d.replicas, timeoutMs: d.timeoutMs };
     }
-    this.#onCorrupt =
-      options.onCorrupt ??
-      ((key, err) => console.warn(`[sessionflow] corrupt session record ${key} ignored: ${err.message}`));
+    const onCorrupt = options.onCorrupt;
+    this.#corrupt = new CorruptLog(
+      onCorrupt ? (redisKey, reason) => onCorrupt(redisKey, new Error(reason)) : undefined,
+    );
     this.#now = options.now ?? Date.now;
   }
 
-  /** The Redis key of a session: the storage key as hash tag, so all of it lives in one slot. */
+  /** Corrupt records are reported here (unless `onCorrupt` is set); the manager calls this. */
+  setWarn(warn: (message: string) => void): void {
+    this.#corrupt.attach(warn);
+  }
+
+  /**
+   * The Redis key of a session: the storage key as hash tag, so all of it lives in one slot.
+   * A key that is not base64url never reaches Redis, which also rules out `{`/`}` changing the slot.
+   */
   #hashKey(key: string): string {
-    if (typeof key !== 'string' || !KEY.test(key)) {
-      throw new SessionError('INVALID_KEY', 'RedisStore refused a storage key that is not base64url.');
-    }
+    checkStorageKey(STORE_NAME, key);
     return `${this.prefix}{${key}}`;
   }
 
@@ -537,19 +593,22 @@ export class RedisStore implements SessionStore {
     return meta ? { meta, values } : null;
   }
 
+  /** The metadata, or null after reporting it corrupt (never thrown at the request). */
   #parseMeta(redisKey: string, raw: string | null): SessionMeta | null {
     if (raw === null) {
-      this.#onCorrupt(redisKey, new Error('no metadata field'));
+      this.#corrupt.report(STORE_NAME, redisKey, 'no metadata field');
       return null;
     }
+    let parsed: unknown;
     try {
-      const meta = JSON.parse(raw) as SessionMeta;
-      if (typeof meta !== 'object' || meta === null || Array.isArray(meta)) throw new Error('not an object');
-      return meta;
-    } catch (err) {
-      this.#onCorrupt(redisKey, err as Error);
+      parsed = JSON.parse(raw);
+    } catch {
+      this.#corrupt.report(STORE_NAME, redisKey, 'metadata is not JSON');
       return null;
     }
+    const meta = asMeta(parsed);
+    if (!meta) this.#corrupt.report(STORE_NAME, redisKey, 'metadata is not a session record');
+    return meta;
   }
 
   /** Creates the session unless the key exists (false then); indexes its user afterwards. */
@@ -573,12 +632,24 @@ export class RedisStore implements SessionStore {
     return created;
   }
 
-  /** Merges the delta key by key in one script; 'gone' (nothing written) if the session is not there. */
-  async commit(key: string, delta: SessionDelta, ttlMs: number): Promise<CommitResult> {
+  /**
+   * Checks the guard and merges the delta (retain, unset, set, meta patch, TTL) in one script:
+   * 'gone' if the session is not there, 'conflict' if the guard does not hold, nothing written
+   * in either case.
+   */
+  async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     const redisKey = this.#hashKey(key);
     const ttl = ttlArg(ttlMs);
-    const args = [ttl, metaPatch(delta.meta), String(delta.unset.length)];
+    const retain = delta.retain;
+    const args = [
+      ttl,
+      metaPatch(delta.meta),
+      ...guardArgs(guard),
+      String(delta.unset.length),
+      retain ? String(retain.length) : '-1',
+    ];
     for (const field of delta.unset) args.push(VALUE_PREFIX + field);
+    if (retain) for (const field of retain) args.push(VALUE_PREFIX + field);
     for (const [field, value] of Object.entries(delta.set)) args.push(VALUE_PREFIX + field, value);
     const live = ttl !== '0';
     const nextUser = delta.meta?.userId;
@@ -588,8 +659,13 @@ export class RedisStore implements SessionStore {
     }
 
     const reply = list(await this.#driver.run(COMMIT, redisKey, args, this.#durability));
+    const status = Number(reply[0]);
+    // Nothing was written. The pending entry is left as it is: the record may belong to
+    // `nextUser` already (a concurrent login that won), and a stale entry is only pruned later.
+    if (status === 2) return 'conflict';
     const previous = untag(reply[1]);
-    if (Number(reply[0]) !== 1) {
+    if (status !== 1) {
+      if (status === 3) this.#corrupt.report(STORE_NAME, redisKey, 'metadata is not a session record');
       if (previous !== undefined) await this.#indexRemove(previous, key);
       if (live && nextUser !== undefined) await this.#indexRemove(nextUser, key);
       return 'gone';
@@ -614,9 +690,9 @@ export class RedisStore implements SessionStore {
     return 'ok';
   }
 
-  /** Updates metadata and TTL only, with the same 'gone' rule as commit. */
-  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<CommitResult> {
-    return this.commit(key, { set: {}, unset: [], meta }, ttlMs);
+  /** Updates metadata and TTL only, with the same 'gone' rule as commit (no guard, no conflict). */
+  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<'ok' | 'gone'> {
+    return (await this.commit(key, { set: {}, unset: [], meta }, ttlMs)) === 'ok' ? 'ok' : 'gone';
   }
 
   /** Deletes the session (idempotent), then its user index entry. */
@@ -638,7 +714,7 @@ export class RedisStore implements SessionStore {
       for (let i = start; i + 1 < entries.length && i < start + META_BATCH * 2; i += 2) {
         const key = text(entries[i]) ?? '';
         const score = text(entries[i + 1]) ?? '';
-        if (!KEY.test(key)) {
+        if (!isStorageKey(key)) {
           stale.push(key, score);
           continue;
         }

@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import { SessionError } from '../errors.js';
+import { asMeta, asValues, CorruptLog, checkStorageKey } from './kit.js';
 import {
+  type CommitGuard,
   type CommitResult,
   isLiveTtl,
   type SessionDelta,
@@ -33,6 +35,13 @@ export interface SqlStoreOptions {
   gcBatchSize?: number;
   /** Clock in milliseconds; expiry is computed and checked with it. @default Date.now */
   now?: () => number;
+  /**
+   * Called for a row whose `meta` or `data` is not what the store writes (not a JSON object, a
+   * value that is not a string); the session is then treated as absent. `where` names the table
+   * and the row's key, never its content.
+   * @default the manager's `warn` (see `setWarn`), else console.warn
+   */
+  onCorrupt?: (where: string, reason: string) => void;
 }
 
 /** The default table of every SQL store. */
@@ -63,23 +72,13 @@ export function indexName(table: string, suffix: string): string {
   return `${table.slice(0, MAX_IDENTIFIER - suffix.length - hash.length - 2)}_${hash}_${suffix}`;
 }
 
-/** A delta split for engines that merge with set/remove operators (PostgreSQL jsonb). */
-export interface SplitDelta {
-  /** Whether the values change at all (a touch leaves the data column alone). */
-  hasValues: boolean;
-  set: string;
-  unset: string[];
-  metaSet: string;
-  metaUnset: string[];
-}
-
-function splitMeta(meta: Partial<SessionMeta> | undefined): {
+function metaChanges(meta: Partial<SessionMeta> | undefined): {
   set: Record<string, unknown>;
   unset: string[];
 } {
   const set: Record<string, unknown> = {};
   const unset: string[] = [];
-  // `undefined` means "drop this field", as it does when applyDelta's result is serialised.
+  // `undefined` means "drop this field", as in applyDelta.
   for (const [k, v] of Object.entries(meta ?? {})) {
     if (v === undefined) unset.push(k);
     else set[k] = v;
@@ -87,23 +86,15 @@ function splitMeta(meta: Partial<SessionMeta> | undefined): {
   return { set, unset };
 }
 
-/** Splits a delta into JSON objects to merge and key lists to remove. */
-export function splitDelta(delta: SessionDelta): SplitDelta {
-  const meta = splitMeta(delta.meta);
-  return {
-    hasValues: Object.keys(delta.set).length > 0 || delta.unset.length > 0,
-    set: JSON.stringify(delta.set),
-    unset: delta.unset,
-    metaSet: JSON.stringify(meta.set),
-    metaUnset: meta.unset,
-  };
+/** Metadata changes split into fields to set (a JSON object) and fields to remove (jsonb operators). */
+export function splitMeta(meta: Partial<SessionMeta> | undefined): { set: string; unset: string[] } {
+  const { set, unset } = metaChanges(meta);
+  return { set: JSON.stringify(set), unset };
 }
 
-/** A delta as RFC 7396 merge patches, for engines with JSON_MERGE_PATCH / json_patch. */
-export interface PatchDelta {
-  /** The values patch, or null when no value changed: a touch then leaves the data column unwritten. */
-  data: string | null;
-  meta: string;
+/** Whether the values change at all: a touch leaves the data column unwritten. */
+export function changesValues(delta: SessionDelta): boolean {
+  return delta.retain !== undefined || Object.keys(delta.set).length > 0 || delta.unset.length > 0;
 }
 
 function patchOf(set: Record<string, unknown>, unset: Iterable<string>): string {
@@ -115,36 +106,47 @@ function patchOf(set: Record<string, unknown>, unset: Iterable<string>): string 
   return JSON.stringify(patch);
 }
 
-/** Turns a delta into merge patches where `null` removes a key. */
-export function patchDelta(delta: SessionDelta): PatchDelta {
-  const meta = splitMeta(delta.meta);
-  const hasValues = Object.keys(delta.set).length > 0 || delta.unset.length > 0;
-  return { data: hasValues ? patchOf(delta.set, delta.unset) : null, meta: patchOf(meta.set, meta.unset) };
+/**
+ * The values of a delta as an RFC 7396 merge patch (for JSON_MERGE_PATCH / json_patch): set
+ * members, and `null` for each unset one. A field both unset and set ends up set, as in applyDelta.
+ */
+export function valuesPatch(delta: SessionDelta): string {
+  return patchOf(delta.set, delta.unset);
 }
 
-function jsonObject(value: unknown, what: string): Record<string, unknown> {
-  // Drivers differ: pg and mysql2 parse JSON columns, better-sqlite3 returns text.
-  const parsed: unknown = typeof value === 'string' ? JSON.parse(value) : value;
-  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-    throw new SessionError('STORE_CORRUPT', `A session row has a ${what} column that is not a JSON object.`);
+/** The metadata changes as a merge patch: a field set to `undefined` becomes `null`, i.e. removed. */
+export function metaPatch(meta: Partial<SessionMeta> | undefined): string {
+  const { set, unset } = metaChanges(meta);
+  return patchOf(set, unset);
+}
+
+function parseJson(value: unknown): unknown {
+  // Drivers differ: pg parses jsonb, mysql2 parses MySQL's JSON but not MariaDB's (LONGTEXT),
+  // better-sqlite3 returns text.
+  if (typeof value !== 'string') return value;
+  try {
+    return JSON.parse(value);
+  } catch {
+    return undefined;
   }
-  return parsed as Record<string, unknown>;
 }
 
-/** Reads a row's meta column. */
-export function decodeMeta(meta: unknown): SessionMeta {
-  return { ...jsonObject(meta, 'meta') } as unknown as SessionMeta;
+/** Reads a row's meta column; null when it is not session metadata. */
+export function decodeMeta(meta: unknown): SessionMeta | null {
+  const parsed = asMeta(parseJson(meta));
+  return parsed ? { ...parsed } : null;
 }
 
-/** Builds a record from a row's JSON columns; values get a null prototype so `__proto__` stays data. */
-export function decodeRow(meta: unknown, data: unknown): StoredSession {
-  const values: Record<string, string> = Object.create(null);
-  for (const [k, v] of Object.entries(jsonObject(data, 'data'))) {
-    if (typeof v !== 'string')
-      throw new SessionError('STORE_CORRUPT', 'A session row holds a non-string value.');
-    values[k] = v;
-  }
-  return { meta: decodeMeta(meta), values };
+/**
+ * Builds a record from a row's JSON columns; values get a null prototype so `__proto__` stays
+ * data. A string names what is corrupt instead.
+ */
+export function decodeRow(meta: unknown, data: unknown): StoredSession | string {
+  const m = decodeMeta(meta);
+  if (!m) return 'meta is not a session metadata object';
+  const values = asValues(parseJson(data));
+  if (!values) return 'data is not a JSON object of string values';
+  return { meta: m, values };
 }
 
 /** A live row as read by `load`. */
@@ -159,8 +161,8 @@ export interface UserSessionRow {
   meta: unknown;
 }
 
-/** The statements each engine prepares. */
-export type StatementName = 'select' | 'purge' | 'insert' | 'update' | 'touch' | 'remove' | 'byUser' | 'gc';
+/** The fixed statements each engine prepares (commits are composed per delta and guard). */
+export type StatementName = 'select' | 'purge' | 'insert' | 'byUser' | 'gc';
 
 /** Placeholder of the n-th parameter (1-based): `$n` in PostgreSQL, `?` elsewhere. */
 export type Placeholder = (n: number) => string;
@@ -173,11 +175,10 @@ export type Placeholder = (n: number) => string;
 export function portableStatements(
   table: string,
   p: Placeholder,
-): Record<'select' | 'purge' | 'remove' | 'byUser', string> {
+): Record<'select' | 'purge' | 'byUser', string> {
   return {
     select: `SELECT meta, data FROM ${table} WHERE id = ${p(1)} AND expires_at > ${p(2)}`,
     purge: `DELETE FROM ${table} WHERE id = ${p(1)} AND expires_at <= ${p(2)}`,
-    remove: `DELETE FROM ${table} WHERE id = ${p(1)}`,
     byUser: `SELECT id, meta FROM ${table} WHERE user_id = ${p(1)} AND expires_at > ${p(2)}`,
   };
 }
@@ -193,6 +194,89 @@ export function upsertUnlessLive(table: string, p: Placeholder, json: (n: number
     WHERE s.expires_at <= ${p(5)}`;
 }
 
+/** Parameters collected while a statement is composed, in the order of their placeholders. */
+export class Bind {
+  readonly values: unknown[] = [];
+  readonly #numbered: boolean;
+
+  /** `numbered`: `$1, $2, ...` (PostgreSQL); otherwise `?`. */
+  constructor(numbered: boolean) {
+    this.#numbered = numbered;
+  }
+
+  /** Binds `value` and returns its placeholder. */
+  add(value: unknown): string {
+    this.values.push(value);
+    return this.#numbered ? `$${this.values.length}` : '?';
+  }
+}
+
+/** A composed statement: the text depends only on the shape of the delta and guard, never on data. */
+export interface Composed {
+  sql: string;
+  values: unknown[];
+}
+
+/** How an engine writes the parts of a guarded commit. */
+export interface CommitDialect {
+  /** `$n` placeholders (PostgreSQL) rather than `?`. */
+  numbered: boolean;
+  /** The new `data` expression (retain, unset, set); only called when {@link changesValues}. */
+  data(delta: SessionDelta, bind: Bind): string;
+  /** The new `meta` expression (merge; fields set to undefined removed). */
+  meta(meta: Partial<SessionMeta> | undefined, bind: Bind): string;
+  /** Condition: `meta.h` equals `handle`, exactly. */
+  handleIs(handle: string, bind: Bind): string;
+  /** Condition: `user_id` equals `userId`, exactly (byte for byte). */
+  userIs(userId: string, bind: Bind): string;
+}
+
+/** True if the guard checks anything. */
+export function isGuarded(guard: CommitGuard | undefined): guard is CommitGuard {
+  return guard !== undefined && (guard.handle !== undefined || guard.userId !== undefined);
+}
+
+function guardSql(dialect: CommitDialect, guard: CommitGuard | undefined, bind: Bind): string {
+  let sql = '';
+  if (guard?.handle !== undefined) sql += ` AND ${dialect.handleIs(guard.handle, bind)}`;
+  if (guard?.userId === null) sql += ' AND user_id IS NULL';
+  else if (guard?.userId !== undefined) sql += ` AND ${dialect.userIs(guard.userId, bind)}`;
+  return sql;
+}
+
+/**
+ * The one UPDATE of a commit: the guard and the expiry predicate sit in its WHERE, so checking
+ * the guard and writing the delta are one atomic step. 0 rows matched: gone or conflict.
+ */
+export function composeCommit(
+  table: string,
+  dialect: CommitDialect,
+  key: string,
+  delta: SessionDelta,
+  guard: CommitGuard | undefined,
+  expiresAt: number,
+  now: number,
+): Composed {
+  const bind = new Bind(dialect.numbered);
+  // Without a value change `data` is not assigned: a touch does not rewrite a large session.
+  const data = changesValues(delta) ? `data = ${dialect.data(delta, bind)}, ` : '';
+  const sets = `${data}meta = ${dialect.meta(delta.meta, bind)}, expires_at = ${bind.add(expiresAt)}`;
+  const where = `id = ${bind.add(key)} AND expires_at > ${bind.add(now)}${guardSql(dialect, guard, bind)}`;
+  return { sql: `UPDATE ${table} SET ${sets} WHERE ${where}`, values: bind.values };
+}
+
+/** The DELETE of a commit with a TTL <= 0: the row goes only if the guard holds. */
+export function composeDelete(
+  table: string,
+  dialect: CommitDialect,
+  key: string,
+  guard: CommitGuard | undefined,
+): Composed {
+  const bind = new Bind(dialect.numbered);
+  const where = `id = ${bind.add(key)}${guardSql(dialect, guard, bind)}`;
+  return { sql: `DELETE FROM ${table} WHERE ${where}`, values: bind.values };
+}
+
 type Awaitable<T> = T | Promise<T>;
 
 const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -205,16 +289,21 @@ export abstract class SqlSessionStore implements SessionStore {
   readonly capabilities = { listByUser: true, gc: true, nativeTtl: false } as const;
   /** The validated table name. */
   readonly table: string;
+  readonly #name: string;
   readonly #now: () => number;
   readonly #gcBatch: number;
+  readonly #corrupt: CorruptLog;
 
-  protected constructor(options: SqlStoreOptions = {}) {
+  /** `storeName` names the store in errors and corrupt-row reports. */
+  protected constructor(storeName: string, options: SqlStoreOptions = {}) {
+    this.#name = storeName;
     this.table = checkTable(options.table);
     this.#now = options.now ?? Date.now;
     this.#gcBatch = options.gcBatchSize ?? 500;
     if (!(Number.isInteger(this.#gcBatch) && this.#gcBatch > 0)) {
       throw new SessionError('INVALID_OPTION', 'SQL store gcBatchSize must be a positive integer.');
     }
+    this.#corrupt = new CorruptLog(options.onCorrupt);
   }
 
   /** Creates the table and its indexes if they are missing; safe to run on every start. */
@@ -231,60 +320,92 @@ export abstract class SqlSessionStore implements SessionStore {
     expiresAt: number,
     now: number,
   ): Awaitable<boolean>;
-  /** Merges the delta into the live row in one atomic statement; false if no live row matched. */
+  /**
+   * Merges the delta into the live row if the guard holds, in one atomic statement (see
+   * {@link composeCommit}); false if no row matched (gone, or the guard failed).
+   */
   protected abstract update(
     key: string,
     delta: SessionDelta,
+    guard: CommitGuard | undefined,
     expiresAt: number,
     now: number,
   ): Awaitable<boolean>;
-  /** Deletes the row of `key`, live or not. */
-  protected abstract deleteKey(key: string): Awaitable<void>;
+  /** Deletes the row of `key`, live or not, if the guard holds; true if a row was deleted. */
+  protected abstract deleteKey(key: string, guard?: CommitGuard): Awaitable<boolean>;
   /** Live rows of one user, found through the user_id index. */
   protected abstract selectByUser(userId: string, now: number): Awaitable<UserSessionRow[]>;
   /** Deletes at most `limit` rows expired at `now`; returns how many. */
   protected abstract deleteExpiredBatch(now: number, limit: number): Awaitable<number>;
+
+  /** Corrupt rows are reported through the manager's `warn` (unless `onCorrupt` was given). */
+  setWarn(warn: (message: string) => void): void {
+    this.#corrupt.attach(warn);
+  }
 
   /** Integer milliseconds: the expiry column is a BIGINT. */
   #clock(): number {
     return Math.floor(this.#now());
   }
 
+  #report(key: string, reason: string): void {
+    this.#corrupt.report(this.#name, `${this.table}:${key}`, reason);
+  }
+
   async load(key: string): Promise<StoredSession | null> {
+    checkStorageKey(this.#name, key);
     const now = this.#clock();
     const row = await this.selectLive(key, now);
-    if (row) return decodeRow(row.meta, row.data);
+    if (row) {
+      const record = decodeRow(row.meta, row.data);
+      if (typeof record !== 'string') return record;
+      this.#report(key, record);
+      return null;
+    }
     // Only a miss pays for the cleanup; the read above already ignored the expired row.
     await this.deleteIfExpired(key, now);
     return null;
   }
 
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
+    checkStorageKey(this.#name, key);
     const now = this.#clock();
     if (!isLiveTtl(ttlMs)) return (await this.selectLive(key, now)) === undefined;
     return this.insert(key, record, Math.ceil(now + ttlMs), now);
   }
 
-  async commit(key: string, delta: SessionDelta, ttlMs: number): Promise<CommitResult> {
-    if (!isLiveTtl(ttlMs)) {
-      await this.deleteKey(key);
+  async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
+    checkStorageKey(this.#name, key);
+    const now = this.#clock();
+    if (isLiveTtl(ttlMs)) {
+      if (await this.update(key, delta, guard, Math.ceil(now + ttlMs), now)) return 'ok';
+    } else if ((await this.deleteKey(key, guard)) || !isGuarded(guard)) {
+      // A non-positive TTL ends the session: the row goes (if the guard holds) and the answer is 'gone'.
       return 'gone';
     }
-    const now = this.#clock();
-    return (await this.update(key, delta, Math.ceil(now + ttlMs), now)) ? 'ok' : 'gone';
+    // Nothing matched. Only this failure path reads again, to tell a failed guard from a gone row.
+    return isGuarded(guard) && (await this.selectLive(key, now)) !== undefined ? 'conflict' : 'gone';
   }
 
-  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<CommitResult> {
-    return this.commit(key, { set: {}, unset: [], meta }, ttlMs);
+  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<'ok' | 'gone'> {
+    return (await this.commit(key, { set: {}, unset: [], meta }, ttlMs)) === 'ok' ? 'ok' : 'gone';
   }
 
   async destroy(key: string): Promise<void> {
+    checkStorageKey(this.#name, key);
     await this.deleteKey(key);
   }
 
   async sessionsOf(userId: string): Promise<SessionSummary[]> {
     const rows = await this.selectByUser(userId, this.#clock());
-    return rows.map((row) => ({ key: String(row.id), meta: decodeMeta(row.meta) }));
+    const out: SessionSummary[] = [];
+    for (const row of rows) {
+      const key = String(row.id);
+      const meta = decodeMeta(row.meta);
+      if (meta) out.push({ key, meta });
+      else this.#report(key, 'meta is not a session metadata object');
+    }
+    return out;
   }
 
   /** Deletes expired rows in bounded batches, yielding between them; returns how many. */

@@ -1,9 +1,13 @@
 import type BetterSqlite3 from 'better-sqlite3';
 import {
+  type CommitDialect,
+  type Composed,
   checkTable,
+  composeCommit,
+  composeDelete,
   DEFAULT_TABLE,
   indexName,
-  patchDelta,
+  metaPatch,
   portableStatements,
   type SessionRow,
   SqlSessionStore,
@@ -11,8 +15,9 @@ import {
   type StatementName,
   type UserSessionRow,
   upsertUnlessLive,
+  valuesPatch,
 } from './sql-common.js';
-import type { SessionDelta, StoredSession } from './store.js';
+import type { CommitGuard, SessionDelta, StoredSession } from './store.js';
 
 /** Options of {@link SqliteStore}: the shared SQL store options. */
 export type SqliteStoreOptions = SqlStoreOptions;
@@ -35,6 +40,28 @@ CREATE INDEX IF NOT EXISTS "${indexName(t, 'expires_at_idx')}" ON "${t}" (expire
 `;
 }
 
+/**
+ * How a commit reads in SQLite: json_patch merge patches, never JSON paths. `retain` first
+ * patches in an object, built from the row's own members (json_each), that maps every field not
+ * retained to null. SQLite compares text byte for byte (BINARY), so every guard is exact.
+ */
+const dialect: CommitDialect = {
+  numbered: false,
+  data(delta, bind) {
+    const kept = delta.retain
+      ? `json_patch(data, (SELECT json_group_object(key, NULL) FROM json_each(data)
+          WHERE key NOT IN (SELECT value FROM json_each(${bind.add(JSON.stringify(delta.retain))}))))`
+      : 'data';
+    return `json_patch(${kept}, ${bind.add(valuesPatch(delta))})`;
+  },
+  meta: (meta, bind) => `json_patch(meta, ${bind.add(metaPatch(meta))})`,
+  handleIs: (handle, bind) => `json_extract(meta, '$.h') = ${bind.add(handle)}`,
+  userIs: (userId, bind) => `user_id = ${bind.add(userId)}`,
+};
+
+/** Composed statements differ only by the shape of delta and guard: a handful, prepared once each. */
+const MAX_CACHED = 64;
+
 type Statement = BetterSqlite3.Statement<unknown[], unknown>;
 type Statements = Record<StatementName, Statement>;
 
@@ -42,9 +69,10 @@ type Statements = Record<StatementName, Statement>;
  * Sessions in an SQLite database file through the application's own `better-sqlite3` handle: the
  * embedded alternative to the file store, with a user index and one file for all sessions.
  *
- * Atomic merge: one `UPDATE ... SET data = json_patch(data, ?)` statement (an RFC 7396 merge
- * patch, `null` removing a key). A single statement is atomic in SQLite, also between processes
- * sharing the file, and better-sqlite3 runs it synchronously, so no explicit `BEGIN IMMEDIATE`
+ * Atomic merge: one `UPDATE ... SET data = json_patch(data, ?) ... WHERE id = ? AND expires_at > ?
+ * [AND <guard>]` statement (an RFC 7396 merge patch, `null` removing a key; the guard on
+ * `json_extract(meta, '$.h')` and `user_id`). A single statement is atomic in SQLite, also between
+ * processes sharing the file, and better-sqlite3 runs it synchronously, so no explicit `BEGIN IMMEDIATE`
  * transaction is needed. Open the database in WAL mode (`db.pragma('journal_mode = WAL')`) so
  * readers do not wait for writers.
  *
@@ -58,9 +86,10 @@ type Statements = Record<StatementName, Statement>;
 export class SqliteStore extends SqlSessionStore {
   readonly #db: BetterSqlite3.Database;
   #statements: Statements | undefined;
+  readonly #composed = new Map<string, Statement>();
 
   constructor(db: BetterSqlite3.Database, options: SqliteStoreOptions = {}) {
-    super(options);
+    super('SqliteStore', options);
     this.#db = db;
   }
 
@@ -77,9 +106,6 @@ export class SqliteStore extends SqlSessionStore {
     const text: Record<StatementName, string> = {
       ...portableStatements(t, p),
       insert: upsertUnlessLive(t, p, p),
-      update: `UPDATE ${t} SET data = json_patch(data, ?), meta = json_patch(meta, ?), expires_at = ?
-        WHERE id = ? AND expires_at > ?`,
-      touch: `UPDATE ${t} SET meta = json_patch(meta, ?), expires_at = ? WHERE id = ? AND expires_at > ?`,
       gc: `DELETE FROM ${t} WHERE rowid IN (SELECT rowid FROM ${t} WHERE expires_at <= ? LIMIT ?)`,
     };
     const prepared = {} as Statements;
@@ -103,17 +129,28 @@ export class SqliteStore extends SqlSessionStore {
     return this.#sql.insert.run(...values).changes === 1;
   }
 
-  protected update(key: string, delta: SessionDelta, expiresAt: number, now: number): boolean {
-    const patch = patchDelta(delta);
-    const result =
-      patch.data === null
-        ? this.#sql.touch.run(patch.meta, expiresAt, key, now)
-        : this.#sql.update.run(patch.data, patch.meta, expiresAt, key, now);
-    return result.changes === 1;
+  #run({ sql, values }: Composed): number {
+    let statement = this.#composed.get(sql);
+    if (!statement) {
+      if (this.#composed.size >= MAX_CACHED) this.#composed.clear();
+      statement = this.#db.prepare<unknown[], unknown>(sql);
+      this.#composed.set(sql, statement);
+    }
+    return statement.run(...values).changes;
   }
 
-  protected deleteKey(key: string): void {
-    this.#sql.remove.run(key);
+  protected update(
+    key: string,
+    delta: SessionDelta,
+    guard: CommitGuard | undefined,
+    expiresAt: number,
+    now: number,
+  ): boolean {
+    return this.#run(composeCommit(`"${this.table}"`, dialect, key, delta, guard, expiresAt, now)) === 1;
+  }
+
+  protected deleteKey(key: string, guard?: CommitGuard): boolean {
+    return this.#run(composeDelete(`"${this.table}"`, dialect, key, guard)) > 0;
   }
 
   protected selectByUser(userId: string, now: number): UserSessionRow[] {

@@ -103,6 +103,7 @@ export function describeStoreConformance(
     });
 
     it('touch updates metadata and keeps values; touching a missing session is "gone"', async () => {
+      if (!store.touch) return;
       const k = key();
       await store.create(k, record({ 'v:a': '1' }), HOUR);
       expect(await store.touch(k, { lastSeenAt: 4242 }, HOUR)).toBe('ok');
@@ -120,7 +121,8 @@ export function describeStoreConformance(
       await store.destroy(k);
       await store.destroy(k); // idempotent
       expect(await store.commit(k, { set: { 'v:b': '2' }, unset: [] }, HOUR)).toBe('gone');
-      expect(await store.touch(k, { lastSeenAt: Date.now() }, HOUR)).toBe('gone');
+      expect(await store.commit(k, { set: {}, unset: [] }, HOUR, { handle: 'h0' })).toBe('gone');
+      if (store.touch) expect(await store.touch(k, { lastSeenAt: Date.now() }, HOUR)).toBe('gone');
       expect(await store.load(k)).toBeNull();
     });
 
@@ -164,6 +166,143 @@ export function describeStoreConformance(
       expect(await store.load(k)).toBeNull();
     });
 
+    it('ID change: a commit guarded by the current handle moves the record to a new handle', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:a': '1' }, { h: 'h0', userId: 'u-g' }), HOUR);
+      const rotate = { set: { 'v:b': '2' }, unset: [], meta: { h: 'h1', ph: 'h0', phUntil: 5, idAt: 7 } };
+      expect(await store.commit(k, rotate, HOUR, { handle: 'h0' })).toBe('ok');
+      const loaded = await store.load(k);
+      expect(loaded?.meta).toMatchObject({ h: 'h1', ph: 'h0', phUntil: 5, idAt: 7, userId: 'u-g' });
+      expect({ ...loaded?.values }).toEqual({ 'v:a': '1', 'v:b': '2' });
+    });
+
+    it('ID change: a guard that does not hold writes nothing and answers "conflict"', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:a': '1' }, { h: 'h1', userId: 'u-g' }), HOUR);
+      const delta = { set: { 'v:x': '9' }, unset: ['v:a'], meta: { h: 'h2', lastSeenAt: 1 } };
+      expect(await store.commit(k, delta, HOUR, { handle: 'h0' })).toBe('conflict');
+      expect(await store.commit(k, delta, HOUR, { userId: null })).toBe('conflict');
+      expect(await store.commit(k, delta, HOUR, { userId: 'u-other' })).toBe('conflict');
+      const loaded = await store.load(k);
+      expect(loaded?.meta.h).toBe('h1');
+      expect(loaded?.meta.lastSeenAt).not.toBe(1);
+      expect({ ...loaded?.values }).toEqual({ 'v:a': '1' });
+      expect(await store.commit(k, { set: { 'v:y': '1' }, unset: [] }, HOUR, { userId: 'u-g' })).toBe('ok');
+      const anon = key();
+      await store.create(anon, record({}, { h: 'h0' }), HOUR);
+      expect(await store.commit(anon, { set: { 'v:y': '1' }, unset: [] }, HOUR, { userId: null })).toBe('ok');
+      expect(await store.commit(anon, { set: {}, unset: [] }, HOUR, { userId: 'u-g' })).toBe('conflict');
+    });
+
+    it('ID change: a guarded commit after destroy is "gone" and creates nothing', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:a': '1' }, { h: 'h0' }), HOUR);
+      await store.destroy(k);
+      expect(
+        await store.commit(k, { set: { 'v:a': '2' }, unset: [], meta: { h: 'h1' } }, HOUR, { handle: 'h0' }),
+      ).toBe('gone');
+      expect(await store.load(k)).toBeNull();
+    });
+
+    it('retain: every value not retained or set is dropped in the same step (login)', async () => {
+      const k = key();
+      await store.create(
+        k,
+        record({ 'v:a': '1', 'v:keep': '2', 's:flash': '3', 'b:x:y': '4' }, { h: 'h0' }),
+        HOUR,
+      );
+      const delta = {
+        set: { 'v:new': '5', 's:csrf': '6' },
+        unset: [],
+        retain: ['v:keep', 's:flash', 'v:missing'],
+        meta: { h: 'h1', userId: 'u-r', authAt: 11 },
+      };
+      expect(await store.commit(k, delta, HOUR, { handle: 'h0' })).toBe('ok');
+      const loaded = await store.load(k);
+      expect({ ...loaded?.values }).toEqual({ 'v:keep': '2', 's:flash': '3', 'v:new': '5', 's:csrf': '6' });
+      expect(loaded?.meta).toMatchObject({ h: 'h1', userId: 'u-r', authAt: 11 });
+      if (store.capabilities.listByUser && store.sessionsOf) {
+        expect((await store.sessionsOf('u-r')).map((s) => s.key)).toEqual([k]);
+      }
+    });
+
+    it('a metadata field set to undefined is removed', async () => {
+      const k = key();
+      await store.create(k, record({}, { h: 'h0', ph: 'old', phUntil: 3 }), HOUR);
+      const delta = { set: {}, unset: [], meta: { h: 'h1', ph: 'h0', phUntil: undefined } };
+      expect(await store.commit(k, delta, HOUR, { handle: 'h0' })).toBe('ok');
+      const meta = (await store.load(k))?.meta;
+      expect(meta?.h).toBe('h1');
+      expect(meta?.ph).toBe('h0');
+      expect(meta && 'phUntil' in meta).toBe(false);
+    });
+
+    it('ID change race: of 20 parallel changes from one handle exactly one wins, with every write kept', async () => {
+      const k = key();
+      await store.create(k, record({ 'v:base': '0' }, { h: 'h0' }), HOUR);
+      const results = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          i % 2 === 0
+            ? store.commit(k, { set: { [`v:r${i}`]: '1' }, unset: [], meta: { h: `h-${i}` } }, HOUR, {
+                handle: 'h0',
+              })
+            : store.commit(k, { set: { [`v:w${i}`]: '1' }, unset: [] }, HOUR, { userId: null }),
+        ),
+      );
+      const rotations = results.filter((_, i) => i % 2 === 0);
+      expect(rotations.filter((r) => r === 'ok')).toHaveLength(1);
+      expect(rotations.filter((r) => r === 'conflict')).toHaveLength(9);
+      expect(results.filter((_, i) => i % 2 === 1).every((r) => r === 'ok')).toBe(true);
+      const loaded = await store.load(k);
+      const winner = rotations.indexOf('ok') * 2;
+      expect(loaded?.meta.h).toBe(`h-${winner}`);
+      expect(loaded?.values[`v:r${winner}`]).toBe('1');
+      for (let i = 1; i < 20; i += 2) expect(loaded?.values[`v:w${i}`]).toBe('1');
+    });
+
+    it('ID change racing destroy: afterwards the record is gone whatever the order', async () => {
+      for (let trial = 0; trial < 20; trial++) {
+        const k = key();
+        await store.create(k, record({ 'v:a': '1' }, { h: 'h0' }), HOUR);
+        const [result] = await Promise.all([
+          store.commit(k, { set: { 'v:b': '1' }, unset: [], meta: { h: 'h1' } }, HOUR, { handle: 'h0' }),
+          store.destroy(k),
+        ]);
+        expect(['ok', 'gone']).toContain(result);
+        expect(await store.load(k)).toBeNull();
+      }
+    });
+
+    it("revokeUser (stores that cannot list): the user's sessions are dead, except the one kept", async () => {
+      if (!store.revokeUser) return;
+      const user = `u-${newToken().slice(0, 8)}`;
+      const a = key();
+      const b = key();
+      const kept = key();
+      const other = key();
+      await store.create(a, record({}, { userId: user, authAt: 1 }), HOUR);
+      await store.create(b, record({}, { userId: user, authAt: 2 }), HOUR);
+      await store.create(kept, record({}, { userId: user, authAt: 3 }), HOUR);
+      await store.create(other, record({}, { userId: `${user}-x`, authAt: 3 }), HOUR);
+      await store.revokeUser(user, kept);
+      expect(await store.load(a)).toBeNull();
+      expect(await store.load(b)).toBeNull();
+      expect(await store.commit(b, { set: { 'v:z': '1' }, unset: [] }, HOUR)).toBe('gone');
+      expect(await store.load(kept)).not.toBeNull();
+      expect(await store.load(other)).not.toBeNull();
+      // A session that logs in as the user afterwards is alive.
+      const later = key();
+      await store.create(later, record({}, { h: 'h0' }), HOUR);
+      expect(await store.commit(later, { set: {}, unset: [], meta: { userId: user, authAt: 9 } }, HOUR)).toBe(
+        'ok',
+      );
+      expect(await store.load(later)).not.toBeNull();
+      // A later revocation without an exception takes the kept one too.
+      await store.revokeUser(user);
+      expect(await store.load(kept)).toBeNull();
+      expect(await store.load(later)).toBeNull();
+    });
+
     it('SM-23: regenerate (create new + destroy old) leaves exactly one live record with the data', async () => {
       const oldKey = key();
       const newKey = key();
@@ -198,7 +337,8 @@ export function describeStoreConformance(
       expect(await store.load(k)).toBeNull();
       const k2 = key();
       await store.create(k2, record({ 'v:a': '1' }), HOUR);
-      expect(await store.touch(k2, { lastSeenAt: 1 }, -5)).toBe('gone');
+      if (store.touch) expect(await store.touch(k2, { lastSeenAt: 1 }, -5)).toBe('gone');
+      else expect(await store.commit(k2, { set: {}, unset: [], meta: { lastSeenAt: 1 } }, -5)).toBe('gone');
       expect(await store.load(k2)).toBeNull();
     });
 

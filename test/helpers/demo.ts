@@ -156,3 +156,8 @@ export async function sessionFiles(dir: string): Promise<string[]> {
 export function tokenOf(cookieValue: string): string {
   return cookieValue.slice(0, cookieValue.lastIndexOf('.'));
 }
+
+/** The record id part of a session cookie value (`<record id>.<token>.<mac>`): the storage key. */
+export function sidOf(cookieValue: string): string {
+  return cookieValue.split('.')[0]!;
+}

@@ -4,7 +4,7 @@
  * each file supplying how to connect to its deployment and how to clean up after it.
  */
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newToken, storageKey } from '../../src/crypto/ids.js';
 import { type RedisClientLike, RedisStore } from '../../src/stores/redis.js';
 import type { SessionMeta, StoredSession } from '../../src/stores/store.js';
@@ -100,4 +100,117 @@ export function describeRedisSpecifics(target: RedisTarget, tests: (suite: Redis
       tests({ kind, storeWith });
     });
   }
+}
+
+const user = (tag: string) => `${tag}-${randomBytes(4).toString('hex')}`;
+
+/**
+ * Guarded commits (ID change, login) as Redis runs them: guard, retain, unset, set and the
+ * metadata patch in one script on the session's key, the user index kept right around it.
+ * Shared by the standalone and Cluster suites, whose session key and user index lie in
+ * different slots (usually on different masters).
+ */
+export function guardedCommitTests({ storeWith }: RedisSpecifics): void {
+  it('login in one guarded commit: retain drops thousands of fields (chunked) and the index follows', async () => {
+    const store = storeWith();
+    const u = user('u-login');
+    const k = newKey();
+    const values: Record<string, string> = {};
+    for (let i = 0; i < 2500; i++) values[`v:f${i}`] = String(i);
+    expect(await store.create(k, record(values, { h: 'h0' }), HOUR)).toBe(true);
+    const unset = Array.from({ length: 1200 }, (_, i) => `v:f${i * 2}`);
+    const delta = {
+      set: { 'v:new': '1', 'v:f9': 'nine' },
+      unset,
+      retain: ['v:f7', 'v:f8', 'v:absent'],
+      meta: { h: 'h1', ph: 'h0', userId: u, authAt: 5 },
+    };
+    expect(await store.commit(k, delta, HOUR, { handle: 'h0', userId: null })).toBe('ok');
+    const loaded = await store.load(k);
+    // v:f8 is retained but also unset: unset wins, as in applyDelta.
+    expect({ ...loaded?.values }).toEqual({ 'v:f7': '7', 'v:f9': 'nine', 'v:new': '1' });
+    expect(loaded?.meta).toMatchObject({ h: 'h1', ph: 'h0', userId: u, authAt: 5 });
+    expect((await store.sessionsOf(u)).map((s) => s.key)).toEqual([k]);
+    // The same commit again: the handle moved on, so it is a conflict and writes nothing.
+    expect(await store.commit(k, { ...delta, set: { 'v:late': '1' } }, HOUR, { handle: 'h0' })).toBe(
+      'conflict',
+    );
+    expect((await store.load(k))?.values['v:late']).toBeUndefined();
+  });
+
+  it('retain: [] keeps only what the commit sets', async () => {
+    const store = storeWith();
+    const k = newKey();
+    await store.create(k, record({ 'v:a': '1', 's:b': '2' }, { h: 'h0' }), HOUR);
+    expect(
+      await store.commit(k, { set: { 'v:c': '3' }, unset: [], retain: [] }, HOUR, { handle: 'h0' }),
+    ).toBe('ok');
+    const loaded = await store.load(k);
+    expect({ ...loaded?.values }).toEqual({ 'v:c': '3' });
+    expect(loaded?.meta.h).toBe('h0');
+  });
+
+  it('two logins racing on one handle: one wins; the loser writes nothing and is not listed for its user', async () => {
+    const store = storeWith();
+    for (let trial = 0; trial < 10; trial++) {
+      const k = newKey();
+      const [u1, u2] = [user('u-a'), user('u-b')];
+      await store.create(k, record({ 'v:a': '1' }, { h: 'h0' }), HOUR);
+      const login = (u: string, h: string) =>
+        store.commit(k, { set: { [`v:${h}`]: '1' }, unset: [], retain: [], meta: { h, userId: u } }, HOUR, {
+          handle: 'h0',
+          userId: null,
+        });
+      const results = await Promise.all([login(u1, 'h1'), login(u2, 'h2')]);
+      expect([...results].sort()).toEqual(['conflict', 'ok']);
+      const [winner, loser, h] = results[0] === 'ok' ? [u1, u2, 'h1'] : [u2, u1, 'h2'];
+      const loaded = await store.load(k);
+      expect(loaded?.meta).toMatchObject({ h, userId: winner });
+      expect({ ...loaded?.values }).toEqual({ [`v:${h}`]: '1' });
+      expect((await store.sessionsOf(winner)).map((s) => s.key)).toEqual([k]);
+      expect(await store.sessionsOf(loser)).toEqual([]);
+    }
+  });
+
+  it('a write from before a login (user guard null) cannot land on the logged-in session', async () => {
+    const store = storeWith();
+    const u = user('u-w');
+    const k = newKey();
+    await store.create(k, record({ 'v:cart': '1' }, { h: 'h0' }), HOUR);
+    expect(
+      await store.commit(k, { set: {}, unset: [], meta: { h: 'h1', userId: u } }, HOUR, { handle: 'h0' }),
+    ).toBe('ok');
+    expect(await store.commit(k, { set: { 'v:cart': '2' }, unset: [] }, HOUR, { userId: null })).toBe(
+      'conflict',
+    );
+    expect(await store.touch(k, { lastSeenAt: 1 }, HOUR)).toBe('ok');
+    expect((await store.load(k))?.values['v:cart']).toBe('1');
+    expect(await store.commit(k, { set: { 'v:cart': '3' }, unset: [] }, HOUR, { userId: u })).toBe('ok');
+    expect((await store.load(k))?.values['v:cart']).toBe('3');
+  });
+
+  it('a login racing a logout: the record is gone and no user index lists it', async () => {
+    const store = storeWith();
+    for (let trial = 0; trial < 10; trial++) {
+      const u = user('u-x');
+      const k = newKey();
+      await store.create(k, record({}, { h: 'h0' }), HOUR);
+      const [result] = await Promise.all([
+        store.commit(k, { set: {}, unset: [], meta: { h: 'h1', userId: u } }, HOUR, { handle: 'h0' }),
+        store.destroy(k),
+      ]);
+      expect(['ok', 'gone']).toContain(result);
+      expect(await store.load(k)).toBeNull();
+      expect(await store.sessionsOf(u)).toEqual([]);
+    }
+  });
+
+  it('an empty handle is a handle like any other, not "no guard"', async () => {
+    const store = storeWith();
+    const k = newKey();
+    await store.create(k, record({}, { h: 'h0' }), HOUR);
+    expect(await store.commit(k, { set: { 'v:a': '1' }, unset: [] }, HOUR, { handle: '' })).toBe('conflict');
+    expect(await store.commit(k, { set: {}, unset: [], meta: { h: '' } }, HOUR, { handle: 'h0' })).toBe('ok');
+    expect(await store.commit(k, { set: { 'v:a': '1' }, unset: [] }, HOUR, { handle: '' })).toBe('ok');
+  });
 }

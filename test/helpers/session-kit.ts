@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { afterEach } from 'vitest';
 import {
   type AuditEvent,
+  type CommitGuard,
   type CommitOutcome,
   type CommitResult,
   FileStore,
@@ -24,7 +25,6 @@ import {
   type SessionStore,
   type SessionSummary,
   type StoredSession,
-  storageKey,
 } from '../../src/index.js';
 
 /** Strong, non-sample secrets (48 random-looking bytes each). */
@@ -51,6 +51,7 @@ export interface StoreCall {
   ttl?: number;
   record?: StoredSession;
   delta?: SessionDelta;
+  guard?: CommitGuard;
 }
 
 /**
@@ -62,7 +63,10 @@ export class InstrumentedStore implements SessionStore {
   readonly failing = new Set<StoreOp>();
   latencyMs = 0;
 
-  constructor(readonly inner: SessionStore = new MemoryStore()) {}
+  constructor(readonly inner: SessionStore = new MemoryStore()) {
+    const revokeUser = inner.revokeUser?.bind(inner);
+    if (revokeUser) this.revokeUser = revokeUser;
+  }
 
   get capabilities() {
     return this.inner.capabilities;
@@ -93,12 +97,20 @@ export class InstrumentedStore implements SessionStore {
   create(key: string, record: StoredSession, ttl: number): Promise<boolean> {
     return this.#run({ op: 'create', key, ttl, record }, () => this.inner.create(key, record, ttl));
   }
-  commit(key: string, delta: SessionDelta, ttl: number): Promise<CommitResult> {
-    return this.#run({ op: 'commit', key, ttl, delta }, () => this.inner.commit(key, delta, ttl));
+  commit(key: string, delta: SessionDelta, ttl: number, guard?: CommitGuard): Promise<CommitResult> {
+    return this.#run({ op: 'commit', key, ttl, delta, ...(guard ? { guard } : {}) }, () =>
+      this.inner.commit(key, delta, ttl, guard),
+    );
   }
-  touch(key: string, meta: Partial<SessionMeta>, ttl: number): Promise<CommitResult> {
-    return this.#run({ op: 'touch', key, ttl }, () => this.inner.touch(key, meta, ttl));
+  touch(key: string, meta: Partial<SessionMeta>, ttl: number): Promise<'ok' | 'gone'> {
+    return this.#run({ op: 'touch', key, ttl }, () =>
+      this.inner.touch
+        ? this.inner.touch(key, meta, ttl)
+        : (this.inner.commit(key, { set: {}, unset: [], meta }, ttl) as Promise<'ok' | 'gone'>),
+    );
   }
+  /** Present when the inner store has it (stores that revoke without listing). */
+  revokeUser?: (userId: string, except?: string) => Promise<void>;
   destroy(key: string): Promise<void> {
     return this.#run({ op: 'destroy', key }, () => this.inner.destroy(key));
   }
@@ -196,9 +208,9 @@ export class Browser<D extends Record<string, unknown> = Record<string, unknown>
 
   constructor(public manager: SessionManager<D>) {}
 
-  /** The storage key (`session.id`) of the session this browser's cookie points to. */
+  /** The record id (`session.id`) of the session this browser's cookie points to. */
   get key(): string {
-    return storageKey(this.cookie!.split('.')[0]!);
+    return this.cookie!.split('.')[0]!;
   }
 
   /** The Cookie header this browser would send. */

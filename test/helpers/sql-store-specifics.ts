@@ -150,21 +150,133 @@ export function describeSqlStoreSpecifics<C, S extends SqlSessionStore>(
       await engine.disconnect(conn);
     });
 
-    it('SM-63, SM-13: a key carrying SQL is only data: load null, commit gone, nothing deleted', async () => {
-      await store.create(key(), rec({ 'v:a': '1' }), HOUR);
+    it('SM-63, SM-13: a key that is not a storage key is refused (INVALID_KEY) before any I/O', async () => {
+      const invalid = expect.objectContaining({ code: 'INVALID_KEY' });
+      const bad = ["' OR '1'='1", ...engine.hostileKeys(table), 'żółw', '', ' ', `${key()} `, 'a'.repeat(15)];
+      // On a table that does not exist: any query would fail with the driver's error instead.
+      const missing = factory(conn, { table: uniqueTable() });
+      for (const k of [...bad, 42 as unknown as string]) {
+        await expect(missing.load(k)).rejects.toThrow(invalid);
+        await expect(missing.create(k, rec(), HOUR)).rejects.toThrow(invalid);
+        await expect(missing.commit(k, { set: { 'v:x': '1' }, unset: [] }, HOUR)).rejects.toThrow(invalid);
+        await expect(missing.commit(k, { set: {}, unset: [] }, 0, { handle: 'h' })).rejects.toThrow(invalid);
+        await expect(missing.touch(k, { lastSeenAt: 1 }, HOUR)).rejects.toThrow(invalid);
+        await expect(missing.destroy(k)).rejects.toThrow(invalid);
+      }
+    });
+
+    it('SM-63: SQL in a user id, a field name or a handle is only data: nothing matched, nothing deleted', async () => {
+      const k = key();
+      await store.create(k, rec({ 'v:a': '1' }, 'u-sql'), HOUR);
       await store.create(key(), rec({ 'v:a': '2' }), HOUR);
       const before = await rows();
-      const injection = "' OR '1'='1";
-      expect(await store.load(injection)).toBeNull();
-      expect(await store.commit(injection, { set: { 'v:x': '1' }, unset: [] }, HOUR)).toBe('gone');
-      await store.destroy(injection);
-      for (const hostile of engine.hostileKeys(table)) await store.destroy(hostile);
+      for (const hostile of ["' OR '1'='1", ...engine.hostileKeys(table)]) {
+        expect(await store.sessionsOf(hostile)).toEqual([]);
+        expect(await store.commit(k, { set: {}, unset: [] }, HOUR, { handle: hostile })).toBe('conflict');
+        expect(await store.commit(k, { set: {}, unset: [] }, HOUR, { userId: hostile })).toBe('conflict');
+        expect(await store.commit(k, { set: {}, unset: [] }, 0, { userId: hostile })).toBe('conflict');
+        expect(await store.commit(k, { set: { [hostile]: hostile }, unset: [] }, HOUR)).toBe('ok');
+      }
       expect(await rows()).toBe(before);
-      // Stored as a key of its own, it round-trips like any other key.
-      expect(await store.create(injection, rec({ 'v:a': 'inj' }), HOUR)).toBe(true);
-      expect((await store.load(injection))?.values['v:a']).toBe('inj');
-      await store.destroy(injection);
-      expect(await rows()).toBe(before);
+      const hostile = engine.hostileKeys(table)[0]!;
+      expect((await store.load(k))?.values[hostile]).toBe(hostile);
+      expect((await store.sessionsOf('u-sql')).map((s) => s.key)).toEqual([k]);
+    });
+
+    it('user ids are compared exactly, in sessionsOf and in the guard: trailing spaces and case count', async () => {
+      const alice = `alice-${randomBytes(4).toString('hex')}`;
+      const a = key();
+      const b = key();
+      await store.create(a, rec({}, alice), HOUR);
+      await store.create(b, rec({}, alice), HOUR);
+      const padded = key();
+      await store.create(padded, rec({}, `${alice} `), HOUR);
+      expect((await store.sessionsOf(alice)).map((s) => s.key).sort()).toEqual([a, b].sort());
+      expect((await store.sessionsOf(`${alice} `)).map((s) => s.key)).toEqual([padded]);
+      expect(await store.sessionsOf(`${alice}   `)).toEqual([]);
+      expect(await store.sessionsOf(alice.toUpperCase())).toEqual([]);
+      const write = { set: { 'v:x': '1' }, unset: [] };
+      expect(await store.commit(a, write, HOUR, { userId: `${alice} ` })).toBe('conflict');
+      expect(await store.commit(a, write, HOUR, { userId: `${alice}   ` })).toBe('conflict');
+      expect(await store.commit(padded, write, HOUR, { userId: alice })).toBe('conflict');
+      expect(await store.commit(a, write, HOUR, { userId: alice.toUpperCase() })).toBe('conflict');
+      expect((await store.load(a))?.values['v:x']).toBeUndefined();
+      expect(await store.commit(a, write, HOUR, { userId: alice })).toBe('ok');
+      expect(await store.commit(padded, write, HOUR, { userId: `${alice} ` })).toBe('ok');
+    });
+
+    it('the handle guard is exact (case, trailing spaces) and a guarded commit with TTL <= 0 deletes only if it holds', async () => {
+      const k = key();
+      await store.create(k, { ...rec({ 'v:a': '1' }), meta: { ...rec().meta, h: 'AbC' } }, HOUR);
+      const rotate = { set: {}, unset: [], meta: { h: 'next' } };
+      for (const wrong of ['abc', 'ABC', 'AbC ', ' AbC', 'AbC\t', 'A']) {
+        expect(await store.commit(k, rotate, HOUR, { handle: wrong })).toBe('conflict');
+      }
+      expect(await store.commit(k, rotate, 0, { handle: 'abc' })).toBe('conflict');
+      expect((await store.load(k))?.meta.h).toBe('AbC');
+      expect(await store.commit(k, rotate, 0, { handle: 'AbC' })).toBe('gone');
+      expect(await engine.countId(conn, table, k)).toBe(0);
+      expect(await store.commit(k, rotate, 0, { handle: 'AbC' })).toBe('gone');
+    });
+
+    it('retain keeps awkward field names exactly, and drops look-alikes (trailing space, case)', async () => {
+      const k = key();
+      const odd = engine.awkwardKeys.keys;
+      const values = Object.fromEntries(odd.map((o) => [o, 'v']));
+      await store.create(k, rec({ ...values, 'v:keep ': 'pad', 'V:KEEP': 'case', 'v:keep': 'kept' }), HOUR);
+      const delta = { set: { 'v:new': '1' }, unset: [], retain: [...odd, 'v:keep'] };
+      expect(await store.commit(k, delta, HOUR)).toBe('ok');
+      expect({ ...(await store.load(k))?.values }).toEqual({ ...values, 'v:keep': 'kept', 'v:new': '1' });
+      expect(await store.commit(k, { set: {}, unset: [], retain: [] }, HOUR)).toBe('ok');
+      expect({ ...(await store.load(k))?.values }).toEqual({});
+    });
+
+    it('a corrupt row is treated as absent and reported, never thrown (onCorrupt, else setWarn)', async () => {
+      const q = engine.quote;
+      const live = suite.clock + HOUR;
+      const good = JSON.stringify(rec().meta);
+      const user = `u-corrupt-${randomBytes(4).toString('hex')}`;
+      const corrupt: [string, string][] = [
+        ['[]', '{}'],
+        ['"text"', '{}'],
+        ['{"createdAt":"1","lastSeenAt":1,"deadline":9}', '{}'],
+        [JSON.stringify({ userId: user }), '{}'],
+        [good, '{"v:a":1}'],
+        [good, '{"v:a":{"nested":"x"}}'],
+        [good, '["v:a"]'],
+        [good, 'null'],
+      ];
+      const keys = corrupt.map(() => key());
+      for (const [i, [meta, data]] of corrupt.entries()) {
+        await engine.exec(
+          conn,
+          `INSERT INTO ${q}${table}${q} (id, meta, data, expires_at) VALUES ('${keys[i]}', '${meta}', '${data}', ${live})`,
+        );
+      }
+      const reported: [string, string][] = [];
+      const watched = factory(conn, {
+        table,
+        now: () => suite.clock,
+        onCorrupt: (where, reason) => reported.push([where, reason]),
+      });
+      for (const k of keys) expect(await watched.load(k)).toBeNull();
+      expect(await watched.sessionsOf(user)).toEqual([]);
+      expect(reported).toHaveLength(keys.length + 1);
+      for (const [i, k] of keys.entries()) expect(reported[i]?.[0]).toContain(k);
+      expect(reported.at(-1)?.[0]).toContain(keys[3]!);
+      expect(reported.every(([where, reason]) => !where.includes('{') && !reason.includes('nested'))).toBe(
+        true,
+      );
+      // Without onCorrupt, the manager's warn gets the report once attached.
+      const warned: string[] = [];
+      const plain = factory(conn, { table, now: () => suite.clock });
+      plain.setWarn((message) => warned.push(message));
+      expect(await plain.load(keys[4]!)).toBeNull();
+      expect(warned).toHaveLength(1);
+      expect(warned[0]).toMatch(/Store: corrupt session record at .*treated as absent/);
+      expect(warned[0]).toContain(keys[4]!);
+      // The rows are left for inspection; the store answers as if they were not there.
+      expect(await engine.countId(conn, table, keys[0]!)).toBe(1);
     });
 
     it('SM-63: the table name is validated, since identifiers cannot be parameters', () => {

@@ -1,4 +1,5 @@
 import type {
+  CommitGuard,
   CommitResult,
   SessionDelta,
   SessionMeta,
@@ -31,9 +32,14 @@ export class InstrumentedStore implements SessionStore {
   readonly failing = new Set<Operation>();
   #hold: { loaded: () => void; gate: Promise<void> } | undefined;
 
+  /** Present when the inner store has it (stores that revoke without listing). */
+  revokeUser?: (userId: string, except?: string) => Promise<void>;
+
   constructor(inner: SessionStore) {
     this.inner = inner;
     this.capabilities = inner.capabilities;
+    const revokeUser = inner.revokeUser?.bind(inner);
+    if (revokeUser) this.revokeUser = revokeUser;
   }
 
   resetCounts(): void {
@@ -82,14 +88,15 @@ export class InstrumentedStore implements SessionStore {
     return this.inner.create(key, record, ttlMs);
   }
 
-  async commit(key: string, delta: SessionDelta, ttlMs: number): Promise<CommitResult> {
+  async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     await this.#enter('commit');
-    return this.inner.commit(key, delta, ttlMs);
+    return this.inner.commit(key, delta, ttlMs, guard);
   }
 
-  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<CommitResult> {
+  async touch(key: string, meta: Partial<SessionMeta>, ttlMs: number): Promise<'ok' | 'gone'> {
     await this.#enter('touch');
-    return this.inner.touch(key, meta, ttlMs);
+    if (this.inner.touch) return this.inner.touch(key, meta, ttlMs);
+    return (await this.inner.commit(key, { set: {}, unset: [], meta }, ttlMs)) === 'ok' ? 'ok' : 'gone';
   }
 
   async destroy(key: string): Promise<void> {

@@ -163,7 +163,7 @@ describe("checklist row 6: writeHead with the app's own headers keeps both cooki
     expect(cookies).toHaveLength(appCookies.length + 1);
     const session = cookiePair(cookies.at(-1)!);
     expect(session.name).toBe(NAME);
-    expect(session.value).toMatch(/^[\w-]{43}\.[\w-]{43}$/);
+    expect(session.value).toMatch(/^[\w-]{43}\.[\w-]{43}\.[\w-]{43}$/);
     expect(cookies.at(-1)).toMatch(/; HttpOnly; SameSite=Lax$/);
     expect(res.headers.get('x-a')).toBe('1');
   });

@@ -1,6 +1,7 @@
 import { createServer } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { storageKey } from '../../src/crypto/ids.js';
 import type { SessionError, SessionManagerOptions } from '../../src/index.js';
 import { session } from '../../src/integrations/express.js';
 import { withSession } from '../../src/integrations/node.js';
@@ -20,6 +21,12 @@ afterAll(async () => {
   for (const r of running) await r.close();
 });
 
+/** The record id and the handle (hash of the token) of a `name=<id>.<token>.<mac>` cookie pair. */
+function parts(pair: string | undefined): { id: string; handle: string } {
+  const [id, token] = pair!.split('=')[1]!.split('.');
+  return { id: id!, handle: storageKey(token!) };
+}
+
 /** GET or POST with an optional session cookie; redirects are not followed. */
 function call(url: string, cookie?: string, method = 'GET'): Promise<globalThis.Response> {
   return fetch(url, { method, redirect: 'manual', headers: cookie ? { cookie } : {} });
@@ -38,6 +45,14 @@ describe('SM-24 over node:http: renewal every 2 s with a 1 s grace window (fake 
       } else if (req.method === 'POST' && pathname === '/theme') {
         s.set('theme', searchParams.get('value'));
         res.end('saved');
+      } else if (req.method === 'POST' && pathname === '/note') {
+        s.bag('notes').set(searchParams.get('key')!, searchParams.get('value'));
+        res.end('noted');
+      } else if (pathname === '/notes') {
+        res.setHeader('Content-Type', 'application/json').end(JSON.stringify(s.bag('notes').all()));
+      } else if (req.method === 'POST' && pathname === '/logout') {
+        await s.logout();
+        res.end('bye');
       } else if (pathname === '/me') {
         if (s.userId === undefined) res.writeHead(401).end('login first');
         else
@@ -62,15 +77,19 @@ describe('SM-24 over node:http: renewal every 2 s with a 1 s grace window (fake 
     return sessionCookieOf(res, NAME)!;
   }
 
-  it('after 2 s a new ID is set; the old ID within 1 s answers 200, writes land, no extra session is created', async () => {
+  it('after 2 s a new token is set for the same record; the old cookie within 1 s answers 200 without Set-Cookie and its writes land', async () => {
     const { kit, url } = app;
     const oldCookie = await login('renee');
     kit.clock.advance(2_000);
+    kit.store.reset();
     const renewing = await call(`${url}/me`, oldCookie);
     expect(renewing.status).toBe(200);
     const newCookie = sessionCookieOf(renewing, NAME);
     expect(newCookie).toBeDefined();
-    expect(newCookie).not.toBe(oldCookie);
+    expect(parts(newCookie).id).toBe(parts(oldCookie).id);
+    expect(parts(newCookie).handle).not.toBe(parts(oldCookie).handle);
+    expect(kit.store.ops()).toEqual(['load', 'commit']);
+    expect(kit.store.calls[1]!.guard).toEqual({ handle: parts(oldCookie).handle });
 
     kit.clock.advance(999);
     kit.store.reset();
@@ -82,11 +101,11 @@ describe('SM-24 over node:http: renewal every 2 s with a 1 s grace window (fake 
     expect(write.status).toBe(200);
     expect(write.headers.getSetCookie()).toEqual([]);
     expect(kit.store.count('create')).toBe(0);
-    expect(await kit.manager.sessionsOf('renee')).toHaveLength(1);
+    expect((await kit.manager.sessionsOf('renee')).map((s) => s.key)).toEqual([parts(newCookie).id]);
     expect(await (await call(`${url}/me`, newCookie)).json()).toEqual({ user: 'renee', theme: 'dark' });
   });
 
-  it("the old ID after the grace window gets a fresh session and a 'session_use_after_expire' event", async () => {
+  it("the old cookie after the grace window gets a fresh session and a 'session_use_after_expire' event", async () => {
     const { kit, url } = app;
     const oldCookie = await login('otto');
     kit.clock.advance(2_000);
@@ -97,7 +116,7 @@ describe('SM-24 over node:http: renewal every 2 s with a 1 s grace window (fake 
     const replay = await call(`${url}/me`, oldCookie);
     expect(replay.status).toBe(401);
     expect(sessionCookieOf(replay, NAME)).toBeUndefined();
-    expect(kit.store.count('create')).toBe(0);
+    expect(kit.store.ops()).toEqual(['load']);
     expect(kit.events.at(-1)).toMatchObject({
       type: 'session_use_after_expire',
       reason: 'renewed',
@@ -105,6 +124,35 @@ describe('SM-24 over node:http: renewal every 2 s with a 1 s grace window (fake 
       ip: '127.0.0.1',
     });
     expect((await call(`${url}/me`, newCookie)).status).toBe(200);
+  });
+
+  it('two requests sent at once when the renewal is due: one response carries a new cookie, both writes land', async () => {
+    const { kit, url } = app;
+    const oldCookie = await login('paula');
+    kit.clock.advance(2_000);
+    const answers = await Promise.all([
+      call(`${url}/note?key=a&value=1`, oldCookie, 'POST'),
+      call(`${url}/note?key=b&value=2`, oldCookie, 'POST'),
+    ]);
+    expect(answers.map((r) => r.status)).toEqual([200, 200]);
+    const issued = answers.map((r) => sessionCookieOf(r, NAME)).filter((c) => c !== undefined);
+    expect(issued).toHaveLength(1);
+    expect(answers.flatMap((r) => r.headers.getSetCookie()).filter((c) => /Max-Age=0/i.test(c))).toEqual([]);
+    expect(await (await call(`${url}/notes`, issued[0])).json()).toEqual({ a: '1', b: '2' });
+    expect(await app.kit.manager.sessionsOf('paula')).toHaveLength(1);
+  });
+
+  it('a logout through the new cookie also ends the old one, even within its grace window', async () => {
+    const { kit, url } = app;
+    const oldCookie = await login('lou');
+    kit.clock.advance(2_000);
+    const newCookie = sessionCookieOf(await call(`${url}/me`, oldCookie), NAME);
+    const bye = await call(`${url}/logout`, newCookie, 'POST');
+    expect(bye.status).toBe(200);
+    expect(bye.headers.getSetCookie()).toEqual([expect.stringMatching(/^sid=;.*Max-Age=0/i)]);
+    expect((await call(`${url}/me`, oldCookie)).status).toBe(401);
+    expect((await call(`${url}/me`, newCookie)).status).toBe(401);
+    expect(await kit.manager.sessionsOf('lou')).toEqual([]);
   });
 });
 

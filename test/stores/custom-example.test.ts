@@ -1,7 +1,19 @@
 // The worked example of docs/stores.md, verbatim but for the import path: the custom-store
 // guide stays true only if its example passes the conformance suite.
 
-import { applyDelta, isLiveTtl, type SessionStore, type StoredSession } from '../../src/index.js';
+// (The store kit is imported from its module until src/index.ts exports guardHolds and
+// CommitGuard; the guide imports all of it from 'sessionflow'.)
+import {
+  applyDelta,
+  type CommitGuard,
+  type CommitResult,
+  cloneRecord,
+  guardHolds,
+  isLiveTtl,
+  type SessionDelta,
+  type SessionStore,
+  type StoredSession,
+} from '../../src/stores/store.js';
 import { describeStoreConformance } from '../../src/testing/conformance.js';
 
 type Item = { record: StoredSession; expiresAt: number; version: number };
@@ -18,35 +30,34 @@ export class VersionedMapStore implements SessionStore {
 
   async load(key: string) {
     const item = this.#live(key);
-    return item ? structuredClone(item.record) : null;
+    return item ? cloneRecord(item.record) : null;
   }
 
   async create(key: string, record: StoredSession, ttlMs: number) {
     if (this.#live(key)) return false; // guarantee 2
     if (isLiveTtl(ttlMs))
-      this.#items.set(key, { record: structuredClone(record), expiresAt: Date.now() + ttlMs, version: 1 });
+      this.#items.set(key, { record: cloneRecord(record), expiresAt: Date.now() + ttlMs, version: 1 });
     return true;
   }
 
-  async commit(key: string, delta: Parameters<SessionStore['commit']>[1], ttlMs: number) {
+  async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     for (;;) {
       const item = this.#live(key);
-      if (!item) return 'gone' as const; // guarantee 4
+      if (!item) return 'gone'; // guarantee 4
+      if (!guardHolds(item.record.meta, guard)) return 'conflict'; // the guard: nothing written
       if (!isLiveTtl(ttlMs)) {
         this.#items.delete(key);
-        return 'gone' as const;
+        return 'gone';
       } // guarantee 5
-      const next = applyDelta(structuredClone(item.record), delta); // guarantee 3: per key
-      // With a real service this is its compare-and-set; on conflict, read again and retry.
+      // guarantee 3: per key, `retain` honoured, meta fields set to undefined removed
+      const next = applyDelta(cloneRecord(item.record), delta);
+      // With a real service this is its compare-and-set: the guard was checked on the version
+      // being replaced. On conflict, read again, check the guard again, and retry.
       if (this.#items.get(key)?.version === item.version) {
         this.#items.set(key, { record: next, expiresAt: Date.now() + ttlMs, version: item.version + 1 });
-        return 'ok' as const;
+        return 'ok';
       }
     }
-  }
-
-  async touch(key: string, meta: Parameters<SessionStore['touch']>[1], ttlMs: number) {
-    return this.commit(key, { set: {}, unset: [], meta }, ttlMs);
   }
 
   async destroy(key: string) {

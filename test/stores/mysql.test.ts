@@ -55,7 +55,8 @@ describeSqlStoreSpecifics('MySqlStore', factory, mariadb, (suite) => {
     expect(await store.create(lower, rec({ 'v:a': 'lower' }), HOUR)).toBe(true);
     expect((await store.load(upper))?.values['v:a']).toBe('upper');
     expect((await store.load(lower))?.values['v:a']).toBe('lower');
-    expect(await store.load('żółw')).toBeNull(); // a non-ASCII key is data too, not a collation error
+    // A non-ASCII key never reaches the database (a collation error there): it is refused first.
+    await expect(store.load('żółw')).rejects.toThrow(expect.objectContaining({ code: 'INVALID_KEY' }));
   });
 
   it('a pool without CLIENT_FOUND_ROWS still tells an unchanged live row from a gone one', async () => {
@@ -67,8 +68,13 @@ describeSqlStoreSpecifics('MySqlStore', factory, mariadb, (suite) => {
       // Same clock, same metadata: the UPDATE matches the row but changes nothing.
       expect(await frozen.touch(k, { lastSeenAt: 1 }, HOUR)).toBe('ok');
       expect(await frozen.touch(k, { lastSeenAt: 1 }, HOUR)).toBe('ok');
+      // The guard too: an identical write that matched is 'ok', a failed guard 'conflict'.
+      const same = { set: { 'v:a': '1' }, unset: [], meta: { lastSeenAt: 1 } };
+      expect(await frozen.commit(k, same, HOUR, { userId: null })).toBe('ok');
+      expect(await frozen.commit(k, same, HOUR, { userId: 'someone' })).toBe('conflict');
       await frozen.destroy(k);
       expect(await frozen.touch(k, { lastSeenAt: 1 }, HOUR)).toBe('gone');
+      expect(await frozen.commit(k, same, HOUR, { userId: null })).toBe('gone');
     } finally {
       await changedRowsPool.end();
     }

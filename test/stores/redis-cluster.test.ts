@@ -10,6 +10,7 @@ import {
   type Connected,
   describeRedisConformance,
   describeRedisSpecifics,
+  guardedCommitTests,
   HOUR,
   type Kind,
   kinds,
@@ -266,7 +267,24 @@ const cluster: RedisTarget = {
 
 describeRedisConformance(cluster);
 
-describeRedisSpecifics(cluster, ({ storeWith }) => {
+describeRedisSpecifics(cluster, (suite) => {
+  const { storeWith } = suite;
+  guardedCommitTests(suite);
+
+  it('durability: a guarded login is WAITed on the owning master; a conflict answers after WAIT too', async () => {
+    const store = storeWith({ durability: { replicas: 1, timeoutMs: 2_000 } });
+    const userId = `u-${randomBytes(4).toString('hex')}`;
+    const k = newKey();
+    await store.create(k, record({ 'v:a': '1', 'v:b': '2' }, { h: 'h0' }), HOUR);
+    const login = { set: { 'v:c': '3' }, unset: [], retain: ['v:a'], meta: { h: 'h1', ph: 'h0', userId } };
+    expect(await store.commit(k, login, HOUR, { handle: 'h0', userId: null })).toBe('ok');
+    expect(await store.commit(k, login, HOUR, { handle: 'h0', userId: null })).toBe('conflict');
+    const loaded = await store.load(k);
+    expect({ ...loaded?.values }).toEqual({ 'v:a': '1', 'v:c': '3' });
+    expect(loaded?.meta).toMatchObject({ h: 'h1', ph: 'h0', userId });
+    expect((await store.sessionsOf(userId)).map((s) => s.key)).toEqual([k]);
+  });
+
   it('sessions spread over every master; each one and its user index are served across slots', async () => {
     const store = storeWith();
     const userId = `u-${randomBytes(4).toString('hex')}`;

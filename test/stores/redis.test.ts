@@ -8,6 +8,7 @@ import {
   type Connected,
   describeRedisConformance,
   describeRedisSpecifics,
+  guardedCommitTests,
   HOUR,
   type Kind,
   newKey,
@@ -88,7 +89,8 @@ const standalone: RedisTarget = {
 
 describeRedisConformance(standalone);
 
-describeRedisSpecifics(standalone, ({ kind, storeWith }) => {
+describeRedisSpecifics(standalone, (suite) => {
+  const { kind, storeWith } = suite;
   let admin: Admin;
   let prefix: string;
   let store: RedisStore;
@@ -281,6 +283,53 @@ describeRedisSpecifics(standalone, ({ kind, storeWith }) => {
     expect(await admin.exists(`${p}{${k}}`)).toBe(0);
   });
 
+  it('a record whose metadata is JSON but not session metadata is absent to load and commit alike', async () => {
+    const reported: string[] = [];
+    const p = uniquePrefix(`corrupt-shape-${kind}`);
+    const guarded = storeWith({ prefix: p, onCorrupt: (key, err) => reported.push(`${key} ${err.message}`) });
+    const k = newKey();
+    await admin.hSet(`${p}{${k}}`, { meta: '{"h":"h0","userId":"u"}', '.v:a': '1' });
+    await admin.pExpire(`${p}{${k}}`, 60_000);
+    expect(await guarded.load(k)).toBeNull();
+    expect(await guarded.commit(k, { set: { 'v:b': '1' }, unset: [] }, HOUR, { handle: 'h0' })).toBe('gone');
+    expect(await admin.hExists(`${p}{${k}}`, '.v:b')).toBe(0);
+    expect(reported).toEqual([
+      `${p}{${k}} metadata is not a session record`,
+      `${p}{${k}} metadata is not a session record`,
+    ]);
+  });
+
+  it("setWarn: without onCorrupt, corrupt records are reported through the manager's warn", async () => {
+    const warned: string[] = [];
+    const p = uniquePrefix(`corrupt-warn-${kind}`);
+    const plain = storeWith({ prefix: p });
+    plain.setWarn((message) => warned.push(message));
+    const k = newKey();
+    await admin.hSet(`${p}{${k}}`, { meta: '[1,2]', '.v:secret': 'do-not-log' });
+    await admin.pExpire(`${p}{${k}}`, 60_000);
+    expect(await plain.load(k)).toBeNull();
+    expect(warned).toHaveLength(1);
+    expect(warned[0]).toContain(`RedisStore: corrupt session record at ${p}{${k}}`);
+    expect(warned[0]).not.toContain('do-not-log');
+  });
+
+  it('a conflict writes nothing: values, metadata and expiry stay as they were', async () => {
+    const k = newKey();
+    const redisKey = `${prefix}{${k}}`;
+    await store.create(k, record({ 'v:a': '1' }, { h: 'h1', userId: 'u-c' }), 60_000);
+    const before = await admin.hGetAll(redisKey);
+    const delta = { set: { 'v:b': '2' }, unset: ['v:a'], retain: [], meta: { h: 'h2', lastSeenAt: 1 } };
+    expect(await store.commit(k, delta, HOUR, { handle: 'h0' })).toBe('conflict');
+    expect(await store.commit(k, delta, HOUR, { handle: 'h1', userId: null })).toBe('conflict');
+    expect(await store.commit(k, delta, 0, { userId: 'u-other' })).toBe('conflict');
+    expect(await admin.hGetAll(redisKey)).toEqual(before);
+    const pttl = await admin.pTTL(redisKey);
+    expect(pttl).toBeGreaterThan(0);
+    expect(pttl).toBeLessThanOrEqual(60_000);
+  });
+
+  guardedCommitTests(suite);
+
   it('after SCRIPT FLUSH (restart, failover) the store sends the scripts again', async () => {
     const k = newKey();
     await store.create(k, record({ 'v:a': '1' }), HOUR);
@@ -339,5 +388,8 @@ describe('RedisStore options', () => {
     const store = new RedisStore({ client });
     await expect(store.load('../x}{y')).rejects.toMatchObject({ code: 'INVALID_KEY' });
     await expect(store.destroy('a b')).rejects.toMatchObject({ code: 'INVALID_KEY' });
+    await expect(
+      store.commit('x{y}', { set: {}, unset: [], retain: [] }, HOUR, { handle: 'h0' }),
+    ).rejects.toMatchObject({ code: 'INVALID_KEY' });
   });
 });

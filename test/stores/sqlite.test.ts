@@ -70,6 +70,25 @@ describeSqlStoreSpecifics('SqliteStore', factory, sqlite, (suite) => {
     expect(await counting.gc(clock + 1_001)).toBe(0);
   });
 
+  it('a data column that is not JSON at all (STRICT TEXT takes it) is corrupt, not an error', async () => {
+    // meta cannot be malformed: the generated user_id column reads it on every write.
+    const k = key();
+    const meta = JSON.stringify(rec().meta);
+    db.prepare(`INSERT INTO "${suite.table}" (id, meta, data, expires_at) VALUES (?, ?, 'not json', ?)`).run(
+      k,
+      meta,
+      suite.clock + HOUR,
+    );
+    const reasons: string[] = [];
+    const watched = new SqliteStore(db, {
+      table: suite.table,
+      now: () => suite.clock,
+      onCorrupt: (_where, reason) => reasons.push(reason),
+    });
+    expect(await watched.load(k)).toBeNull();
+    expect(reasons).toEqual([expect.stringContaining('data')]);
+  });
+
   it('SM-37: user_id is indexed (partial, anonymous rows left out) and the lookup uses it', async () => {
     const { table } = suite;
     const indexes = db.prepare(`PRAGMA index_list("${table}")`).all() as { name: string; partial: number }[];

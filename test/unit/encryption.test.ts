@@ -1,4 +1,4 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { auditTag, FileStore, KeyRing } from '../../src/index.js';
@@ -64,7 +64,10 @@ describe('encryption at rest (encrypt: true)', () => {
     const adminFile = await read(admin);
     const userFile = await read(user);
     userFile.values['v:role'] = adminFile.values['v:role'];
-    await writeFile(join(dir, `${user.key}.json`), JSON.stringify(userFile));
+    const file = join(dir, `${user.key}.json`);
+    const { atime, mtime } = await stat(file); // the file store keeps the expiry in the mtime
+    await writeFile(file, JSON.stringify(userFile));
+    await utimes(file, atime, mtime);
     await user.request((s) => expect(s.get('role')).toBeUndefined());
     expect(events.filter((e) => e.type === 'store_corrupt')).toHaveLength(1);
     await admin.request((s) => expect(s.get('role')).toBe('admin'));
@@ -80,20 +83,65 @@ describe('encryption at rest (encrypt: true)', () => {
     await browser.request((s) => expect(s.get('nickname')).toBe('admin'));
   });
 
-  it('regenerateId re-seals every value under the new ID', async () => {
+  it('regenerateId keeps the record id, so sealed values stay bound to it and still open', async () => {
     const { manager, store } = setup({ encrypt: true });
     const browser = new Browser(manager);
     await browser.request((s) => s.set('a', 'one').bag('b').set('c', 'two'));
-    const oldKey = browser.key;
-    const oldRaw = (await store.inner.load(oldKey))!.values['v:a']!;
+    const key = browser.key;
+    const cookie = browser.cookie;
     await browser.request((s) => s.regenerateId());
-    const newKey = browser.key;
-    const newRaw = (await store.inner.load(newKey))!.values['v:a']!;
-    expect(newRaw).not.toBe(oldRaw);
-    const ring = new KeyRing([SECRET]);
-    expect(ring.open(newRaw, `${newKey}\0v:a`)).toBe('"one"');
-    expect(ring.open(oldRaw, `${newKey}\0v:a`)).toBeNull();
+    expect(browser.cookie).not.toBe(cookie);
+    expect(browser.key).toBe(key);
+    const raw = (await store.inner.load(key))!.values['v:a']!;
+    expect(new KeyRing([SECRET]).open(raw, `${key}\0v:a`)).toBe('"one"');
     await browser.request((s) => expect([s.get('a'), s.bag('b').get('c')]).toEqual(['one', 'two']));
+  });
+
+  it('the identity metadata is authenticated: a store writer cannot change the user or extend the deadline', async () => {
+    const { manager, store, events, clock } = setup({ encrypt: true });
+    const victim = new Browser(manager);
+    await victim.request((s) => s.login('alice'));
+    const key = victim.key;
+    const tamper = async (meta: Record<string, unknown>) => {
+      expect(await store.inner.commit(key, { set: {}, unset: [], meta }, HOUR)).toBe('ok');
+    };
+    await tamper({ userId: 'admin' });
+    const { session } = await victim.request();
+    expect(session.isNew).toBe(true);
+    expect(session.userId).toBeUndefined();
+    expect(events.at(-2)).toMatchObject({ type: 'store_corrupt', reason: 'metadata does not verify' });
+
+    const other = new Browser(manager);
+    await other.request((s) => s.login('bob'));
+    const original = (await store.inner.load(other.key))!.meta;
+    expect(
+      await store.inner.commit(
+        other.key,
+        { set: {}, unset: [], meta: { deadline: original.deadline + 10 * HOUR } },
+        HOUR,
+      ),
+    ).toBe('ok');
+    clock.advance(1);
+    expect((await other.request()).session.isNew).toBe(true);
+  });
+
+  it('the metadata MAC is bound to the record: metadata copied from another session does not verify', async () => {
+    const { manager, store } = setup({ encrypt: true });
+    const alice = new Browser(manager);
+    const mallory = new Browser(manager);
+    await alice.request((s) => s.login('alice'));
+    await mallory.request((s) => s.login('mallory'));
+    const aliceMeta = (await store.inner.load(alice.key))!.meta;
+    const { h, ph, mac, userId } = aliceMeta;
+    const mine = (await store.inner.load(mallory.key))!.meta;
+    // Mallory, with write access to the store, gives her record alice's identity but keeps her own handle.
+    await store.inner.commit(
+      mallory.key,
+      { set: {}, unset: [], meta: { ...aliceMeta, h: mine.h, ph, mac, userId } },
+      HOUR,
+    );
+    expect((await mallory.request()).session.userId).toBeUndefined();
+    expect(h).not.toBe(mine.h);
   });
 
   it('key rotation: values sealed under K1 open under [K2, K1]; new writes are sealed under K2', async () => {
@@ -132,7 +180,7 @@ describe('encryption at rest (encrypt: true)', () => {
     await browser.request((s) => expect(s.get('small')).toBe(1));
   });
 
-  it('SM-53 (at rest): a tampered ciphertext reads as absent, never throws, and regeneration drops it', async () => {
+  it('SM-53 (at rest): a tampered ciphertext reads as absent and never throws, before and after an ID change', async () => {
     const { manager, store } = setup({ encrypt: true });
     const browser = new Browser(manager);
     await browser.request((s) => s.set('a', 'x').set('b', 'y'));
@@ -144,7 +192,6 @@ describe('encryption at rest (encrypt: true)', () => {
       expect(s.get('a')).toBeUndefined();
       await s.regenerateId();
     });
-    const values = (await store.inner.load(browser.key))!.values;
-    expect(Object.keys(values)).toEqual(['v:b']);
+    await browser.request((s) => expect([s.get('a'), s.get('b')]).toEqual([undefined, 'y']));
   });
 });

@@ -72,7 +72,7 @@ describe('SM-10: the cookie value is opaque', () => {
     await a.request((s) => s.login('alice@example.org'));
     await b.request((s) => s.login('alice@example.org'));
     for (const value of [a.cookie!, b.cookie!]) {
-      expect(value).toMatch(/^[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}$/);
+      expect(value).toMatch(/^[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}$/);
       expect(value).not.toContain('alice');
       expect(value).not.toContain('example');
     }
@@ -82,7 +82,7 @@ describe('SM-10: the cookie value is opaque', () => {
   });
 });
 
-describe('SM-16: stores see only a SHA-256 of the token', () => {
+describe('SM-16: stores see the record id and a SHA-256 of the token, never the token', () => {
   it('storageKey is the base64url SHA-256 of the token', () => {
     const t = newToken();
     expect(storageKey(t)).toBe(createHash('sha256').update(t).digest('base64url'));
@@ -94,12 +94,13 @@ describe('SM-16: stores see only a SHA-256 of the token', () => {
     const browser = new Browser(manager);
     await browser.request((s) => s.login(7));
     await browser.request((s) => s.set('cart', ['x']));
-    const token = browser.cookie!.split('.')[0]!;
+    const [sid, token] = browser.cookie!.split('.') as [string, string];
     expect(store.calls.length).toBeGreaterThan(0);
     for (const call of store.calls) {
-      expect(call.key).toBe(storageKey(token));
+      expect(call.key).toBe(sid);
       expect(JSON.stringify(call)).not.toContain(token);
     }
+    expect((await store.inner.load(sid))!.meta.h).toBe(storageKey(token));
   });
 
   it('a correctly signed cookie carrying the stored hash yields a fresh session, not the stored one', async () => {
@@ -110,12 +111,15 @@ describe('SM-16: stores see only a SHA-256 of the token', () => {
     expect(await store.inner.load(key)).not.toBeNull();
 
     const attacker = new Browser(manager);
-    attacker.cookie = new KeyRing([SECRET]).sign(manager.options.cookie.name, key);
+    // Someone who read the store (the record id and the stored hash) and even holds the secret.
+    const stored = (await store.inner.load(key))!.meta.h!;
+    attacker.cookie = new KeyRing([SECRET]).sign(manager.options.cookie.name, `${key}.${stored}`);
     const { session } = await attacker.request();
     expect(session.isNew).toBe(true);
     expect(session.userId).toBeUndefined();
     expect(session.id).not.toBe(key);
     expect(events.at(-1)?.type).toBe('session_unknown_id');
+    expect(events.at(-1)?.reason).toBe('retired handle');
     expect((await store.inner.load(key))?.meta.userId).toBe('7');
   });
 });

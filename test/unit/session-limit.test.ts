@@ -7,7 +7,15 @@ import {
   type SessionStore,
 } from '../../src/index.js';
 import { byAge } from '../../src/policy/session-limit.js';
-import { Browser, MINUTE, realStores, type StoreFactory, setup, setupOver } from '../helpers/session-kit.js';
+import {
+  Browser,
+  cookiePair,
+  MINUTE,
+  realStores,
+  type StoreFactory,
+  setup,
+  setupOver,
+} from '../helpers/session-kit.js';
 
 const stores = realStores();
 
@@ -68,9 +76,10 @@ describe('SM-38: options', () => {
       capabilities: { listByUser: false, gc: false, nativeTtl: true },
       load: (k) => inner.load(k),
       create: (k, r, t) => inner.create(k, r, t),
-      commit: (k, d, t) => inner.commit(k, d, t),
+      commit: (k, d, t, g) => inner.commit(k, d, t, g),
       touch: (k, m, t) => inner.touch(k, m, t),
       destroy: (k) => inner.destroy(k),
+      revokeUser: async () => {}, // revoking without listing is not enough to count sessions
     };
     const error = construct({ maxSessionsPerUser: { limit: 2 }, store: memcachedLike });
     expect(error).toMatchObject({
@@ -102,14 +111,18 @@ describe.each(stores)('SM-38: evict-oldest (%s)', (_name, factory) => {
       expect.objectContaining({ type: 'session_revoked', reason: 'session-limit', userId: 'alice' }),
     );
     expect(await kit.store.inner.load(firstKey)).toBeNull();
+    expect(kit.events.filter((e) => e.type === 'session_revoked')).toHaveLength(1);
   });
 
   it('age is the time of authentication: a session that logged in again is not the oldest', async () => {
     const kit = await limited(factory);
     const [a, b] = await logins(kit, 2);
+    const aKey = a!.key;
     kit.clock.advance(MINUTE);
-    await a!.request((s) => s.login('alice')); // re-login replaces a's own session: no eviction
+    await a!.request((s) => s.login('alice')); // re-login changes a's token, not its record: no eviction
+    expect(a!.key).toBe(aKey);
     expect(kit.events.some((e) => e.type === 'excess_sessions_exceeded')).toBe(false);
+    expect(await kit.manager.sessionsOf('alice')).toHaveLength(2);
     kit.clock.advance(MINUTE);
     await logins(kit, 1);
     expect((await b!.request()).session.userId).toBeUndefined();
@@ -121,9 +134,11 @@ describe.each(stores)('SM-38: evict-oldest (%s)', (_name, factory) => {
     const [phone] = await logins(kit, 1);
     const laptop = new Browser(kit.manager);
     await laptop.request((s) => s.set('cart', ['book']));
+    const cartKey = laptop.key;
     await laptop.request((s) => s.login('alice'));
+    expect(laptop.key).toBe(cartKey); // the anonymous record is the one that logged in
     expect((await phone!.request()).session.userId).toBeUndefined();
-    expect(await kit.manager.sessionsOf('alice')).toHaveLength(1);
+    expect((await kit.manager.sessionsOf('alice')).map((s) => s.key)).toEqual([cartKey]);
   });
 
   it("other users' sessions do not count", async () => {
@@ -134,14 +149,37 @@ describe.each(stores)('SM-38: evict-oldest (%s)', (_name, factory) => {
     expect(kit.events.some((e) => e.type === 'excess_sessions_exceeded')).toBe(false);
   });
 
-  it('IDs renewed away (SM-24) are pointers, not sessions: they never count', async () => {
+  it('renewals (SM-24) keep one record per session: renewing never counts as another session', async () => {
     const kit = await limited(factory, { renewal: { interval: 2_000, grace: 1_000 } });
     const [a] = await logins(kit, 1);
-    kit.clock.advance(2_000);
-    await a!.request(); // renews: the old record stays as a pointer for a while
+    const cookies = [a!.cookie];
+    for (let i = 0; i < 3; i++) {
+      kit.clock.advance(2_000);
+      await a!.request();
+      cookies.push(a!.cookie);
+    }
+    expect(new Set(cookies).size).toBe(4);
+    expect((await kit.manager.sessionsOf('alice')).map((s) => s.key)).toEqual([a!.key]);
     await logins(kit, 1);
     expect(kit.events.some((e) => e.type === 'excess_sessions_exceeded')).toBe(false);
     expect((await a!.request()).session.userId).toBe('alice');
+  });
+
+  it('an evicted session is gone for every cookie it had, and its in-flight renewal fails closed', async () => {
+    const kit = await limited(factory, { renewal: { interval: 2 * MINUTE, grace: 1_000 } });
+    const [oldest] = await logins(kit, 2);
+    const key = oldest!.key;
+    kit.clock.advance(2 * MINUTE);
+    const req: RequestInfo = { ...oldest!.info, cookieHeader: oldest!.cookieHeader };
+    const inFlight = await kit.manager.load(req); // due for renewal
+    inFlight.set('late', true);
+    await logins(kit, 1); // evicts it meanwhile
+    const out = await kit.manager.commit(inFlight, req);
+    expect(out.gone).toBe(true);
+    expect(out.setCookie.map(cookiePair)).toEqual([expect.objectContaining({ cleared: true })]);
+    expect(await kit.store.inner.load(key)).toBeNull();
+    expect((await oldest!.request()).session.isNew).toBe(true);
+    expect(await kit.manager.sessionsOf('alice')).toHaveLength(2);
   });
 });
 
@@ -167,7 +205,7 @@ describe.each(stores)('SM-38: refuse (%s)', (_name, factory) => {
     expect((error as Error).message).toMatch(/already signed in on 2 devices.*Sign out on one of them/);
     expect(setCookie).toBeUndefined();
     expect(third.cookie).toBe(preLogin);
-    expect(kit.store.count('create')).toBe(0);
+    expect(kit.store.ops()).toEqual(['load']); // nothing created, nothing committed
     expect(kit.events.at(-1)).toMatchObject({
       type: 'excess_sessions_exceeded',
       userId: 'alice',
@@ -188,9 +226,14 @@ describe.each(stores)('SM-38: refuse (%s)', (_name, factory) => {
 
   it('logging in again on a session of the same user is not refused', async () => {
     const kit = await limited(factory, refuse);
-    const [first] = await logins(kit, 2);
-    await first!.request((s) => s.login('alice'));
+    const [first, second] = await logins(kit, 2);
+    const before = first!.cookie;
+    const { setCookie } = await first!.request((s) => s.login('alice'));
+    expect(setCookie).toBeDefined();
+    expect(first!.cookie).not.toBe(before);
     expect((await first!.request()).session.userId).toBe('alice');
+    expect((await second!.request()).session.userId).toBe('alice');
+    expect(kit.events.some((e) => e.type === 'excess_sessions_exceeded')).toBe(false);
   });
 
   it('two logins racing for the last place never both get in; a refused commit sends no cookie', async () => {
@@ -207,17 +250,45 @@ describe.each(stores)('SM-38: refuse (%s)', (_name, factory) => {
     expect(await kit.manager.sessionsOf('alice')).toHaveLength(1 + admitted.length);
   });
 
-  it('at commit, a refused login leaves the pre-login session in place', async () => {
+  it('two logins on existing records racing for the last place never both get in', async () => {
+    const kit = await limited(factory, refuse);
+    await logins(kit, 1);
+    const carts = [new Browser(kit.manager), new Browser(kit.manager)];
+    for (const b of carts) await b.request((s) => s.set('cart', ['book']));
+    const reqs = carts.map((b): RequestInfo => ({ ...b.info, cookieHeader: b.cookieHeader }));
+    const racers = [await kit.manager.load(reqs[0]!), await kit.manager.load(reqs[1]!)];
+    for (const s of racers) await s.login('alice'); // both pass the early check
+    const results = await Promise.allSettled(racers.map((s, i) => kit.manager.commit(s, reqs[i]!)));
+    const admitted = results.filter((r) => r.status === 'fulfilled');
+    expect(admitted.length).toBeLessThanOrEqual(1);
+    for (const r of results)
+      if (r.status === 'rejected') expect(r.reason).toMatchObject({ code: 'SESSION_LIMIT', status: 409 });
+    expect(await kit.manager.sessionsOf('alice')).toHaveLength(1 + admitted.length);
+  });
+
+  it('at commit, a login pushed over the limit meanwhile ends its session: SESSION_LIMIT, no cookie, the pre-login data gone with it', async () => {
     const kit = await limited(factory, refuse);
     const browser = new Browser(kit.manager);
     await browser.request((s) => s.set('cart', ['book']));
+    const key = browser.key;
     const req: RequestInfo = { ...browser.info, cookieHeader: browser.cookieHeader };
     const slow = await kit.manager.load(req);
     await slow.login('alice'); // admitted now...
-    await logins(kit, 2); // ...but two other logins finish first
-    await expect(kit.manager.commit(slow, req)).rejects.toMatchObject({ code: 'SESSION_LIMIT' });
-    expect(await kit.manager.sessionsOf('alice')).toHaveLength(2);
-    await browser.request((s) => expect([s.userId, s.get('cart')]).toEqual([undefined, ['book']]));
+    const others = await logins(kit, 2); // ...but two other logins finish first
+    await expect(kit.manager.commit(slow, req)).rejects.toMatchObject({ code: 'SESSION_LIMIT', status: 409 });
+    expect(kit.events.at(-1)).toMatchObject({
+      type: 'excess_sessions_exceeded',
+      userId: 'alice',
+      reason: 'refused: limit of 2',
+    });
+    // The login and the anonymous session were one record: it is deleted, not left half logged in.
+    expect(await kit.store.inner.load(key)).toBeNull();
+    expect((await kit.manager.sessionsOf('alice')).map((s) => s.key).sort()).toEqual(
+      others.map((b) => b.key).sort(),
+    );
+    const { session } = await browser.request();
+    expect([session.isNew, session.userId, session.get('cart')]).toEqual([true, undefined, undefined]);
+    for (const b of others) expect((await b.request()).session.userId).toBe('alice');
   });
 });
 

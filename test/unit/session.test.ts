@@ -217,7 +217,7 @@ describe('SM-52: reserved and prototype keys are plain data', () => {
       expect(browser.cookie).toBe(cookie);
       const stored = (await real.load(id))!;
       expect(stored.meta.deadline).toBe(deadline);
-      expect(Object.keys(stored.meta).sort()).toEqual(['createdAt', 'deadline', 'lastSeenAt']);
+      expect(Object.keys(stored.meta).sort()).toEqual(['createdAt', 'deadline', 'h', 'idAt', 'lastSeenAt']);
       expect(({} as Record<string, unknown>).polluted).toBeUndefined();
       expect(Object.getPrototypeOf({})).toBe(Object.prototype);
       expect(typeof Object.prototype.hasOwnProperty).toBe('function');
@@ -238,9 +238,10 @@ describe('regenerateId (seed §7, §11)', () => {
       s.set('more', 1);
     });
     expect(browser.cookie).not.toBe(oldCookie);
-    expect(session.id).not.toBe(oldKey);
+    // The record keeps its id; the secret that opens it changed.
+    expect(session.id).toBe(oldKey);
     expect(session.id).toBe(browser.key);
-    expect(await store.inner.load(oldKey)).toBeNull();
+    expect((await store.inner.load(oldKey))!.meta.ph).toBeDefined();
     await browser.request((s) => expect([s.get('cart'), s.get('more')]).toEqual([['a'], 1]));
 
     const replay = new Browser(manager);
@@ -250,7 +251,7 @@ describe('regenerateId (seed §7, §11)', () => {
     expect(replayed.get('cart')).toBeUndefined();
   });
 
-  it('SM-58: regenerate + save is one liveness check of the old record, one create, one destroy', async () => {
+  it('SM-58: regenerate + save is one guarded commit of the record', async () => {
     const { manager, store } = setup();
     const browser = new Browser(manager);
     await browser.request((s) => s.set('a', 1));
@@ -261,9 +262,10 @@ describe('regenerateId (seed §7, §11)', () => {
       await s.regenerateId(); // twice in one request still writes once
       s.set('c', 3);
     });
-    // The touch is the SM-35 check that the old session was not logged out meanwhile.
-    expect(store.ops()).toEqual(['load', 'touch', 'create', 'destroy']);
-    expect(store.calls[2]!.record!.values).toHaveProperty(['v:c']);
+    // One commit, guarded by the handle the request loaded: atomic with any logout (SM-35).
+    expect(store.ops()).toEqual(['load', 'commit']);
+    expect(store.calls[1]!.delta!.set).toHaveProperty(['v:c']);
+    expect(store.calls[1]!.guard!.handle).toBeDefined();
   });
 
   it('SM-22: the CSRF token is rotated; the old one no longer verifies', async () => {
@@ -285,29 +287,11 @@ describe('regenerateId (seed §7, §11)', () => {
     });
   });
 
-  it('regenerateId(false) keeps the old record alive', async () => {
-    const { manager, store } = setup();
-    const browser = new Browser(manager);
-    await browser.request((s) => s.set('a', 1));
-    const oldCookie = browser.cookie;
-    const oldKey = browser.key;
-    await browser.request((s) => s.regenerateId(false));
-    expect(browser.cookie).not.toBe(oldCookie);
-    expect(store.count('destroy')).toBe(0);
-    const old = new Browser(manager);
-    old.cookie = oldCookie;
-    const { session } = await old.request();
-    expect(session.id).toBe(oldKey);
-    expect(session.get('a')).toBe(1);
-  });
-
-  it('on a brand-new session it only changes the ID that will be issued', async () => {
+  it('on a brand-new session it only changes the token that will be issued', async () => {
     const { manager, store } = setup();
     const browser = new Browser(manager);
     await browser.request(async (s) => {
-      const before = s.id;
       await s.regenerateId();
-      expect(s.id).not.toBe(before);
       s.set('a', 1);
     });
     expect(store.ops()).toEqual(['create']);
@@ -392,13 +376,16 @@ describe('login and reauthentication (seed §27, SM-22, SM-30)', () => {
       preToken = s.csrf.token();
     });
     const preKey = browser.key;
+    const preCookie = browser.cookie;
     const created = clock.now();
     clock.advance(20 * MINUTE);
     const { session } = await browser.request((s) => s.login(42));
     expect(session.userId).toBe('42');
     expect(session.authenticatedAt).toBe(clock.now());
-    expect(browser.key).not.toBe(preKey);
-    expect(await store.inner.load(preKey)).toBeNull();
+    expect(browser.key).toBe(preKey);
+    const replay = new Browser(manager);
+    replay.cookie = preCookie;
+    expect((await replay.request()).session.isNew).toBe(true);
     const meta = (await store.inner.load(browser.key))!.meta;
     expect(meta.deadline).toBe(clock.now() + manager.options.absoluteTimeout);
     expect(meta.deadline).toBeGreaterThan(created + manager.options.absoluteTimeout);
@@ -458,14 +445,16 @@ describe('login and reauthentication (seed §27, SM-22, SM-30)', () => {
     const { manager, store, clock } = setup();
     const browser = new Browser(manager);
     await browser.request((s) => s.login(1));
-    const firstKey = browser.key;
+    const firstCookie = browser.cookie;
     clock.advance(20 * MINUTE);
     await browser.request(() => {}); // activity inside the idle window
     clock.advance(20 * MINUTE);
     await browser.request((s) => s.reauthenticate());
     const now = clock.now();
-    expect(browser.key).not.toBe(firstKey);
-    expect(await store.inner.load(firstKey)).toBeNull();
+    expect(browser.cookie).not.toBe(firstCookie);
+    const replay = new Browser(manager);
+    replay.cookie = firstCookie;
+    expect((await replay.request()).session.isNew).toBe(true);
     const meta = (await store.inner.load(browser.key))!.meta;
     expect(meta).toMatchObject({
       authAt: now,

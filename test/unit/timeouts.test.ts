@@ -175,9 +175,9 @@ describe('SM-29: store TTL', () => {
     clock.advance(20 * MINUTE);
     store.reset();
     await browser.request((s) => s.login(1));
-    const created = store.calls.find((c) => c.op === 'create')!;
-    expect(created.record!.meta.deadline).toBe(clock.now() + ABSOLUTE);
-    expect(created.ttl).toBe(IDLE + RETAIN);
+    const login = store.calls.find((c) => c.op === 'commit')!;
+    expect(login.delta!.meta!.deadline).toBe(clock.now() + ABSOLUTE);
+    expect(login.ttl).toBe(IDLE + RETAIN);
   });
 
   it('expiredRetention is validated: 0 is allowed, negative or infinite is not', () => {

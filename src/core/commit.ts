@@ -1,0 +1,308 @@
+import { newToken, storageKey } from '../crypto/ids.js';
+import { sessionLimitReached, storeUnavailable } from '../errors.js';
+import type { ResolvedOptions } from '../options.js';
+import { bindingMeta } from '../policy/binding.js';
+import { renewalDue, rotatedMeta } from '../policy/renewal.js';
+import type { SessionLimiter } from '../policy/session-limit.js';
+import { remainingTtl, shouldTouch, storeTtl } from '../policy/timeouts.js';
+import type {
+  CommitGuard,
+  CommitResult,
+  SessionDelta,
+  SessionMeta,
+  SessionStore,
+  StoredSession,
+} from '../stores/store.js';
+import type { AuditEmitter } from './audit-emitter.js';
+import type { CookieCodec } from './cookie-codec.js';
+import type { RecordCodec } from './record-codec.js';
+import type { SessionState } from './state.js';
+
+/** What an integration must do to the response after a commit. */
+export interface CommitOutcome {
+  /** `Set-Cookie` header values to append. */
+  setCookie: string[];
+  /** The response carries or depends on session state: send `Cache-Control: no-store`. */
+  noStore: boolean;
+  /** Send `Clear-Site-Data` with this value (logout). */
+  clearSiteData?: string;
+  /**
+   * The session ended while this request ran (logout or revocation elsewhere, or an ID change
+   * by a concurrent request won): its writes were dropped and its cookie is cleared.
+   */
+  gone: boolean;
+}
+
+/** What the commit path needs from its manager. */
+export interface CommitDeps {
+  options: ResolvedOptions;
+  store: SessionStore;
+  codec: RecordCodec;
+  cookies: CookieCodec;
+  events: AuditEmitter;
+  limiter: SessionLimiter | undefined;
+  /** The manager's one destroy path; `quiet` turns a failure into a warning. */
+  end(sid: string, options: { quiet?: boolean }): Promise<void>;
+  warnOnce(message: string): void;
+}
+
+/** What the request told the manager about its transport. */
+export interface CommitRequest {
+  secure: boolean;
+}
+
+/**
+ * The commit half of the manager: what a request changed becomes one store call. A new session
+ * is one `create`; a stored one is one `commit` (an ID change, a change set) or a `touch`. Every
+ * write to a stored record carries a guard, so a request whose session ended or whose ID was
+ * changed by another request meanwhile fails closed: nothing written, cookie cleared.
+ */
+export class Committer {
+  readonly #deps: CommitDeps;
+
+  constructor(deps: CommitDeps) {
+    this.#deps = deps;
+  }
+
+  /** A session with no record yet: one `create` if it was written, nothing otherwise. */
+  async commitNew(s: SessionState, req: CommitRequest, out: CommitOutcome): Promise<CommitOutcome> {
+    const o = this.#deps.options;
+    if (s.changes.size === 0 && Object.keys(s.meta).length === 0) {
+      if (s.clearCookie) this.clear(out, true);
+      return out;
+    }
+    if (o.cookie.secure && !req.secure) {
+      this.#deps.warnOnce(
+        'a session was written on a plain-HTTP request while cookie.secure is on, so no cookie can be sent; serve over HTTPS, set trustProxy behind a TLS proxy, or set cookie.secure: false for local development.',
+      );
+      return out;
+    }
+    const now = o.now();
+    for (let attempt = 0; ; attempt++) {
+      const sid = attempt === 0 ? s.id() : newToken();
+      const token = attempt === 0 && s.token ? s.token : newToken();
+      const meta: SessionMeta = {
+        createdAt: now,
+        deadline: now + o.absoluteTimeout,
+        ...bindingMeta(o.binding, s.client),
+        ...s.meta,
+        lastSeenAt: now,
+        h: storageKey(token),
+        idAt: now,
+      };
+      this.#seal(sid, meta);
+      const values: Record<string, string> = {};
+      for (const [f, json] of s.changes)
+        if (json !== undefined) values[f] = this.#deps.codec.encode(sid, f, json);
+      const record: StoredSession = { meta, values };
+      let created: boolean;
+      try {
+        created = await this.#deps.store.create(sid, record, storeTtl(o, meta, now));
+      } catch (err) {
+        throw storeUnavailable('create', err);
+      }
+      if (created) {
+        s.sid = sid;
+        s.token = token;
+        if (meta.userId !== undefined) await this.#afterLogin(sid, meta.userId);
+        this.#deps.events.emit({ type: 'session_created', sid, userId: meta.userId, client: s.client });
+        s.committed(record, meta.h!);
+        out.setCookie.push(this.#deps.cookies.issue(sid, token, meta.deadline, now));
+        out.noStore = true;
+        return out;
+      }
+      // 256-bit collisions do not happen; a false here means the store is misbehaving.
+      if (attempt >= 2) throw storeUnavailable('create', new Error('store refused three fresh keys'));
+    }
+  }
+
+  /** A stored session: an ID change, a change set, a throttled touch, or nothing. */
+  async commitExisting(s: SessionState, out: CommitOutcome): Promise<CommitOutcome> {
+    const o = this.#deps.options;
+    const now = o.now();
+    const sid = s.sid!;
+    const loaded = s.record!;
+    const meta: SessionMeta = { ...loaded.meta, ...s.meta, lastSeenAt: now };
+    out.noStore = true;
+    // The session died while this request ran (a slow handler crossed the deadline).
+    if (remainingTtl(o, meta, now) <= 0) {
+      await this.#deps.end(sid, { quiet: true });
+      return this.#failClosed(s, out);
+    }
+    const renewal = o.renewal;
+    if (s.rotation === null && renewal && s.token !== null && renewalDue(renewal, loaded.meta, now)) {
+      // Scheduled renewal (SM-24): the same guarded ID change, with a grace window. Of parallel
+      // requests that all find it due, one wins; the others commit as usual (below).
+      const result = await this.#changeId(s, out, now, newToken(), renewal.grace);
+      if (result !== 'conflict') return out;
+    } else if (s.rotation !== null) {
+      const result = await this.#changeId(s, out, now, s.token ?? newToken(), 0);
+      if (result === 'conflict') {
+        this.#deps.events.emit({
+          type: 'session_unknown_id',
+          sid,
+          client: s.client,
+          reason: 'lost an ID change race',
+        });
+        return this.#failClosed(s, out);
+      }
+      return out;
+    }
+    return this.#commitChanges(s, out, now, meta);
+  }
+
+  /**
+   * The ID change: one commit that swaps the handle only if it is still the one this request
+   * loaded. 'gone' (destroyed meanwhile) fails closed here; 'conflict' is left to the caller.
+   */
+  async #changeId(
+    s: SessionState,
+    out: CommitOutcome,
+    now: number,
+    token: string,
+    grace: number,
+  ): Promise<CommitResult> {
+    const o = this.#deps.options;
+    const sid = s.sid!;
+    const loaded = s.record!;
+    const login = s.rotation?.kind === 'login';
+    const patch: Partial<SessionMeta> = {
+      ...(login ? bindingMeta(o.binding, s.client) : {}),
+      ...s.meta,
+      lastSeenAt: now,
+      ...rotatedMeta(storageKey(token), s.handle, now, grace),
+    };
+    const meta: SessionMeta = { ...loaded.meta, ...patch };
+    for (const [k, v] of Object.entries(patch))
+      if (v === undefined) delete (meta as unknown as Record<string, unknown>)[k];
+    const mac = this.#seal(sid, meta);
+    if (mac !== undefined) patch.mac = mac;
+    const delta: SessionDelta = { ...this.#delta(sid, s), meta: patch };
+    if (s.rotation?.retain) delta.retain = s.rotation.retain;
+    const result = await this.#write(sid, delta, storeTtl(o, meta, now), { handle: s.handle ?? '' });
+    if (result === 'gone') {
+      this.#failClosed(s, out);
+      return result;
+    }
+    if (result === 'conflict') return result;
+    if (login && meta.userId !== undefined) await this.#afterLogin(sid, meta.userId);
+    s.token = token;
+    s.committed({ meta, values: this.#valuesAfter(s, delta) }, meta.h!);
+    if (grace > 0)
+      this.#deps.events.emit({
+        type: 'session_renewed',
+        sid,
+        userId: meta.userId,
+        client: s.client,
+        reason: 'interval',
+      });
+    out.setCookie.push(this.#deps.cookies.issue(sid, token, meta.deadline, now));
+    return result;
+  }
+
+  /** A change set (or a touch) under the loaded handle, guarded by the user it was loaded as. */
+  async #commitChanges(
+    s: SessionState,
+    out: CommitOutcome,
+    now: number,
+    meta: SessionMeta,
+  ): Promise<CommitOutcome> {
+    const o = this.#deps.options;
+    const sid = s.sid!;
+    const loaded = s.record!;
+    const ttl = storeTtl(o, meta, now);
+    const hasChanges = s.changes.size > 0;
+    // Re-sending the cookie is right only while this request's handle is still the current one.
+    let sendCookie = s.token !== null && (s.reissueCookie || (hasChanges && o.cookie.maxAge !== undefined));
+    const guard: CommitGuard = { userId: loaded.meta.userId ?? null };
+    const delta: SessionDelta = { ...this.#delta(sid, s), meta: { lastSeenAt: now } };
+    let result: CommitResult | 'skipped' = 'skipped';
+    if (hasChanges) {
+      result = await this.#write(sid, delta, ttl, sendCookie ? { ...guard, handle: s.handle ?? '' } : guard);
+      if (result === 'conflict' && sendCookie) {
+        sendCookie = false;
+        result = await this.#write(sid, delta, ttl, guard);
+      }
+    } else if (shouldTouch(o, loaded.meta, now)) {
+      try {
+        result = this.#deps.store.touch
+          ? await this.#deps.store.touch(sid, { lastSeenAt: now }, ttl)
+          : await this.#deps.store.commit(sid, { set: {}, unset: [], meta: { lastSeenAt: now } }, ttl);
+      } catch (err) {
+        throw storeUnavailable('touch', err);
+      }
+    }
+    if (result === 'gone' || result === 'conflict') return this.#failClosed(s, out);
+    if (result === 'ok') s.committed({ meta, values: this.#valuesAfter(s, delta) }, s.handle);
+    if (sendCookie) out.setCookie.push(this.#deps.cookies.issue(sid, s.token!, meta.deadline, now));
+    return out;
+  }
+
+  async #write(sid: string, delta: SessionDelta, ttl: number, guard: CommitGuard): Promise<CommitResult> {
+    try {
+      return await this.#deps.store.commit(sid, delta, ttl, guard);
+    } catch (err) {
+      throw storeUnavailable('commit', err);
+    }
+  }
+
+  /** After a login committed: the session limit (SM-38). A refused login ends the session. */
+  async #afterLogin(sid: string, userId: string): Promise<void> {
+    const limiter = this.#deps.limiter;
+    if (!limiter) return;
+    let refused: boolean;
+    try {
+      refused = await limiter.enforce(sid, userId);
+    } catch (err) {
+      await this.#deps.end(sid, { quiet: true });
+      throw err;
+    }
+    if (refused) {
+      await this.#deps.end(sid, { quiet: true });
+      throw sessionLimitReached((this.#deps.options.maxSessionsPerUser as { limit: number }).limit);
+    }
+  }
+
+  /** This request lost its session: nothing of it is written, and the cookie is cleared. */
+  #failClosed(s: SessionState, out: CommitOutcome): CommitOutcome {
+    s.lost();
+    out.gone = true;
+    this.clear(out, false);
+    return out;
+  }
+
+  /** This request's changes as a store delta, encoded for record `sid`. */
+  #delta(sid: string, s: SessionState): { set: Record<string, string>; unset: string[] } {
+    const set: Record<string, string> = {};
+    const unset: string[] = [];
+    for (const [f, v] of s.changes) {
+      if (v === undefined) unset.push(f);
+      else set[f] = this.#deps.codec.encode(sid, f, v);
+    }
+    return { set, unset };
+  }
+
+  /** What this request knows of the values after its commit (others may have written more). */
+  #valuesAfter(s: SessionState, delta: SessionDelta): Record<string, string> {
+    const values: Record<string, string> = Object.create(null);
+    const keep = delta.retain ? new Set(delta.retain) : null;
+    for (const [f, v] of Object.entries(s.record!.values)) if (!keep || keep.has(f)) values[f] = v;
+    for (const f of delta.unset) delete values[f];
+    Object.assign(values, delta.set);
+    return values;
+  }
+
+  #seal(sid: string, meta: SessionMeta): string | undefined {
+    const mac = this.#deps.codec.sealMeta(sid, meta);
+    if (mac !== undefined) meta.mac = mac;
+    return mac;
+  }
+
+  /** Expires the cookie; on logout also `Clear-Site-Data`. */
+  clear(out: CommitOutcome, logout: boolean): void {
+    out.setCookie.push(this.#deps.cookies.clear());
+    out.noStore = true;
+    const value = this.#deps.options.clearSiteData;
+    if (logout && value) out.clearSiteData = value;
+  }
+}

@@ -1,0 +1,98 @@
+import { parse as parseCookies, serialize as serializeCookie } from 'cookie';
+import { isWellFormedToken, storageKey } from '../crypto/ids.js';
+import type { KeyRing } from '../crypto/keyring.js';
+import type { ResolvedOptions } from '../options.js';
+
+/**
+ * The session cookie: `<record id>.<token>.<mac>`. The record id names the stored record and
+ * never changes for the life of the session; the token is the secret that opens it, replaced at
+ * every ID change; the MAC (HMAC-SHA256 under the key ring, covering the cookie name) rejects
+ * forged or altered values before any store access. Stores see the record id and a hash of the
+ * token (the handle), never the token.
+ */
+
+/** A cookie value that passed the MAC and shape checks. */
+export interface VerifiedCookie {
+  /** The record id: the storage key. */
+  sid: string;
+  token: string;
+  /** SHA-256 of the token, compared with the record's `meta.h`. */
+  handle: string;
+  /** Index of the secret that verified it; 0 is the newest. */
+  keyIndex: number;
+}
+
+// <43>.<43>.<43>: anything longer is refused before the MAC is computed.
+const MAX_COOKIE_VALUE = 160;
+const VERIFIED_CACHE = 10_000;
+
+/** Reads, verifies (with a bounded cache of values already verified), issues and clears the cookie. */
+export class CookieCodec {
+  readonly #keys: KeyRing;
+  readonly #options: ResolvedOptions;
+  readonly #verified = new Map<string, VerifiedCookie>();
+
+  constructor(keys: KeyRing, options: ResolvedOptions) {
+    this.#keys = keys;
+    this.#options = options;
+  }
+
+  /** The raw value of our cookie in a `Cookie` header, if any (the first of duplicates). */
+  read(header: string | undefined): string | undefined {
+    // Fast path: most requests of a site that never wrote a session carry no such cookie.
+    if (!header?.includes(this.#options.cookie.name)) return undefined;
+    return parseCookies(header)[this.#options.cookie.name];
+  }
+
+  /**
+   * Checks a cookie value's MAC and shape. A session's cookie comes back on every request, so
+   * verified values are remembered (bounded, oldest out): a repeat costs a map lookup instead
+   * of an HMAC and a hash. Only values that passed the check enter.
+   */
+  verify(raw: string): VerifiedCookie | null {
+    const cached = this.#verified.get(raw);
+    if (cached) return cached;
+    if (raw.length > MAX_COOKIE_VALUE) return null;
+    const verified = this.#keys.verify(this.#options.cookie.name, raw);
+    if (!verified) return null;
+    const dot = verified.value.indexOf('.');
+    const sid = verified.value.slice(0, dot);
+    const token = verified.value.slice(dot + 1);
+    if (dot < 0 || !isWellFormedToken(sid) || !isWellFormedToken(token)) return null;
+    const entry: VerifiedCookie = { sid, token, handle: storageKey(token), keyIndex: verified.keyIndex };
+    if (this.#verified.size >= VERIFIED_CACHE) {
+      this.#verified.delete(this.#verified.keys().next().value as string);
+    }
+    this.#verified.set(raw, entry);
+    return entry;
+  }
+
+  /** `Set-Cookie` for a session; with `cookie.maxAge`, never past the absolute deadline. */
+  issue(sid: string, token: string, deadline: number, now: number): string {
+    const c = this.#options.cookie;
+    const maxAge = c.maxAge === undefined ? undefined : Math.floor(Math.min(c.maxAge, deadline - now) / 1000);
+    return serializeCookie(c.name, this.#keys.sign(c.name, `${sid}.${token}`), {
+      httpOnly: true,
+      secure: c.secure,
+      sameSite: c.sameSite,
+      path: c.path,
+      ...(c.domain === undefined ? {} : { domain: c.domain }),
+      ...(maxAge === undefined ? {} : { maxAge }),
+      ...(c.partitioned ? { partitioned: true } : {}),
+    });
+  }
+
+  /** `Set-Cookie` that expires the session cookie in the browser. */
+  clear(): string {
+    const c = this.#options.cookie;
+    return serializeCookie(c.name, '', {
+      httpOnly: true,
+      secure: c.secure,
+      sameSite: c.sameSite,
+      path: c.path,
+      ...(c.domain === undefined ? {} : { domain: c.domain }),
+      maxAge: 0,
+      expires: new Date(0),
+    });
+  }
+}
