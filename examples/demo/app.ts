@@ -259,9 +259,11 @@ export function createApp(options: DemoOptions): Demo {
       res.status(400).json({ error: `the new password needs at least ${MIN_PASSWORD_LENGTH} characters` });
       return;
     }
-    await users.setPassword(user.id, next);
-    // Sign out every other device first (this session's current key excepted), then rotate this one.
+    // Sign out every other device first (this session excepted): if that fails, the request fails
+    // (503) before anything is reported as done. Then change the password and rotate this session.
+    // signedOut is null on a store that revokes without listing (Memcached): it cannot count.
     const signedOut = await manager.revokeAll(user.id, { except: req.session.id });
+    await users.setPassword(user.id, next);
     await req.session.regenerateId();
     res.json({ ok: true, signedOut });
   });

@@ -1,1 +1,2 @@
 export { type ConformanceOptions, describeStoreConformance, type StoreUnderTest } from './conformance.js';
+export { describeSessionInvariants, type InvariantOptions, type InvariantResult } from './invariants.js';

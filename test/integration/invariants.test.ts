@@ -1,0 +1,53 @@
+import { appendFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll } from 'vitest';
+import { type SelectedStore, storeFromUrl } from '../../src/cli/store-from-url.js';
+import { describeSessionInvariants, type InvariantResult } from '../../src/testing/invariants.js';
+import { serverAvailable } from '../helpers/servers.js';
+
+/**
+ * Issue-6 invariants on all eight stores, through a real SessionManager: logout, revoke and
+ * revokeAll are final whatever ID changes run concurrently, acknowledged writes survive an ID
+ * change, losers fail closed. Each race: both deterministic orders, then 100 random interleavings.
+ * With INVARIANTS_REPORT=<file>, one JSON line per race (store, race, trials, survivors) is
+ * appended there.
+ */
+const scratch = await mkdtemp(join(tmpdir(), 'sessionflow-invariants-'));
+const results: InvariantResult[] = [];
+afterAll(async () => {
+  await rm(scratch, { recursive: true, force: true });
+  const file = process.env.INVARIANTS_REPORT;
+  if (file) for (const r of results) appendFileSync(file, `${JSON.stringify(r)}\n`);
+});
+
+const cases: Array<[label: string, url: string]> = [
+  ['file', 'file'],
+  ['memory', 'memory'],
+  ['sqlite', `sqlite:${join(scratch, 'sessions.db')}`],
+  ['redis', process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'],
+  [
+    'redis cluster',
+    `redis-cluster://${process.env.REDIS_CLUSTER_NODES ?? '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103'}`,
+  ],
+  ['memcached', `memcached://${process.env.MEMCACHED_SERVERS ?? '127.0.0.1:11211,127.0.0.1:11212'}`],
+  ['postgres', process.env.PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test'],
+  ['mariadb', process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test'],
+];
+
+for (const [label, url] of cases) {
+  let selected: SelectedStore | undefined;
+  const skip = await serverAvailable(`${label} store`, async () => {
+    selected = await storeFromUrl(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
+    await selected.close();
+  });
+  describeSessionInvariants(
+    label,
+    async () => {
+      const s = await storeFromUrl(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
+      return { store: s.store, cleanup: () => s.close() };
+    },
+    { skip, trials: 100, report: (r) => results.push(r) },
+  );
+}
