@@ -1,11 +1,14 @@
-export { SessionBag } from './bag.js';
-export { auditTag, isWellFormedToken, newToken, storageKey } from './crypto/ids.js';
-export { KeyRing, MIN_SECRET_BYTES } from './crypto/keyring.js';
-export { SessionError, type SessionErrorCode, storeUnavailable } from './errors.js';
+/**
+ * sessionflow's public API: the manager, the session types, the two built-in stores and what a
+ * custom store needs. Integrations, the other stores and the test suites have their own entry
+ * points (`sessionflow/express`, `sessionflow/stores/redis`, `sessionflow/testing`, ...).
+ */
+export type { SessionBag } from './bag.js';
+export { SessionError, type SessionErrorCode } from './errors.js';
 export { type AuditEvent, type AuditEventType, type ClientInfo, jsonLinesAudit } from './features/audit.js';
-export { Csrf, type CsrfPolicy, type CsrfRequest, csrfDecision, isSafeMethod } from './features/csrf.js';
-export { escapeHtml, Flash, type FlashMessages, type FlashType } from './features/flash.js';
-export { type GuessDetectionSettings, GuessDetector } from './features/throttle.js';
+export type { Csrf } from './features/csrf.js';
+export { escapeHtml, type Flash, type FlashMessages, type FlashType } from './features/flash.js';
+export type { GuessDetectionSettings } from './features/throttle.js';
 export { type CommitOutcome, type RequestInfo, SessionManager } from './manager.js';
 export {
   type BindingOptions,

@@ -2,7 +2,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuditEmitter, type EventInput } from './core/audit-emitter.js';
 import { type CommitOutcome, Committer } from './core/commit.js';
-import { CookieCodec } from './core/cookie-codec.js';
+import { CookieCodec, type VerifiedCookie } from './core/cookie-codec.js';
 import { type RecordCodec, recordCodec } from './core/record-codec.js';
 import { type SessionDriver, SessionState } from './core/state.js';
 import { KeyRing } from './crypto/keyring.js';
@@ -76,47 +76,9 @@ export class SessionManager<D extends object = Record<string, unknown>> {
     this.#codec = recordCodec(keys, this.options.encrypt);
     const guessing = this.options.guessDetection;
     this.#guesses = guessing ? new GuessDetector(guessing, this.options.now) : undefined;
-    const storeName = this.store.constructor.name;
-    if (this.options.maxSessionsPerUser && !this.#listsByUser()) {
-      throw new SessionError(
-        'INVALID_OPTION',
-        `maxSessionsPerUser needs a store that lists sessions by user (capabilities.listByUser), and ${storeName} cannot: use the memory, file, Redis or SQL store, or remove maxSessionsPerUser.`,
-      );
-    }
-    if (this.options.renewal && this.options.renewal.onReuse === 'revoke-user' && !this.#revokesByUser()) {
-      this.#warn(
-        `renewal.onReuse 'revoke-user' needs a store that lists or revokes sessions by user, and ${storeName} cannot: a renewed-away ID used after its grace window will only be logged.`,
-      );
-    }
-    if (this.options.maxSessionsPerUser) {
-      this.#limiter = new SessionLimiter(this.options.maxSessionsPerUser, {
-        list: (userId) => this.#liveSessionsOf(userId),
-        revoke: (sid, reason, userId) =>
-          this.#end(sid, { event: { type: 'session_revoked', sid, reason, userId } }),
-        report: (sid, userId, reason) =>
-          this.#events.emit({ type: 'excess_sessions_exceeded', sid, userId, reason }),
-        warn: this.#warn,
-      });
-    }
-    this.#driver = {
-      options: this.options,
-      encode: this.#codec.encode,
-      encodedSize: this.#codec.encodedSize,
-      decode: (sid, field, stored) => {
-        const json = this.#codec.decode(sid, field, stored);
-        if (json === null) this.#events.emit({ type: 'store_corrupt', sid, reason: 'undecryptable value' });
-        return json;
-      },
-      destroy: (sid) => this.#end(sid, {}),
-      admitLogin: async (state, userId) => {
-        if (await this.#limiter?.refuses(userId, state.record ? state.sid : null)) {
-          throw sessionLimitReached((this.options.maxSessionsPerUser as { limit: number }).limit);
-        }
-      },
-      audit: (type, state, reason) =>
-        this.#events.emit({ type, sid: state.id(), userId: state.userId, client: state.client, reason }),
-      warn: (message) => this.#warnOnce(message),
-    };
+    this.#checkStore();
+    this.#limiter = this.#makeLimiter();
+    this.#driver = this.#makeDriver();
     this.#committer = new Committer({
       options: this.options,
       store: this.store,
@@ -148,68 +110,15 @@ export class SessionManager<D extends object = Record<string, unknown>> {
       this.#countGuess(client);
       return this.#fresh(client, true);
     }
-    const sid = cookie.sid;
-    let record: StoredSession | null;
+    let loaded: StoredSession | null;
     try {
-      record = await this.store.load(sid);
+      loaded = await this.store.load(cookie.sid);
     } catch (err) {
       throw storeUnavailable('load', err);
     }
-    if (record !== null && !this.#codec.metaIntact(sid, record.meta)) {
-      this.#events.emit({ type: 'store_corrupt', sid, client, reason: 'metadata does not verify' });
-      this.#warnOnce(
-        'a session record failed its metadata check (tampered, or written without encryption); treated as absent.',
-      );
-      record = null;
-    }
-    if (record === null) {
-      this.#events.emit({ type: 'session_unknown_id', sid, client });
-      this.#countGuess(client);
-      return this.#fresh(client, true);
-    }
-    const meta = record.meta;
-    const now = o.now();
-    const access = handleAccess(meta, cookie.handle, now);
-    if (access === 'foreign') {
-      this.#events.emit({ type: 'session_unknown_id', sid, client, reason: 'retired handle' });
-      this.#countGuess(client);
-      return this.#fresh(client, true);
-    }
-    if (access === 'replaced') return this.#reused(sid, meta, client);
-    const reason = expiryReason(o, meta, now);
-    if (reason) {
-      const event = { type: 'session_expired', sid, client, reason, userId: meta.userId } as const;
-      await this.#end(sid, { event, quiet: true });
-      return this.#fresh(client, true, reason);
-    }
-    const mismatch = bindingMismatch(o.binding, meta, client);
-    if (mismatch) {
-      this.#events.emit({
-        type: 'session_binding_mismatch',
-        sid,
-        client,
-        reason: mismatch,
-        userId: meta.userId,
-      });
-      if (o.binding.action === 'destroy') {
-        await this.#end(sid, { quiet: true });
-        return this.#fresh(client, true, `binding:${mismatch}`);
-      }
-    }
-    // Within a renewal's grace the request is served without a token: the renewing response
-    // carried the new cookie, and this one must not overwrite it.
-    const token = access === 'current' ? cookie.token : null;
-    return sessionFor<D>(
-      new SessionState(this.#driver, {
-        sid,
-        token,
-        handle: cookie.handle,
-        record,
-        client,
-        reissueCookie: token !== null && cookie.keyIndex > 0,
-        hadCookie: true,
-      }),
-    );
+    const record = this.#checkRecord(cookie.sid, loaded, client);
+    if (record === null) return this.#fresh(client, true);
+    return this.#open(cookie, record, client);
   }
 
   /**
@@ -217,7 +126,7 @@ export class SessionManager<D extends object = Record<string, unknown>> {
    * Writes nothing for a request that changed nothing (unless a throttled touch is due).
    * Throws a 503 SessionError if the store fails.
    */
-  async commit(session: Session<D> | Session, req: RequestInfo): Promise<CommitOutcome> {
+  commit(session: Session<D> | Session, req: RequestInfo): Promise<CommitOutcome> {
     const s = stateOf(session);
     const out: CommitOutcome = { setCookie: [], noStore: false, gone: false };
     if (s.inFlight > 0) {
@@ -226,7 +135,11 @@ export class SessionManager<D extends object = Record<string, unknown>> {
       );
     }
     if (s.record === null) return this.#committer.commitNew(s, req, out);
-    return this.#committer.commitExisting(s, out);
+    try {
+      return Promise.resolve(this.#committer.commitExisting(s, out));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   // ---- administration ----------------------------------------------------------------------
@@ -305,6 +218,109 @@ export class SessionManager<D extends object = Record<string, unknown>> {
   /** Releases the store's resources (timers, handles). */
   async close(): Promise<void> {
     await this.store.close?.();
+  }
+
+  /** The record a verified cookie names, or null (unknown, or failing its metadata check). */
+  #checkRecord(sid: string, loaded: StoredSession | null, client: ClientInfo): StoredSession | null {
+    let record = loaded;
+    if (record !== null && !this.#codec.metaIntact(sid, record.meta)) {
+      this.#events.emit({ type: 'store_corrupt', sid, client, reason: 'metadata does not verify' });
+      this.#warnOnce(
+        'a session record failed its metadata check (tampered, or written without encryption); treated as absent.',
+      );
+      record = null;
+    }
+    if (record === null) {
+      this.#events.emit({ type: 'session_unknown_id', sid, client });
+      this.#countGuess(client);
+    }
+    return record;
+  }
+
+  /** The session of a loaded record, once the cookie's handle, the timeouts and the binding pass. */
+  #open(cookie: VerifiedCookie, record: StoredSession, client: ClientInfo): Session<D> | Promise<Session<D>> {
+    const o = this.options;
+    const sid = cookie.sid;
+    const meta = record.meta;
+    const now = o.now();
+    const access = handleAccess(meta, cookie.handle, now);
+    if (access === 'foreign') {
+      this.#events.emit({ type: 'session_unknown_id', sid, client, reason: 'retired handle' });
+      this.#countGuess(client);
+      return this.#fresh(client, true);
+    }
+    if (access === 'replaced') return this.#reused(sid, meta, client);
+    const reason = expiryReason(o, meta, now);
+    if (reason) {
+      const event = { type: 'session_expired', sid, client, reason, userId: meta.userId } as const;
+      return this.#end(sid, { event, quiet: true }).then(() => this.#fresh(client, true, reason));
+    }
+    const mismatch = bindingMismatch(o.binding, meta, client);
+    if (mismatch) {
+      const userId = meta.userId;
+      this.#events.emit({ type: 'session_binding_mismatch', sid, client, reason: mismatch, userId });
+      if (o.binding.action === 'destroy') {
+        return this.#end(sid, { quiet: true }).then(() => this.#fresh(client, true, `binding:${mismatch}`));
+      }
+    }
+    // Within a renewal's grace the request is served without a token: the renewing response
+    // carried the new cookie, and this one must not overwrite it.
+    const token = access === 'current' ? cookie.token : null;
+    const reissueCookie = token !== null && cookie.keyIndex > 0;
+    const init = { sid, token, handle: cookie.handle, record, client, reissueCookie, hadCookie: true };
+    return sessionFor<D>(new SessionState(this.#driver, init));
+  }
+
+  /** Option combinations the store cannot serve: an error, or a warning where it degrades. */
+  #checkStore(): void {
+    const storeName = this.store.constructor.name;
+    if (this.options.maxSessionsPerUser && !this.#listsByUser()) {
+      throw new SessionError(
+        'INVALID_OPTION',
+        `maxSessionsPerUser needs a store that lists sessions by user (capabilities.listByUser), and ${storeName} cannot: use the memory, file, Redis or SQL store, or remove maxSessionsPerUser.`,
+      );
+    }
+    if (this.options.renewal && this.options.renewal.onReuse === 'revoke-user' && !this.#revokesByUser()) {
+      this.#warn(
+        `renewal.onReuse 'revoke-user' needs a store that lists or revokes sessions by user, and ${storeName} cannot: a renewed-away ID used after its grace window will only be logged.`,
+      );
+    }
+  }
+
+  #makeLimiter(): SessionLimiter | undefined {
+    const limit = this.options.maxSessionsPerUser;
+    if (!limit) return undefined;
+    return new SessionLimiter(limit, {
+      list: (userId) => this.#liveSessionsOf(userId),
+      revoke: (sid, reason, userId) =>
+        this.#end(sid, { event: { type: 'session_revoked', sid, reason, userId } }),
+      report: (sid, userId, reason) =>
+        this.#events.emit({ type: 'excess_sessions_exceeded', sid, userId, reason }),
+      warn: this.#warn,
+    });
+  }
+
+  /** What a session's state may ask of the manager. */
+  #makeDriver(): SessionDriver {
+    return {
+      options: this.options,
+      encode: this.#codec.encode,
+      encodedSize: this.#codec.encodedSize,
+      decode: (sid, field, stored) => {
+        const json = this.#codec.decode(sid, field, stored);
+        if (json === null) this.#events.emit({ type: 'store_corrupt', sid, reason: 'undecryptable value' });
+        return json;
+      },
+      destroy: (sid) => this.#end(sid, {}),
+      admitLogin: async (state, userId) => {
+        if (await this.#limiter?.refuses(userId, state.record ? state.sid : null)) {
+          throw sessionLimitReached((this.options.maxSessionsPerUser as { limit: number }).limit);
+        }
+      },
+      audit: (type, state, reason) =>
+        this.#events.emit({ type, sid: state.id(), userId: state.userId, client: state.client, reason }),
+      warn: (message) => this.#warnOnce(message),
+    };
   }
 
   // ---- ending sessions -------------------------------------------------------------------------

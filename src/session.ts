@@ -9,20 +9,18 @@ import { checkKeyName } from './serialize.js';
 /** Lifecycle state, after Phalcon's Manager::status(). */
 export type SessionStatus = 'new' | 'active' | 'destroyed';
 
-const states = new WeakMap<object, SessionState>();
+// Set once by Session's static block: the only ways to reach a session's private state.
+let readState: (session: Session) => SessionState;
+let makeSession: (state: SessionState) => Session;
 
 /** @internal The state behind a session, for the manager and the integrations only. */
 export function stateOf(session: object): SessionState {
-  const state = states.get(session);
-  if (!state) throw new TypeError('not a session created by SessionManager.load()');
-  return state;
+  return readState(session as Session);
 }
 
 /** @internal Wraps a state into the public session object. */
 export function sessionFor<D extends object>(state: SessionState): Session<D> {
-  const session = Object.create(Session.prototype) as Session<D>;
-  states.set(session, state);
-  return session;
+  return makeSession(state) as unknown as Session<D>;
 }
 
 /** Counts an identity operation in flight, so a commit can tell that it was not awaited. */
@@ -46,9 +44,19 @@ async function tracked<T>(state: SessionState, run: () => Promise<T>): Promise<T
  * const cart = session.get('cart', []);
  */
 export class Session<D extends object = Record<string, unknown>> {
+  readonly #state: SessionState;
+
+  static {
+    readState = (session) => {
+      if (!(#state in session)) throw new TypeError('not a session created by SessionManager.load()');
+      return session.#state;
+    };
+    makeSession = (state) => new Session(state);
+  }
+
   /** Sessions come from `SessionManager.load()`. */
-  protected constructor() {
-    throw new TypeError('sessions are created by SessionManager.load(), not with new');
+  private constructor(state: SessionState) {
+    this.#state = state;
   }
 
   // ---- identity -------------------------------------------------------------------------
@@ -59,33 +67,33 @@ export class Session<D extends object = Record<string, unknown>> {
    * cookie. A new session gets its id on first access.
    */
   get id(): string {
-    return stateOf(this).id();
+    return this.#state.id();
   }
 
   /** True until the session has been stored (a visitor who never writes stays new). */
   get isNew(): boolean {
-    return stateOf(this).record === null;
+    return this.#state.record === null;
   }
 
   get status(): SessionStatus {
-    const s = stateOf(this);
+    const s = this.#state;
     if (s.destroyed && s.record === null && s.changes.size === 0) return 'destroyed';
     return s.record === null ? 'new' : 'active';
   }
 
   /** Why the previous session of this client ended at the start of this request, e.g. 'idle'. */
   get endedReason(): string | undefined {
-    return stateOf(this).endedReason;
+    return this.#state.endedReason;
   }
 
   /** The authenticated user's id, set by {@link login}. */
   get userId(): string | undefined {
-    return stateOf(this).userId;
+    return this.#state.userId;
   }
 
   /** When the user authenticated on this session (ms since epoch). */
   get authenticatedAt(): number | undefined {
-    return stateOf(this).authAt;
+    return this.#state.authAt;
   }
 
   /**
@@ -93,7 +101,7 @@ export class Session<D extends object = Record<string, unknown>> {
    * Gate sensitive changes (email, password, MFA) on it (ASVS 7.5.1, SM-39).
    */
   isRecentlyAuthenticated(maxAgeMs: number): boolean {
-    const s = stateOf(this);
+    const s = this.#state;
     const at = s.authAt;
     return at !== undefined && s.driver.options.now() - at <= maxAgeMs;
   }
@@ -110,7 +118,7 @@ export class Session<D extends object = Record<string, unknown>> {
 
   /** Client facts (IP, user agent) as seen by the integration. */
   get client(): ClientInfo {
-    return stateOf(this).client;
+    return this.#state.client;
   }
 
   // ---- values ---------------------------------------------------------------------------
@@ -120,7 +128,7 @@ export class Session<D extends object = Record<string, unknown>> {
   get<K extends keyof D & string>(key: K, fallback: D[K]): D[K];
   get(key: string, fallback?: unknown): unknown {
     checkKeyName(key);
-    const value = stateOf(this).getField(USER + key);
+    const value = this.#state.getField(USER + key);
     return value === undefined ? fallback : value;
   }
 
@@ -130,30 +138,28 @@ export class Session<D extends object = Record<string, unknown>> {
    */
   set<K extends keyof D & string>(key: K, value: D[K]): this {
     checkKeyName(key);
-    stateOf(this).setField(USER + key, value);
+    this.#state.setField(USER + key, value);
     return this;
   }
 
   has(key: keyof D & string): boolean {
     checkKeyName(key);
-    return stateOf(this).hasField(USER + key);
+    return this.#state.hasField(USER + key);
   }
 
   remove(key: keyof D & string): void {
     checkKeyName(key);
-    stateOf(this).removeField(USER + key);
+    this.#state.removeField(USER + key);
   }
 
   /** Every top-level key (bags and internal data excluded). */
   keys(): string[] {
-    return stateOf(this)
-      .fieldsWithPrefix(USER)
-      .map((f) => f.slice(USER.length));
+    return this.#state.fieldsWithPrefix(USER).map((f) => f.slice(USER.length));
   }
 
   /** A scoped group of keys (Phalcon's Session\Bag). */
   bag<T extends Record<string, unknown> = Record<string, unknown>>(name: string): SessionBag<T> {
-    const s = stateOf(this);
+    const s = this.#state;
     const bags = (bagCache.get(s) ?? new Map<string, SessionBag>()) as Map<string, SessionBag>;
     bagCache.set(s, bags);
     let bag = bags.get(name);
@@ -166,7 +172,7 @@ export class Session<D extends object = Record<string, unknown>> {
 
   /** Flash messages: set now, shown on the next page, then gone. */
   get flash(): Flash {
-    const s = stateOf(this);
+    const s = this.#state;
     let flash = flashCache.get(s);
     if (!flash) {
       flash = new Flash(s);
@@ -177,7 +183,7 @@ export class Session<D extends object = Record<string, unknown>> {
 
   /** The session's CSRF synchronizer token. */
   get csrf(): Csrf {
-    const s = stateOf(this);
+    const s = this.#state;
     let csrf = csrfCache.get(s);
     if (!csrf) {
       csrf = new Csrf(s, s.driver.options.csrf.field);
@@ -194,7 +200,7 @@ export class Session<D extends object = Record<string, unknown>> {
    * on every privilege change. The CSRF token is rotated with it.
    */
   async regenerateId(): Promise<void> {
-    const s = stateOf(this);
+    const s = this.#state;
     s.rotate('regenerate');
     rotateCsrf(this, s);
   }
@@ -206,7 +212,7 @@ export class Session<D extends object = Record<string, unknown>> {
    * user already holds the most sessions allowed; the session is then left unchanged.
    */
   async login(userId: string | number): Promise<void> {
-    const s = stateOf(this);
+    const s = this.#state;
     await tracked(s, async () => {
       // Before anything changes: a refused login leaves the session exactly as it was.
       await s.driver.admitLogin(s, String(userId));
@@ -232,7 +238,7 @@ export class Session<D extends object = Record<string, unknown>> {
 
   /** Marks a successful re-authentication: new ID, both timers restart (NIST 63B §5.2). */
   async reauthenticate(): Promise<void> {
-    const s = stateOf(this);
+    const s = this.#state;
     s.rotate('reauthenticate');
     rotateCsrf(this, s);
     const now = s.driver.options.now();
@@ -243,7 +249,7 @@ export class Session<D extends object = Record<string, unknown>> {
 
   /** Logs out: records the event, then destroys the session (see {@link destroy}). */
   async logout(): Promise<void> {
-    const s = stateOf(this);
+    const s = this.#state;
     if (s.record !== null) s.driver.audit('session_logout', s);
     await this.destroy();
   }
@@ -254,7 +260,7 @@ export class Session<D extends object = Record<string, unknown>> {
    * of it, can bring it back. The object can be used afterwards as a brand-new, empty session.
    */
   async destroy(): Promise<void> {
-    const s = stateOf(this);
+    const s = this.#state;
     await tracked(s, async () => {
       const sid = s.record !== null ? s.sid : null;
       if (sid !== null) await s.driver.destroy(sid);

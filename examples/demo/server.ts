@@ -13,7 +13,8 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { storeFromUrl } from '../../src/cli/store-from-url.js';
-import { jsonLinesAudit, MIN_SECRET_BYTES } from '../../src/index.js';
+import { MIN_SECRET_BYTES } from '../../src/crypto/keyring.js';
+import { jsonLinesAudit } from '../../src/index.js';
 import { createApp } from './app.js';
 import { DEMO_CREDENTIALS } from './users.js';
 

@@ -117,7 +117,7 @@ export class Committer {
   }
 
   /** A stored session: an ID change, a change set, a throttled touch, or nothing. */
-  async commitExisting(s: SessionState, out: CommitOutcome): Promise<CommitOutcome> {
+  commitExisting(s: SessionState, out: CommitOutcome): CommitOutcome | Promise<CommitOutcome> {
     const o = this.#deps.options;
     const now = o.now();
     const sid = s.sid!;
@@ -126,29 +126,34 @@ export class Committer {
     out.noStore = true;
     // The session died while this request ran (a slow handler crossed the deadline).
     if (remainingTtl(o, meta, now) <= 0) {
-      await this.#deps.end(sid, { quiet: true });
-      return this.#failClosed(s, out);
+      return this.#deps.end(sid, { quiet: true }).then(() => this.#failClosed(s, out));
     }
     const renewal = o.renewal;
     if (s.rotation === null && renewal && s.token !== null && renewalDue(renewal, loaded.meta, now)) {
-      // Scheduled renewal (SM-24): the same guarded ID change, with a grace window. Of parallel
-      // requests that all find it due, one wins; the others commit as usual (below).
-      const result = await this.#changeId(s, out, now, newToken(), renewal.grace);
-      if (result !== 'conflict') return out;
-    } else if (s.rotation !== null) {
-      const result = await this.#changeId(s, out, now, s.token ?? newToken(), 0);
-      if (result === 'conflict') {
-        this.#deps.events.emit({
-          type: 'session_unknown_id',
-          sid,
-          client: s.client,
-          reason: 'lost an ID change race',
-        });
-        return this.#failClosed(s, out);
-      }
-      return out;
+      return this.#renew(s, out, now, meta, renewal.grace);
     }
+    if (s.rotation !== null) return this.#changeIdOrFail(s, out, now);
+    // The common read: nothing changed, no touch due, no cookie to re-send: no store call.
+    if (s.changes.size === 0 && !s.reissueCookie && !shouldTouch(o, loaded.meta, now)) return out;
     return this.#commitChanges(s, out, now, meta);
+  }
+
+  /** Scheduled renewal (SM-24): the guarded ID change with a grace window; a loser commits as usual. */
+  async #renew(s: SessionState, out: CommitOutcome, now: number, meta: SessionMeta, grace: number) {
+    const result = await this.#changeId(s, out, now, newToken(), grace);
+    if (result !== 'conflict') return out;
+    return this.#commitChanges(s, out, now, meta);
+  }
+
+  /** regenerateId / login / reauthenticate: the guarded ID change; losing it fails closed. */
+  async #changeIdOrFail(s: SessionState, out: CommitOutcome, now: number): Promise<CommitOutcome> {
+    const result = await this.#changeId(s, out, now, s.token ?? newToken(), 0);
+    if (result === 'conflict') {
+      const reason = 'lost an ID change race';
+      this.#deps.events.emit({ type: 'session_unknown_id', sid: s.sid, client: s.client, reason });
+      return this.#failClosed(s, out);
+    }
+    return out;
   }
 
   /**
@@ -214,11 +219,13 @@ export class Committer {
     const hasChanges = s.changes.size > 0;
     // Re-sending the cookie is right only while this request's handle is still the current one.
     let sendCookie = s.token !== null && (s.reissueCookie || (hasChanges && o.cookie.maxAge !== undefined));
-    const guard: CommitGuard = { userId: loaded.meta.userId ?? null };
-    const delta: SessionDelta = { ...this.#delta(sid, s), meta: { lastSeenAt: now } };
+    const userId = loaded.meta.userId ?? null;
+    const guard: CommitGuard = { userId };
+    const { set, unset } = this.#delta(sid, s);
+    const delta: SessionDelta = { set, unset, meta: { lastSeenAt: now } };
     let result: CommitResult | 'skipped' = 'skipped';
     if (hasChanges) {
-      result = await this.#write(sid, delta, ttl, sendCookie ? { ...guard, handle: s.handle ?? '' } : guard);
+      result = await this.#write(sid, delta, ttl, sendCookie ? { userId, handle: s.handle ?? '' } : guard);
       if (result === 'conflict' && sendCookie) {
         sendCookie = false;
         result = await this.#write(sid, delta, ttl, guard);
@@ -284,11 +291,13 @@ export class Committer {
 
   /** What this request knows of the values after its commit (others may have written more). */
   #valuesAfter(s: SessionState, delta: SessionDelta): Record<string, string> {
-    const values: Record<string, string> = Object.create(null);
+    // Fields always carry a prefix (v:, b:, s:), so plain objects cannot meet `__proto__`.
+    const values: Record<string, string> = {};
     const keep = delta.retain ? new Set(delta.retain) : null;
-    for (const [f, v] of Object.entries(s.record!.values)) if (!keep || keep.has(f)) values[f] = v;
+    const before = s.record!.values;
+    for (const f of Object.keys(before)) if (!keep || keep.has(f)) values[f] = before[f]!;
     for (const f of delta.unset) delete values[f];
-    Object.assign(values, delta.set);
+    for (const f of Object.keys(delta.set)) values[f] = delta.set[f]!;
     return values;
   }
 

@@ -1,4 +1,3 @@
-import { timingSafeEqual } from 'node:crypto';
 import type { ResolvedOptions } from '../options.js';
 import type { SessionMeta } from '../stores/store.js';
 
@@ -26,9 +25,12 @@ export function renewalDue(renewal: Renewal, meta: SessionMeta, now: number): bo
  */
 export type HandleAccess = 'current' | 'grace' | 'replaced' | 'foreign';
 
+/** Constant-time equality of two hash strings (no allocation: this runs on every request). */
 function same(a: string | undefined, b: string): boolean {
   if (a === undefined || a.length !== b.length) return false;
-  return timingSafeEqual(Buffer.from(a), Buffer.from(b));
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
+  return diff === 0;
 }
 
 export function handleAccess(meta: SessionMeta, handle: string, now: number): HandleAccess {

@@ -1,9 +1,7 @@
 import { checkStorageKey } from './kit.js';
 import {
-  applyDelta,
   type CommitGuard,
   type CommitResult,
-  cloneRecord,
   guardHolds,
   isLiveTtl,
   type SessionDelta,
@@ -30,18 +28,44 @@ interface Entry {
 }
 
 function freeze(record: StoredSession): Readonly<StoredSession> {
-  Object.freeze(record.meta);
-  Object.freeze(record.values);
+  if (!Object.isFrozen(record.meta)) Object.freeze(record.meta);
+  if (!Object.isFrozen(record.values)) Object.freeze(record.values);
   return Object.freeze(record);
 }
 
-/** The record a delta makes of a frozen one: a fresh copy; a meta-only delta shares the values. */
+/** Copies `from` into a plain object (fast properties; `__proto__` stays an own data key). */
+function put(target: Record<string, string>, key: string, value: string): void {
+  if (key === '__proto__')
+    Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
+  else target[key] = value;
+}
+
+/**
+ * The record a delta makes of a frozen one: a fresh copy (plain objects, which V8 keeps in fast
+ * mode, unlike null-prototype ones); a meta-only delta shares the values.
+ */
 function applyFrozen(record: Readonly<StoredSession>, delta: SessionDelta): Readonly<StoredSession> {
-  const valuesChange =
-    delta.retain !== undefined || delta.unset.length > 0 || Object.keys(delta.set).length > 0;
-  if (valuesChange) return freeze(applyDelta(cloneRecord(record), delta));
-  // Nothing to set, unset or drop: applyDelta only writes the new meta object.
-  return freeze(applyDelta({ meta: { ...record.meta }, values: record.values }, delta));
+  let values = record.values;
+  const setKeys = Object.keys(delta.set);
+  if (delta.retain !== undefined) {
+    const keep = new Set(delta.retain);
+    values = {};
+    for (const k of Object.keys(record.values)) if (keep.has(k)) put(values, k, record.values[k]!);
+  } else if (delta.unset.length > 0 || setKeys.length > 0) {
+    values = { ...record.values };
+  }
+  if (values !== record.values) {
+    for (const k of delta.unset) delete values[k];
+    for (const k of setKeys) put(values, k, delta.set[k]!);
+  }
+  let meta = record.meta;
+  if (delta.meta) {
+    meta = { ...record.meta, ...delta.meta };
+    for (const k of Object.keys(delta.meta) as (keyof SessionMeta)[]) {
+      if (delta.meta[k] === undefined) delete meta[k];
+    }
+  }
+  return freeze({ meta, values });
 }
 
 let warnedProduction = false;
@@ -125,7 +149,13 @@ export class MemoryStore implements SessionStore {
     checkStorageKey('MemoryStore', key);
     if (this.#live(key)) return false;
     if (!isLiveTtl(ttlMs)) return true;
-    const entry: Entry = { record: freeze(cloneRecord(record)), expiresAt: this.#now() + ttlMs };
+    const entry: Entry = {
+      record: applyFrozen(
+        { meta: {} as SessionMeta, values: {} },
+        { set: record.values, unset: [], meta: record.meta },
+      ),
+      expiresAt: this.#now() + ttlMs,
+    };
     this.#entries.set(key, entry);
     this.#index(key, entry.record.meta.userId, undefined);
     while (this.#entries.size > this.#max) {

@@ -6,7 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileStore, KeyRing, MemoryStore, newToken, storageKey } from '../../src/index.js';
+import { newToken, storageKey } from '../../src/crypto/ids.js';
+import { KeyRing } from '../../src/crypto/keyring.js';
+import { FileStore, MemoryStore } from '../../src/index.js';
 import { type Client, CookieJar, parseSetCookie } from '../helpers/cookie-jar.js';
 import { CSRF_CONTENT_TYPES, contentTypeHeader } from '../helpers/csrf-matrix.js';
 import {

@@ -3,7 +3,8 @@
  * FileStore, and audit logging (checklist I) read from the captured sink.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { type AuditEvent, jsonLinesAudit, storageKey } from '../../src/index.js';
+import { storageKey } from '../../src/crypto/ids.js';
+import { type AuditEvent, jsonLinesAudit } from '../../src/index.js';
 import { parseSetCookie } from '../helpers/cookie-jar.js';
 import {
   ALICE,

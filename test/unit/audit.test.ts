@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { type AuditEvent, auditTag, jsonLinesAudit } from '../../src/index.js';
+import { auditTag } from '../../src/crypto/ids.js';
+import { type AuditEvent, jsonLinesAudit } from '../../src/index.js';
 import { Browser, MINUTE, setup } from '../helpers/session-kit.js';
 
 describe('SM-54: audit events', () => {

@@ -11,7 +11,8 @@ vi.mock('node:crypto', async (importOriginal) => {
   return { ...actual, timingSafeEqual: vi.fn(actual.timingSafeEqual) };
 });
 
-const { KeyRing, newToken } = await import('../../src/index.js');
+const { KeyRing } = await import('../../src/crypto/keyring.js');
+const { newToken } = await import('../../src/crypto/ids.js');
 const { Browser, SECRET, SECRET_2, setup } = await import('../helpers/session-kit.js');
 
 const spy = vi.mocked(crypto.timingSafeEqual);

@@ -1,7 +1,9 @@
 import { readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { auditTag, FileStore, KeyRing } from '../../src/index.js';
+import { auditTag } from '../../src/crypto/ids.js';
+import { KeyRing } from '../../src/crypto/keyring.js';
+import { FileStore } from '../../src/index.js';
 import { Browser, HOUR, SECRET, SECRET_2, setup, tempDir } from '../helpers/session-kit.js';
 
 const cleanups: (() => Promise<void>)[] = [];

@@ -1,5 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { type Csrf, type CsrfRequest, csrfDecision, escapeHtml, newToken } from '../../src/index.js';
+import { newToken } from '../../src/crypto/ids.js';
+import { type CsrfRequest, csrfDecision } from '../../src/features/csrf.js';
+import { type Csrf, escapeHtml } from '../../src/index.js';
 import { CSRF_CONTENT_TYPES, contentTypeHeader } from '../helpers/csrf-matrix.js';
 import { Browser, setup } from '../helpers/session-kit.js';
 

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { auditTag, isWellFormedToken, KeyRing, newToken, storageKey } from '../../src/index.js';
+import { auditTag, isWellFormedToken, newToken, storageKey } from '../../src/crypto/ids.js';
+import { KeyRing } from '../../src/crypto/keyring.js';
 import { Browser, SECRET, setup } from '../helpers/session-kit.js';
 
 afterEach(() => {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { KeyRing, newToken } from '../../src/index.js';
+import { newToken } from '../../src/crypto/ids.js';
+import { KeyRing } from '../../src/crypto/keyring.js';
 import { Browser, SECRET, SECRET_2, setup } from '../helpers/session-kit.js';
 
 const ring = new KeyRing([SECRET]);

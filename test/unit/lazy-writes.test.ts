@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { KeyRing, type MemoryStore, newToken } from '../../src/index.js';
+import { newToken } from '../../src/crypto/ids.js';
+import { KeyRing } from '../../src/crypto/keyring.js';
+import type { MemoryStore } from '../../src/index.js';
 import { Browser, cookiePair, HOUR, MINUTE, SECRET, setup } from '../helpers/session-kit.js';
 
 describe('SM-59: lazy writes', () => {

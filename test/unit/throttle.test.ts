@@ -1,5 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { GuessDetector, KeyRing, newToken, SessionError, SessionManager } from '../../src/index.js';
+import { newToken } from '../../src/crypto/ids.js';
+import { KeyRing } from '../../src/crypto/keyring.js';
+import { GuessDetector } from '../../src/features/throttle.js';
+import { SessionError, SessionManager } from '../../src/index.js';
 import { Browser, Clock, SECRET, setup } from '../helpers/session-kit.js';
 
 /** Sends `count` requests with a random cookie from `ip`, signed (unknown ID) or not (invalid). */
