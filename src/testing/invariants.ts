@@ -1,12 +1,18 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import assert from 'node:assert/strict';
 import type { CommitOutcome, RequestInfo } from '../manager.js';
 import { SessionManager } from '../manager.js';
 import type { SessionManagerOptions } from '../options.js';
 import type { SessionStore } from '../stores/store.js';
 import type { StoreUnderTest } from './conformance.js';
+import { defineSuite, type TestRunner } from './runner.js';
 
 /** Options of {@link describeSessionInvariants}. */
 export interface InvariantOptions {
+  /**
+   * Your test runner's `describe`, `it` and once-per-suite hooks (see {@link TestRunner}).
+   * Needed unless the runner puts them on `globalThis` (jest, mocha, vitest with `globals: true`).
+   */
+  runner?: TestRunner;
   /** Skip the whole suite with this message (e.g. the server is not reachable on a laptop). */
   skip?: string | false;
   /** Randomized trials per race (at least 100 is what sessionflow's own stores are held to). @default 100 */
@@ -101,18 +107,33 @@ const uid = () => `u-${Math.random().toString(36).slice(2, 10)}`;
  * revocation are final, whatever ID changes run concurrently; an acknowledged write survives a
  * concurrent ID change; a loser fails closed. Each race runs in both deterministic orders, then
  * `trials` times with random interleavings, and counts the trials that broke the invariant.
+ * It imports no test runner: it registers its cases with the functions you pass in
+ * `options.runner`, and checks with `node:assert`.
  *
- * @example
- * describeSessionInvariants('MyStore', async () => ({ store: new MyStore(client) }));
+ * @example vitest
+ * import { afterAll, beforeAll, describe, it } from 'vitest';
+ * import { describeSessionInvariants } from 'sessionflow/testing';
+ *
+ * describeSessionInvariants('MyStore', async () => ({ store: new MyStore(client) }), {
+ *   runner: { describe, it, beforeAll, afterAll },
+ * });
+ *
+ * @example node:test (`node --test`)
+ * import { after, before, describe, it } from 'node:test';
+ * import { describeSessionInvariants } from 'sessionflow/testing';
+ *
+ * describeSessionInvariants('MyStore', async () => ({ store: new MyStore(client) }), {
+ *   runner: { describe, it, before, after },
+ * });
  */
 export function describeSessionInvariants(
   name: string,
   factory: () => Promise<StoreUnderTest>,
   options: InvariantOptions = {},
 ): void {
-  const suite = options.skip ? describe.skip : describe;
   const trials = options.trials ?? 100;
-  suite(`identity invariants: ${name}${options.skip ? ` (skipped: ${options.skip})` : ''}`, () => {
+  const title = `identity invariants: ${name}`;
+  defineSuite('describeSessionInvariants', title, options, ({ it, beforeAll, afterAll }) => {
     let sut: StoreUnderTest;
     const clock = { offset: 0 };
     beforeAll(async () => {
@@ -128,11 +149,11 @@ export function describeSessionInvariants(
       trial: (order: 'forward' | 'backward' | 'random') => Promise<boolean>,
     ) {
       for (const order of ['forward', 'backward'] as const)
-        expect(await trial(order), `${label}, ${order}`).toBe(false);
+        assert.equal(await trial(order), false, `${label}, ${order}: the invariant broke`);
       let survivors = 0;
       for (let i = 0; i < trials; i++) if (await trial('random')) survivors++;
       options.report?.({ store: name, race: label, trials, survivors });
-      expect(survivors, `${label}: trials that broke the invariant`).toBe(0);
+      assert.equal(survivors, 0, `${label}: ${survivors} of ${trials} trials broke the invariant`);
     }
 
     it('invariant 1: logout racing regenerateId leaves nothing alive; the loser fails closed', async () => {

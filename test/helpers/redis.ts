@@ -61,7 +61,7 @@ export function describeRedisConformance(target: RedisTarget): void {
           },
         };
       },
-      { skip: target.skip },
+      { skip: target.skip, runner: { describe, it, beforeAll, afterAll } },
     );
   }
 }

@@ -95,7 +95,7 @@ export function describeSqlStoreConformance<C, S extends SqlSessionStore>(
         },
       };
     },
-    { skip: engine.skip },
+    { skip: engine.skip, runner: { describe, it, beforeAll, afterAll } },
   );
 }
 

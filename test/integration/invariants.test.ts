@@ -2,7 +2,7 @@ import { appendFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll } from 'vitest';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { type SelectedStore, storeFromUrl } from '../../src/cli/store-from-url.js';
 import { describeSessionInvariants, type InvariantResult } from '../../src/testing/invariants.js';
 import { serverAvailable } from '../helpers/servers.js';
@@ -48,6 +48,6 @@ for (const [label, url] of cases) {
       const s = await storeFromUrl(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
       return { store: s.store, cleanup: () => s.close() };
     },
-    { skip, trials: 100, report: (r) => results.push(r) },
+    { skip, trials: 100, report: (r) => results.push(r), runner: { describe, it, beforeAll, afterAll } },
   );
 }

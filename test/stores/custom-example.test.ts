@@ -1,6 +1,7 @@
 // The worked example of docs/stores.md, verbatim but for the import path: the custom-store
 // guide stays true only if its example passes the conformance suite.
 
+import { afterAll, beforeAll, describe, it } from 'vitest';
 // (The store kit is imported from its module until src/index.ts exports guardHolds and
 // CommitGuard; the guide imports all of it from 'sessionflow'.)
 import {
@@ -65,6 +66,8 @@ export class VersionedMapStore implements SessionStore {
   }
 }
 
-describeStoreConformance('docs/stores.md worked example (VersionedMapStore)', async () => ({
-  store: new VersionedMapStore(),
-}));
+describeStoreConformance(
+  'docs/stores.md worked example (VersionedMapStore)',
+  async () => ({ store: new VersionedMapStore() }),
+  { runner: { describe, it, beforeAll, afterAll } },
+);

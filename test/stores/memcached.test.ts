@@ -169,7 +169,7 @@ describeStoreConformance(
   `MemcachedStore (${SERVERS.length} servers)`,
   async () => ({ store: new MemcachedStore(client(SERVERS), { prefix: `${RUN}:conf:` }) }),
   // No expiryGraceMs: `expiresAt` (ms) makes expiry exact although memcached's TTL is per second.
-  { skip },
+  { skip, runner: { describe, it, beforeAll, afterAll } },
 );
 
 describe.skipIf(skip)(`MemcachedStore against real servers${skip ? ` (skipped: ${skip})` : ''}`, () => {

@@ -1,9 +1,11 @@
-import { expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newToken, storageKey } from '../../src/crypto/ids.js';
 import { MemoryStore } from '../../src/stores/memory.js';
 import { describeStoreConformance } from '../../src/testing/conformance.js';
 
-describeStoreConformance('MemoryStore', async () => ({ store: new MemoryStore() }));
+describeStoreConformance('MemoryStore', async () => ({ store: new MemoryStore() }), {
+  runner: { describe, it, beforeAll, afterAll },
+});
 
 it('MemoryStore stays bounded: beyond maxEntries the least recently used session is evicted', async () => {
   const store = new MemoryStore({ maxEntries: 3 });
