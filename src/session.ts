@@ -5,6 +5,9 @@ import type { ClientInfo } from './features/audit.js';
 import { Csrf } from './features/csrf.js';
 import { Flash } from './features/flash.js';
 import { checkKeyName } from './serialize.js';
+import type { DefaultSessionData } from './session-data.js';
+
+export type { DefaultSessionData, MountableSessionData, SessionData } from './session-data.js';
 
 /** Lifecycle state, after Phalcon's Manager::status(). */
 export type SessionStatus = 'new' | 'active' | 'destroyed';
@@ -38,12 +41,13 @@ async function tracked<T>(state: SessionState, run: () => Promise<T>): Promise<T
  * regenerateId, login, logout and destroy. Reads come from the record loaded at the start of the
  * request; writes are collected and committed as one change set when the response goes out.
  * Sessions are made by `SessionManager.load()` (through an integration), never constructed.
+ * `D` is the session's data type: the app's `SessionData` unless given.
  *
  * @example
  * session.set('user_id', 42);
  * const cart = session.get('cart', []);
  */
-export class Session<D extends object = Record<string, unknown>> {
+export class Session<D extends object = DefaultSessionData> {
   readonly #state: SessionState;
 
   static {

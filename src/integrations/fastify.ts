@@ -2,18 +2,21 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerHookHandl
 import { SessionError } from '../errors.js';
 import { type CsrfPolicy, csrfDecision } from '../features/csrf.js';
 import type { RequestInfo, SessionManager } from '../manager.js';
-import type { Session } from '../session.js';
+import type { MountableSessionData, Session } from '../session.js';
 import { writeSessionHeaders } from './headers.js';
 import { requestInfo } from './http.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The request's session, set by sessionflow's Fastify plugin. */
+    /**
+     * The request's session, set by sessionflow's Fastify plugin. Its data type is the app's
+     * `SessionData` (declare your keys with `declare module 'sessionflow'`).
+     */
     session: Session;
   }
 }
 
-type AnyManager = SessionManager<Record<string, unknown>>;
+type AnyManager = SessionManager<object>;
 
 const INFO = Symbol('sessionflow.requestInfo');
 const COMMITTED = Symbol('sessionflow.committed');
@@ -27,19 +30,21 @@ interface Tracked {
  * Fastify plugin: `request.session` is the request's Session, loaded in `onRequest` and
  * committed in `onSend`, before the head goes out, so a redirect after login never races the
  * store. A store outage reaches Fastify's error handler as a SessionError with statusCode 503.
+ * `request.session` has the app's `SessionData` type; once that declares keys, the manager's
+ * data type must have them too (a `SessionManager` without a type argument has).
  *
  * @example
  * await app.register(sessionPlugin(sessions));
  * app.get('/', async (req) => ({ visits: req.session.get('visits') ?? 0 }));
  */
-export function sessionPlugin<D extends Record<string, unknown>>(manager: SessionManager<D>) {
-  const m = manager as unknown as AnyManager;
+export function sessionPlugin<D extends MountableSessionData>(manager: SessionManager<D>) {
+  const m: AnyManager = manager;
   async function plugin(app: FastifyInstance): Promise<void> {
     app.decorateRequest('session', null as unknown as Session);
     app.addHook('onRequest', async (request: FastifyRequest) => {
       const info = requestInfo(m, request.raw);
       (request as unknown as Tracked)[INFO] = info;
-      request.session = await m.load(info);
+      request.session = (await m.load(info)) as Session;
     });
     app.addHook('onSend', async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
       const tracked = request as unknown as Tracked;
@@ -74,11 +79,11 @@ export function sessionPlugin<D extends Record<string, unknown>>(manager: Sessio
  * A `preHandler` that refuses unsafe requests without the session's CSRF token (403), with the
  * same Fetch Metadata and Origin checks as the Express middleware.
  */
-export function csrfPreHandler(
-  manager: SessionManager<Record<string, unknown>> | SessionManager<never>,
+export function csrfPreHandler<D extends object>(
+  manager: SessionManager<D>,
   options: CsrfPolicy & { origin?: string | string[] } = {},
 ): preHandlerHookHandler {
-  const m = manager as unknown as AnyManager;
+  const m: AnyManager = manager;
   return function sessionflowCsrf(request, _reply, done) {
     const decision = csrfDecision(
       request.session.csrf,

@@ -22,7 +22,7 @@ export function fetchRequestInfo(request: Request, options: FetchSessionOptions 
 export function withSessionHeaders(
   response: Response,
   out: CommitOutcome,
-  session: Session<Record<string, unknown>>,
+  session: Session<object>,
 ): Response {
   if (out.setCookie.length === 0 && !out.clearSiteData && !out.noStore && session.userId === undefined)
     return response;
@@ -40,12 +40,13 @@ export function withSessionHeaders(
 /**
  * Wraps a Fetch API handler (Bun, Deno, Cloudflare-style, Hono's `app.fetch`, Next.js route
  * handlers) so it receives the request's session; the session is committed before the
- * Response is returned. A store outage answers 503.
+ * Response is returned. A store outage answers 503. The session has the manager's data type:
+ * the app's `SessionData` for a `SessionManager` without a type argument.
  *
  * @example
  * export default { fetch: withFetchSession(sessions, async (req, session) => new Response('hi')) };
  */
-export function withFetchSession<D extends Record<string, unknown>>(
+export function withFetchSession<D extends object>(
   manager: SessionManager<D>,
   handler: (request: Request, session: Session<D>) => Response | Promise<Response>,
   options: FetchSessionOptions = {},
@@ -56,7 +57,7 @@ export function withFetchSession<D extends Record<string, unknown>>(
       const session = await manager.load(info);
       const response = await handler(request, session);
       const out = await manager.commit(session, info);
-      return withSessionHeaders(response, out, session as unknown as Session<Record<string, unknown>>);
+      return withSessionHeaders(response, out, session);
     } catch (err) {
       if (!(err instanceof SessionError) || err.status < 500) throw err;
       return new Response(`Service Unavailable: ${err.message}\n`, {

@@ -16,7 +16,7 @@ export interface HeaderTarget {
 export function writeSessionHeaders(
   target: HeaderTarget,
   out: CommitOutcome,
-  session: Session<Record<string, unknown>>,
+  session: Session<object>,
 ): void {
   for (const cookie of out.setCookie) target.append('Set-Cookie', cookie);
   if (out.clearSiteData) target.set('Clear-Site-Data', out.clearSiteData);

@@ -5,7 +5,8 @@ import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
 import { type Session, stateOf } from '../session.js';
 import { writeSessionHeaders } from './headers.js';
 
-type AnyManager = SessionManager<Record<string, unknown>>;
+/** A manager of any session data type. */
+type AnyManager = SessionManager<object>;
 
 function firstHeader(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
@@ -58,11 +59,7 @@ function applyWriteHeadHeaders(res: ServerResponse, headers: HeaderArg | undefin
 }
 
 /** Adds the session's headers to a response whose headers have not gone out yet. */
-export function applyOutcome(
-  res: ServerResponse,
-  out: CommitOutcome,
-  session: Session<Record<string, unknown>>,
-): void {
+export function applyOutcome(res: ServerResponse, out: CommitOutcome, session: Session<object>): void {
   writeSessionHeaders(
     {
       append: (name, value) => res.appendHeader(name, value),
@@ -165,7 +162,7 @@ function intercept(
  */
 export function commitBeforeHeaders(
   manager: AnyManager,
-  session: Session<Record<string, unknown>>,
+  session: Session<object>,
   info: RequestInfo,
   res: ServerResponse,
   onError: CommitErrorHandler = defaultCommitError,

@@ -6,34 +6,26 @@ import { type CommitErrorHandler, commitBeforeHeaders, requestInfo } from './htt
 
 export { applyOutcome, commitBeforeHeaders, requestInfo } from './http.js';
 
-type AnyManager = SessionManager<Record<string, unknown>>;
-
 /**
  * Loads the session of a node:http request and arranges for it to be committed before the
  * response's head goes out (redirects, errors and `writeHead` with array headers included).
  * Call it only where a handler needs the session: a handler that never calls it pays nothing.
- * Rejects with a 503 SessionError if the store is down.
+ * Rejects with a 503 SessionError if the store is down. The session has the manager's data
+ * type: the app's `SessionData` for a `SessionManager` without a type argument.
  *
  * @example
  * const session = await attachSession(sessions, req, res);
  * session.set('visits', (session.get('visits') ?? 0) + 1);
  */
-export async function attachSession<D extends Record<string, unknown>>(
+export async function attachSession<D extends object>(
   manager: SessionManager<D>,
   req: IncomingMessage,
   res: ServerResponse,
   options: { onCommitError?: CommitErrorHandler } = {},
 ): Promise<Session<D>> {
-  const m = manager as unknown as AnyManager;
-  const info = requestInfo(m, req);
+  const info = requestInfo(manager, req);
   const session = await manager.load(info);
-  commitBeforeHeaders(
-    m,
-    session as unknown as Session<Record<string, unknown>>,
-    info,
-    res,
-    options.onCommitError,
-  );
+  commitBeforeHeaders(manager, session, info, res, options.onCommitError);
   return session;
 }
 
@@ -44,7 +36,7 @@ export async function attachSession<D extends Record<string, unknown>>(
  * @example
  * http.createServer(withSession(sessions, async (req, res, session) => { ... }));
  */
-export function withSession<D extends Record<string, unknown>>(
+export function withSession<D extends object>(
   manager: SessionManager<D>,
   handler: (req: IncomingMessage, res: ServerResponse, session: Session<D>) => unknown,
 ): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
