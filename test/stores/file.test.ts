@@ -1,10 +1,24 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { promises as fsp } from 'node:fs';
+import {
+  chmod,
+  chown,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  symlink,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { newToken, storageKey } from '../../src/crypto/ids.js';
-import { FileStore } from '../../src/stores/file.js';
+import { defaultSessionDir, FileStore } from '../../src/stores/file.js';
 import { decodeRecord } from '../../src/stores/kit.js';
 import { describeStoreConformance } from '../../src/testing/conformance.js';
 
@@ -15,10 +29,14 @@ async function tempDir(): Promise<string> {
   return join(dir, 'sessions');
 }
 
-describeStoreConformance('FileStore', async () => {
-  const dir = await tempDir();
-  return { store: new FileStore({ dir }), cleanup: () => rm(dir, { recursive: true, force: true }) };
-});
+describeStoreConformance(
+  'FileStore',
+  async () => {
+    const dir = await tempDir();
+    return { store: new FileStore({ dir }), cleanup: () => rm(dir, { recursive: true, force: true }) };
+  },
+  { runner: { describe, it, beforeAll, afterAll } },
+);
 
 const userDir = (userId: string) => createHash('sha256').update(userId).digest('base64url');
 const meta = () => ({ createdAt: Date.now(), lastSeenAt: Date.now(), deadline: Date.now() + 3_600_000 });
@@ -167,5 +185,340 @@ describe('FileStore specifics', () => {
     const loaded = await b.load(key);
     expect(loaded?.meta.h).toBe(`h${winner + 1}`);
     expect({ ...loaded?.values }).toEqual({ [`v:${winner}`]: '1' });
+  });
+});
+
+const isRoot = process.getuid?.() === 0;
+const record = (values: Record<string, string> = {}) => ({ meta: meta(), values });
+
+/** A fresh directory that exists (tempDir's does not yet). */
+async function existingDir(mode = 0o700): Promise<string> {
+  const dir = await tempDir();
+  await mkdir(dir, { mode });
+  await chmod(dir, mode);
+  return dir;
+}
+
+describe('FileStore: the default directory', () => {
+  const saved = { XDG_STATE_HOME: process.env.XDG_STATE_HOME, HOME: process.env.HOME };
+  afterEach(() => {
+    for (const [name, value] of Object.entries(saved)) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  });
+
+  it('is $XDG_STATE_HOME/sessionflow, else ~/.local/state/sessionflow; no home is a clear error', () => {
+    expect(defaultSessionDir({ XDG_STATE_HOME: '/srv/state', HOME: '/home/u' })).toBe(
+      '/srv/state/sessionflow',
+    );
+    expect(defaultSessionDir({ XDG_STATE_HOME: 'relative', HOME: '/home/u' })).toBe(
+      '/home/u/.local/state/sessionflow',
+    );
+    expect(defaultSessionDir({ HOME: '/home/u' })).toBe('/home/u/.local/state/sessionflow');
+    for (const HOME of ['', 'not/absolute']) {
+      expect(() => defaultSessionDir({ HOME })).toThrow(
+        expect.objectContaining({
+          code: 'INVALID_OPTION',
+          message: expect.stringMatching(/no usable home directory/),
+        }),
+      );
+    }
+  });
+
+  it('new FileStore() creates a private directory (0700, marked as its own) that outlives the process', async () => {
+    const state = await existingDir();
+    process.env.XDG_STATE_HOME = state;
+    const store = new FileStore({ fsync: false });
+    const dir = join(state, 'sessionflow');
+    expect(store.dir).toBe(dir);
+    expect((await stat(dir)).mode & 0o777).toBe(0o700);
+    expect(await readdir(dir)).toEqual(expect.arrayContaining(['.sessionflow-store', 'users']));
+    const key = storageKey(newToken());
+    await store.create(key, record({ 'v:a': '1' }), 60_000);
+    // A restart: a new store finds the session where the last one left it.
+    expect((await new FileStore().load(key))?.values).toEqual({ 'v:a': '1' });
+  });
+
+  it('the same default without XDG_STATE_HOME: under the home directory', async () => {
+    const home = await existingDir();
+    delete process.env.XDG_STATE_HOME;
+    process.env.HOME = home;
+    expect(new FileStore().dir).toBe(join(home, '.local', 'state', 'sessionflow'));
+    expect((await stat(join(home, '.local', 'state', 'sessionflow'))).mode & 0o777).toBe(0o700);
+  });
+
+  /** new FileStore() on a default directory prepared by `arrange`: the error it throws at once. */
+  async function refusal(arrange: (state: string, dir: string) => Promise<void>): Promise<Error> {
+    const state = await existingDir();
+    process.env.XDG_STATE_HOME = state;
+    await arrange(state, join(state, 'sessionflow'));
+    try {
+      new FileStore();
+    } catch (err) {
+      expect(err).toMatchObject({ name: 'SessionError', code: 'INVALID_OPTION' });
+      expect((err as Error).message).toContain(join(state, 'sessionflow'));
+      return err as Error;
+    }
+    throw new Error('FileStore accepted an unsafe default directory');
+  }
+
+  it('refuses a default directory that is a symbolic link (to a directory another user may control)', async () => {
+    const err = await refusal(async (state, dir) => {
+      await mkdir(join(state, 'elsewhere'), { mode: 0o700 });
+      await symlink(join(state, 'elsewhere'), dir);
+    });
+    expect(err.message).toMatch(/symbolic link/);
+  });
+
+  it('refuses a default directory open to other users (mode 0750)', async () => {
+    const err = await refusal(async (_, dir) => {
+      await mkdir(dir);
+      await chmod(dir, 0o750);
+    });
+    expect(err.message).toMatch(/mode 0750/);
+  });
+
+  it('refuses a default directory under a parent that other users can write to', async () => {
+    const err = await refusal(async (state) => chmod(state, 0o777));
+    expect(err.message).toMatch(/writable by other users \(mode 0777\)/);
+  });
+
+  it.skipIf(!isRoot)('refuses a default directory created first by another user', async () => {
+    const err = await refusal(async (_, dir) => {
+      await mkdir(dir, { mode: 0o700 });
+      await chown(dir, 12345, 12345);
+    });
+    expect(err.message).toMatch(/belongs to uid 12345/);
+  });
+});
+
+describe('FileStore: a directory of its own', () => {
+  const foreignFiles = ['yarn.lock', 'Cargo.lock', '.tmp-upload-123', 'production_settings.json'];
+
+  async function addForeignFiles(dir: string): Promise<void> {
+    const long_ago = new Date(1_000_000);
+    for (const name of foreignFiles) {
+      await writeFile(join(dir, name), name === 'production_settings.json' ? '{"db":"prod"}' : 'x');
+      await utimes(join(dir, name), long_ago, long_ago);
+    }
+  }
+
+  it('gc in a directory shared with other files deletes only its own expired sessions and leaves the mode alone', async () => {
+    const dir = await tempDir();
+    const store = new FileStore({ dir, fsync: false });
+    const short = storageKey(newToken());
+    const long = storageKey(newToken());
+    await store.create(short, record(), 60_000);
+    await store.create(long, record(), 3_600_000);
+    await addForeignFiles(dir);
+    await chmod(dir, 0o750);
+    expect(await store.gc(Date.now() + 120_000)).toBe(1);
+    const names = await readdir(dir);
+    expect(names).toEqual(expect.arrayContaining([...foreignFiles, `${long}.json`]));
+    expect(names).not.toContain(`${short}.json`);
+    expect((await stat(dir)).mode & 0o777).toBe(0o750);
+    expect(await readFile(join(dir, 'production_settings.json'), 'utf8')).toBe('{"db":"prod"}');
+  });
+
+  it('refuses a non-empty directory it did not create, with a message naming it and what is there', async () => {
+    const dir = await existingDir();
+    await addForeignFiles(dir);
+    const store = new FileStore({ dir, fsync: false });
+    const key = storageKey(newToken());
+    for (const attempt of [
+      () => store.create(key, record(), 60_000),
+      () => store.gc(),
+      () => store.load(key),
+    ]) {
+      await expect(attempt()).rejects.toMatchObject({
+        code: 'INVALID_OPTION',
+        message: expect.stringMatching(/not empty and was not created by sessionflow.*"yarn\.lock"/),
+      });
+    }
+    await expect(store.load(key)).rejects.toThrow(dir);
+    expect((await readdir(dir)).sort()).toEqual([...foreignFiles].sort());
+  });
+
+  it('adopts an empty directory, and one that holds only its own files (from before the marker)', async () => {
+    const empty = await existingDir();
+    const key = storageKey(newToken());
+    await new FileStore({ dir: empty, fsync: false }).create(key, record(), 60_000);
+    expect(await readdir(empty)).toContain('.sessionflow-store');
+
+    const legacy = await existingDir();
+    await mkdir(join(legacy, 'users'));
+    await writeFile(join(legacy, `${key}.json`), JSON.stringify(record({ 'v:a': '1' })));
+    await writeFile(join(legacy, `${key}.json.lock`), '');
+    await utimes(join(legacy, `${key}.json`), new Date(), new Date(Date.now() + 60_000));
+    const store = new FileStore({ dir: legacy, fsync: false });
+    expect((await store.load(key))?.values).toEqual({ 'v:a': '1' });
+    expect(await readdir(legacy)).toContain('.sessionflow-store');
+  });
+
+  it('refuses a directory other users can write to, and (root) one owned by another user', async () => {
+    const open = await existingDir(0o777);
+    await expect(new FileStore({ dir: open }).load(storageKey(newToken()))).rejects.toMatchObject({
+      code: 'INVALID_OPTION',
+      message: expect.stringMatching(/mode 0777 lets other users write into it/),
+    });
+    if (!isRoot) return;
+    const theirs = await existingDir();
+    await chown(theirs, 12345, 12345);
+    await expect(new FileStore({ dir: theirs }).load(storageKey(newToken()))).rejects.toMatchObject({
+      code: 'INVALID_OPTION',
+      message: expect.stringMatching(/belongs to uid 12345/),
+    });
+  });
+
+  it('create: false refuses a missing directory and creates nothing', async () => {
+    const dir = await tempDir();
+    await expect(new FileStore({ dir, create: false }).sessionsOf('u')).rejects.toMatchObject({
+      code: 'INVALID_OPTION',
+      message: expect.stringMatching(/does not exist/),
+    });
+    await expect(stat(dir)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});
+
+describe('FileStore: a failed write', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  /** Makes the temp file's `method` fail with ENOSPC, as on a full disk. */
+  function diskFullOn(method: 'writeFile' | 'datasync') {
+    const open = fsp.open.bind(fsp);
+    vi.spyOn(fsp, 'open').mockImplementation((async (...args: Parameters<typeof fsp.open>) => {
+      const handle = await open(...args);
+      if (String(args[0]).includes('.tmp-')) {
+        handle[method] = async () => {
+          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        };
+      }
+      return handle;
+    }) as typeof fsp.open);
+  }
+
+  for (const method of ['writeFile', 'datasync'] as const) {
+    it(`removes its temp file at once and keeps the old record (ENOSPC in ${method})`, async () => {
+      const dir = await tempDir();
+      const store = new FileStore({ dir });
+      const key = storageKey(newToken());
+      await store.create(key, record({ 'v:a': '1' }), 60_000);
+      diskFullOn(method);
+      await expect(store.commit(key, { set: { 'v:a': '2' }, unset: [] }, 60_000)).rejects.toMatchObject({
+        code: 'ENOSPC',
+      });
+      vi.restoreAllMocks();
+      expect((await readdir(dir)).filter((n) => n.startsWith('.tmp-') || n.endsWith('.lock'))).toEqual([]);
+      expect((await store.load(key))?.values).toEqual({ 'v:a': '1' });
+    });
+  }
+});
+
+describe('FileStore: gc follows the sessions that ended, not the live ones', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  const files = async (dir: string) => (await readdir(dir)).filter((n) => n.endsWith('.json'));
+
+  it('1,000 live and 10 expired sessions: gc looks at the 10, never lists the directory, and keeps the event loop free', async () => {
+    const dir = await tempDir();
+    let now = Date.now();
+    const store = new FileStore({ dir, fsync: false, now: () => now });
+    const live = Array.from({ length: 1000 }, () => storageKey(newToken()));
+    const ending = Array.from({ length: 10 }, () => storageKey(newToken()));
+    for (let i = 0; i < live.length; i += 100) {
+      await Promise.all(live.slice(i, i + 100).map((key) => store.create(key, record(), 3_600_000)));
+    }
+    for (const key of ending) await store.create(key, record(), 60_000);
+    now += 120_000;
+    const stat = vi.spyOn(fsp, 'stat');
+    const opendir = vi.spyOn(fsp, 'opendir');
+    const readdirSpy = vi.spyOn(fsp, 'readdir');
+    const delay = monitorEventLoopDelay({ resolution: 1 });
+    delay.enable();
+    const started = performance.now();
+    expect(await store.gc()).toBe(10);
+    const ms = performance.now() - started;
+    delay.disable();
+    console.log(
+      `[file gc] 1,000 live + 10 expired: ${ms.toFixed(1)} ms, ${stat.mock.calls.length} stat, ${readdirSpy.mock.calls.length} readdir, ${opendir.mock.calls.length} opendir; event-loop delay max ${(delay.max / 1e6).toFixed(1)} ms`,
+    );
+    expect(opendir).not.toHaveBeenCalled();
+    expect(stat.mock.calls.length).toBeLessThanOrEqual(20);
+    expect(readdirSpy.mock.calls.length).toBeLessThanOrEqual(5);
+    vi.restoreAllMocks();
+    expect((await files(dir)).sort()).toEqual(live.map((key) => `${key}.json`).sort());
+    // Later, the live ones expire in turn and go the same way.
+    now += 4_000_000; // past the end of their bucket
+    expect(await store.gc()).toBe(1000);
+    expect(await files(dir)).toEqual([]);
+    expect(await readdir(join(dir, 'expiry'))).toEqual(['.indexed']);
+  });
+
+  it('a session renewed into a later bucket keeps living; gc drops only its stale index marker', async () => {
+    const dir = await tempDir();
+    let now = Date.now();
+    const store = new FileStore({ dir, fsync: false, now: () => now });
+    const key = storageKey(newToken());
+    await store.create(key, { meta: { ...meta(), userId: 'renewed' }, values: {} }, 60_000);
+    expect(await store.commit(key, { set: { 'v:a': '1' }, unset: [] }, 3_600_000)).toBe('ok');
+    const markers = async () => (await readdir(join(dir, 'expiry'))).filter((n) => n !== '.indexed');
+    expect(await markers()).toHaveLength(2);
+    now += 600_000;
+    expect(await store.gc()).toBe(0);
+    expect(await markers()).toHaveLength(1);
+    expect((await store.load(key))?.values).toEqual({ 'v:a': '1' });
+    expect((await store.sessionsOf('renewed')).map((s) => s.key)).toEqual([key]);
+  });
+
+  it('a directory from before the expiry index is indexed by one full scan, then gc is by index', async () => {
+    const dir = await existingDir();
+    const old = storageKey(newToken());
+    const young = storageKey(newToken());
+    await mkdir(join(dir, 'users'));
+    for (const [key, expiry] of [
+      [old, Date.now() - 1000],
+      [young, Date.now() + 600_000],
+    ] as const) {
+      await writeFile(join(dir, `${key}.json`), JSON.stringify(record({ 'v:a': '1' })));
+      await utimes(join(dir, `${key}.json`), new Date(), new Date(expiry));
+    }
+    const store = new FileStore({ dir, fsync: false });
+    expect(await store.gc()).toBe(1);
+    expect(await readdir(join(dir, 'expiry'))).toContain('.indexed');
+    const opendir = vi.spyOn(fsp, 'opendir');
+    expect(await store.gc(Date.now() + 1_200_000)).toBe(1);
+    expect(opendir).not.toHaveBeenCalled();
+    expect(await files(dir)).toEqual([]);
+  });
+
+  it('temp files: a live writer keeps its own; one with no owner to ask goes once old', async () => {
+    const dir = await tempDir();
+    const store = new FileStore({ dir, fsync: false, staleLockMs: 1000 });
+    const key = storageKey(newToken());
+    await store.create(key, record(), 60_000);
+    const [id] = await readdir(join(dir, 'owners'));
+    const mine = join(dir, `.tmp-${key}-${id}-0123abcd`);
+    const legacy = join(dir, `.tmp-${key}-0123456789ab`);
+    const fresh = join(dir, `.tmp-${key}-ba9876543210`);
+    for (const path of [mine, legacy, fresh]) await writeFile(path, 'x');
+    const long_ago = new Date(Date.now() - 60_000);
+    for (const path of [mine, legacy]) await utimes(path, long_ago, long_ago);
+    // A store process that ended (its owner file left behind) makes gc look for leftovers.
+    await writeFile(
+      join(dir, 'owners', 'fedcba9876543210'),
+      JSON.stringify({ scope: 'x', pid: 1, start: '', id: 'fedcba9876543210' }),
+    );
+    await utimes(join(dir, 'owners', 'fedcba9876543210'), long_ago, long_ago);
+    await store.gc();
+    const left = await readdir(dir);
+    expect(left).toContain(mine.slice(dir.length + 1));
+    expect(left).toContain(fresh.slice(dir.length + 1));
+    expect(left).not.toContain(legacy.slice(dir.length + 1));
+    expect(await readdir(join(dir, 'owners'))).toEqual([id]);
   });
 });
