@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { auditTag } from '../crypto/ids.js';
 import { SessionError, storeUnavailable } from '../errors.js';
 import { asMeta, asValues, CorruptLog, checkStorageKey } from './kit.js';
+import { Budget, checkTimeout, DEFAULT_TIMEOUT_MS } from './sql-common.js';
 import {
   applyDelta,
   type CommitGuard,
@@ -47,7 +48,14 @@ export interface MemcachedStoreOptions {
   maxItemBytes?: number;
   /** Compare-and-swap attempts of one commit before it gives up under contention (STORE_UNAVAILABLE). @default 16 */
   casAttempts?: number;
-  /** A memcached call that has not answered after this many milliseconds fails the request. @default 2000 */
+  /**
+   * Longest time one store operation may take, in milliseconds, all its memcached calls and
+   * compare-and-swap retries included. Past it the operation fails with `SessionError`
+   * `STORE_UNAVAILABLE` (the manager answers 503) and sends nothing more.
+   * @default 1000
+   */
+  timeoutMs?: number;
+  /** @deprecated The former name of `timeoutMs` (then per call, 2000 by default); used when `timeoutMs` is not given. */
   operationTimeoutMs?: number;
   /**
    * Called when an item cannot be parsed; the session (or the user's revocation state) is then
@@ -212,7 +220,8 @@ export class MemcachedStore implements SessionStore {
   readonly #client: MemcachedClient;
   readonly #maxItemBytes: number;
   readonly #casAttempts: number;
-  readonly #timeoutMs: number;
+  /** The bound of one operation, in milliseconds. */
+  readonly timeoutMs: number;
   readonly #corrupt: CorruptLog;
   /** With a custom `onCorrupt` the storage key is handed over; logs get its audit tag. */
   readonly #customCorrupt: boolean;
@@ -253,7 +262,11 @@ export class MemcachedStore implements SessionStore {
     this.#client = client;
     this.#maxItemBytes = positiveInteger(options.maxItemBytes, 1_000_000, 'maxItemBytes');
     this.#casAttempts = positiveInteger(options.casAttempts, 16, 'casAttempts');
-    this.#timeoutMs = positiveInteger(options.operationTimeoutMs, 2_000, 'operationTimeoutMs');
+    this.timeoutMs = checkTimeout(
+      STORE_NAME,
+      options.timeoutMs ?? options.operationTimeoutMs,
+      DEFAULT_TIMEOUT_MS,
+    );
     this.#corrupt = new CorruptLog(options.onCorrupt);
     this.#customCorrupt = options.onCorrupt !== undefined;
     this.#now = options.now ?? Date.now;
@@ -288,16 +301,27 @@ export class MemcachedStore implements SessionStore {
     this.#corrupt.report(STORE_NAME, where, reason);
   }
 
-  /** Runs one client call as a promise, with a deadline: the client never answers on a half-open socket. */
-  #call<T>(operation: string, start: (done: (err: unknown, result: T) => void) => void): Promise<T> {
+  #budget(operation: string): Budget {
+    return new Budget(STORE_NAME, operation, this.timeoutMs);
+  }
+
+  /**
+   * Runs one client call as a promise, within what is left of the operation's budget: the client
+   * never answers on a half-open socket. Once the budget is spent, nothing more is sent.
+   */
+  #call<T>(
+    operation: string,
+    budget: Budget,
+    start: (done: (err: unknown, result: T) => void) => void,
+  ): Promise<T> {
+    const left = budget.remaining();
+    if (left === 0) return Promise.reject(budget.error());
     return new Promise<T>((resolve, reject) => {
       let settled = false;
       const timer = setTimeout(() => {
         settled = true;
-        reject(
-          storeUnavailable(`memcached ${operation}`, new Error(`no answer within ${this.#timeoutMs} ms`)),
-        );
-      }, this.#timeoutMs);
+        reject(budget.error(new Error(`memcached ${operation}: no answer`)));
+      }, left);
       timer.unref();
       const done = (err: unknown, result: T) => {
         if (settled) return;
@@ -315,8 +339,8 @@ export class MemcachedStore implements SessionStore {
   }
 
   /** One `gets`: the raw value and its CAS token, or null on a miss. */
-  async #gets(itemKey: string): Promise<Got | null> {
-    const data = await this.#call<unknown>('gets', (done) => this.#client.gets(itemKey, done));
+  async #gets(itemKey: string, budget: Budget): Promise<Got | null> {
+    const data = await this.#call<unknown>('gets', budget, (done) => this.#client.gets(itemKey, done));
     if (data === undefined || data === null || data === false) return null;
     if (typeof data !== 'object') throw storeUnavailable('memcached gets', new Error('unexpected reply'));
     // The client answers { [keyAsSent]: value, cas }; the key as sent may carry its namespace.
@@ -379,8 +403,12 @@ export class MemcachedStore implements SessionStore {
   }
 
   /** Reads a session item: null when missing or unreadable (reported). */
-  async #fetch(storageKey: string, itemKey: string): Promise<{ cas: string; record: Decoded | null } | null> {
-    const got = await this.#gets(itemKey);
+  async #fetch(
+    storageKey: string,
+    itemKey: string,
+    budget: Budget,
+  ): Promise<{ cas: string; record: Decoded | null } | null> {
+    const got = await this.#gets(itemKey, budget);
     return got && { cas: got.cas, record: this.#decode(storageKey, got.raw) };
   }
 
@@ -408,13 +436,13 @@ export class MemcachedStore implements SessionStore {
    * The user's revocation state. No item (never revoked, or evicted) and an unreadable item
    * (reported) both read as generation 0: nothing is revoked.
    */
-  async #user(userId: string): Promise<UserRecord> {
-    const got = await this.#gets(this.#userItemKey(userId));
+  async #user(userId: string, budget: Budget): Promise<UserRecord> {
+    const got = await this.#gets(this.#userItemKey(userId), budget);
     return (got && this.#decodeUser(userId, got.raw)) ?? { gen: 0 };
   }
 
-  #add(itemKey: string, body: string, lifetime: number): Promise<boolean> {
-    return this.#call<boolean>('add', (done) =>
+  #add(itemKey: string, body: string, lifetime: number, budget: Budget): Promise<boolean> {
+    return this.#call<boolean>('add', budget, (done) =>
       this.#client.add(itemKey, body, lifetime, (err, ok) =>
         // NOT_STORED (the key exists) arrives as an error object flagged `notStored`.
         isNotStored(err) ? done(undefined, false) : done(err, ok === true),
@@ -422,15 +450,17 @@ export class MemcachedStore implements SessionStore {
     );
   }
 
-  #cas(itemKey: string, body: string, cas: string, lifetime: number): Promise<boolean> {
+  #cas(itemKey: string, body: string, cas: string, lifetime: number, budget: Budget): Promise<boolean> {
     // false covers both EXISTS (another writer won) and NOT_FOUND (deleted): the caller reads again.
-    return this.#call<boolean>('cas', (done) =>
+    return this.#call<boolean>('cas', budget, (done) =>
       this.#client.cas(itemKey, body, cas, lifetime, (err, ok) => done(err, ok === true)),
     );
   }
 
-  #del(itemKey: string): Promise<void> {
-    return this.#call<void>('delete', (done) => this.#client.del(itemKey, (err) => done(err, undefined)));
+  #del(itemKey: string, budget: Budget): Promise<void> {
+    return this.#call<void>('delete', budget, (done) =>
+      this.#client.del(itemKey, (err) => done(err, undefined)),
+    );
   }
 
   #contention(operation: string): SessionError {
@@ -441,8 +471,8 @@ export class MemcachedStore implements SessionStore {
   }
 
   /** Full jitter over an exponential window, so that writers that lost a round spread out. */
-  #backoff(attempt: number): Promise<void> {
-    return sleep(Math.random() * Math.min(BACKOFF_CAP_MS, 2 ** (attempt + 1)));
+  #backoff(attempt: number, budget: Budget): Promise<void> {
+    return sleep(Math.min(budget.remaining(), Math.random() * Math.min(BACKOFF_CAP_MS, 2 ** (attempt + 1))));
   }
 
   /**
@@ -450,23 +480,28 @@ export class MemcachedStore implements SessionStore {
    * stamped. Costs one read of the user item, for authenticated sessions only. `user` receives the
    * state read, so that a commit can stamp with it.
    */
-  async #revoked(key: string, record: Decoded): Promise<{ revoked: boolean; user?: UserRecord }> {
+  async #revoked(
+    key: string,
+    record: Decoded,
+    budget: Budget,
+  ): Promise<{ revoked: boolean; user?: UserRecord }> {
     const userId = record.meta.userId;
     if (typeof userId !== 'string') return { revoked: false };
-    const user = await this.#user(userId);
+    const user = await this.#user(userId, budget);
     return { revoked: isRevoked(key, record.ug, user), user };
   }
 
   async load(key: string): Promise<StoredSession | null> {
     const itemKey = this.#itemKey(key);
-    const found = await this.#fetch(key, itemKey);
+    const budget = this.#budget('load');
+    const found = await this.#fetch(key, itemKey, budget);
     if (!found?.record) return null;
     // Expired to the millisecond but still held by memcached for up to two seconds, or revoked:
     // either way dead for good (commit answers 'gone' and never rewrites it), so an unconditional
     // delete is safe; if the delete fails the answer is still known (absent) and memcached drops
     // the item on its own.
-    if (found.record.expiresAt <= this.#now() || (await this.#revoked(key, found.record)).revoked) {
-      await this.#del(itemKey).catch(() => {});
+    if (found.record.expiresAt <= this.#now() || (await this.#revoked(key, found.record, budget)).revoked) {
+      await this.#del(itemKey, budget).catch(() => {});
       return null;
     }
     return { meta: found.record.meta, values: found.record.values };
@@ -474,25 +509,26 @@ export class MemcachedStore implements SessionStore {
 
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     const itemKey = this.#itemKey(key);
+    const budget = this.#budget('create');
     if (!isLiveTtl(ttlMs)) {
       // Nothing to write; only say whether a live session already holds the key.
-      const found = await this.#fetch(key, itemKey);
+      const found = await this.#fetch(key, itemKey, budget);
       return !(found?.record && found.record.expiresAt > this.#now());
     }
     // A session created authenticated is stamped with the user's generation, read before the
     // write: a revokeUser landing in between leaves it with the old one, and dead (fail closed).
     const userId = record.meta.userId;
-    const ug = typeof userId === 'string' ? (await this.#user(userId)).gen : undefined;
+    const ug = typeof userId === 'string' ? (await this.#user(userId, budget)).gen : undefined;
     const now = this.#now();
     const body = this.#encode(record, now + ttlMs, ug);
     const lifetime = memcachedExpiration(ttlMs, now);
     for (let attempt = 0; attempt < this.#casAttempts; attempt++) {
-      if (await this.#add(itemKey, body, lifetime)) return true;
-      const found = await this.#fetch(key, itemKey);
+      if (await this.#add(itemKey, body, lifetime, budget)) return true;
+      const found = await this.#fetch(key, itemKey, budget);
       if (!found) continue; // deleted between the add and the read: add again
       if (found.record && found.record.expiresAt > this.#now()) return false;
       // An expired or unreadable item memcached has not dropped yet: replace it, atomically.
-      if (await this.#cas(itemKey, body, found.cas, lifetime)) return true;
+      if (await this.#cas(itemKey, body, found.cas, lifetime, budget)) return true;
     }
     throw this.#contention('create');
   }
@@ -504,18 +540,19 @@ export class MemcachedStore implements SessionStore {
    */
   async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     const itemKey = this.#itemKey(key);
+    const budget = this.#budget('commit');
     if (!isLiveTtl(ttlMs)) {
-      await this.#del(itemKey);
+      await this.#del(itemKey, budget);
       return 'gone';
     }
     for (let attempt = 0; ; attempt++) {
-      const found = await this.#fetch(key, itemKey);
+      const found = await this.#fetch(key, itemKey, budget);
       // Never an insert: a missing, unreadable or expired item stays gone.
       if (!found?.record || found.record.expiresAt <= this.#now()) return 'gone';
       const current = found.record;
-      const { revoked, user } = await this.#revoked(key, current);
+      const { revoked, user } = await this.#revoked(key, current, budget);
       if (revoked) {
-        await this.#del(itemKey).catch(() => {});
+        await this.#del(itemKey, budget).catch(() => {});
         return 'gone';
       }
       if (!guardHolds(current.meta, guard)) return 'conflict';
@@ -529,12 +566,12 @@ export class MemcachedStore implements SessionStore {
         // Login or reauthentication: stamp with the generation read before this write (the one
         // just read for the same user, or the new user's). A revokeUser that lands between that
         // read and the `cas` leaves the old generation on the session, which is then dead.
-        else ug = newUserId === oldUserId && user ? user.gen : (await this.#user(newUserId)).gen;
+        else ug = newUserId === oldUserId && user ? user.gen : (await this.#user(newUserId, budget)).gen;
       }
       const now = this.#now();
       const body = this.#encode(merged, now + ttlMs, ug);
-      if (await this.#cas(itemKey, body, found.cas, memcachedExpiration(ttlMs, now))) return 'ok';
-      await this.#backoff(attempt);
+      if (await this.#cas(itemKey, body, found.cas, memcachedExpiration(ttlMs, now), budget)) return 'ok';
+      await this.#backoff(attempt, budget);
     }
   }
 
@@ -544,7 +581,8 @@ export class MemcachedStore implements SessionStore {
   }
 
   async destroy(key: string): Promise<void> {
-    await this.#del(this.#itemKey(key));
+    const itemKey = this.#itemKey(key);
+    await this.#del(itemKey, this.#budget('destroy'));
   }
 
   /**
@@ -563,14 +601,17 @@ export class MemcachedStore implements SessionStore {
     }
     if (except !== undefined) checkStorageKey(STORE_NAME, except);
     const itemKey = this.#userItemKey(userId);
+    const budget = this.#budget('revokeUser');
     for (let attempt = 0; attempt < this.#casAttempts; attempt++) {
-      if (attempt > 0) await this.#backoff(attempt - 1);
-      const got = await this.#gets(itemKey);
+      if (attempt > 0) await this.#backoff(attempt - 1, budget);
+      const got = await this.#gets(itemKey, budget);
       const old = (got && this.#decodeUser(userId, got.raw)) ?? { gen: 0 };
       const body = JSON.stringify(nextRevocation(old, except, this.#now()));
       // An unreadable item is replaced too: the clock-based generation outranks what it held.
       if (
-        got ? await this.#cas(itemKey, body, got.cas, NO_EXPIRY) : await this.#add(itemKey, body, NO_EXPIRY)
+        got
+          ? await this.#cas(itemKey, body, got.cas, NO_EXPIRY, budget)
+          : await this.#add(itemKey, body, NO_EXPIRY, budget)
       )
         return;
     }

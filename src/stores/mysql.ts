@@ -1,6 +1,7 @@
-import type { Pool, ResultSetHeader, RowDataPacket } from 'mysql2/promise';
+import type { Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql2/promise';
 import {
   type Bind,
+  type Budget,
   type CommitDialect,
   type Composed,
   checkTable,
@@ -17,6 +18,7 @@ import {
   type StatementName,
   type UserSessionRow,
   valuesPatch,
+  withDeadline,
 } from './sql-common.js';
 import { type CommitGuard, guardHolds, type SessionDelta, type StoredSession } from './store.js';
 
@@ -81,10 +83,19 @@ const dialect: CommitDialect = {
 const ROWS_MATCHED = /Rows matched:\s*(\d+)/;
 
 const ER_DUP_ENTRY = 1062;
+/** InnoDB gave up waiting for a row lock (innodb_lock_wait_timeout). */
+const ER_LOCK_WAIT_TIMEOUT = 1205;
+/** MariaDB stopped a statement at its max_statement_time. */
+const ER_STATEMENT_TIMEOUT = 1969;
+
+const errnoOf = (err: unknown) => (err as { errno?: unknown } | null)?.errno;
 
 function isDuplicateKey(err: unknown): boolean {
-  return (err as { errno?: unknown } | null)?.errno === ER_DUP_ENTRY;
+  return errnoOf(err) === ER_DUP_ENTRY;
 }
+
+/** A time in MariaDB's `max_statement_time` unit: seconds, rounded up to a tenth. */
+const statementSeconds = (ms: number) => (Math.max(1, Math.ceil(ms / 100)) / 10).toFixed(1);
 
 /**
  * Sessions in MySQL 8 or MariaDB (tested on 10.11) through the application's own `mysql2/promise` pool.
@@ -102,6 +113,13 @@ function isDuplicateKey(err: unknown): boolean {
  * Every comparison is exact: `id` and `user_id` are utf8mb4_bin, which ignores trailing spaces, so
  * a user id is also compared by byte length, and the handle as bytes.
  *
+ * Every operation is bounded by `timeoutMs`: the wait for a pooled connection (mysql2 has no such
+ * bound of its own), the statement, and its answer. On MariaDB each write runs as
+ * `SET STATEMENT max_statement_time=<time left> FOR ...`, so the server stops waiting for a row
+ * another transaction holds when the request stops waiting. On MySQL, which has no per-statement
+ * lock bound, set `innodb_lock_wait_timeout` on the pool's connections (docs/stores-sql.md). A
+ * connection whose answer did not come in time is destroyed, not returned to the pool.
+ *
  * @example
  * const pool = mysql.createPool('mysql://app@127.0.0.1:3306/app');
  * const store = new MySqlStore(pool);
@@ -111,6 +129,8 @@ function isDuplicateKey(err: unknown): boolean {
 export class MySqlStore extends SqlSessionStore {
   readonly #pool: Pool;
   readonly #sql: Readonly<Record<StatementName, string>>;
+  /** Whether the server is MariaDB (which bounds a statement with SET STATEMENT); asked once. */
+  #mariadb: Promise<boolean> | undefined;
 
   constructor(pool: Pool, options: MySqlStoreOptions = {}) {
     super('MySqlStore', options);
@@ -131,18 +151,75 @@ export class MySqlStore extends SqlSessionStore {
     await this.#pool.query(mysqlSchema(this.table));
   }
 
-  async #write(sql: string, values: (string | number)[]): Promise<number> {
-    const [result] = await this.#pool.execute<ResultSetHeader>(sql, values);
-    return result.affectedRows;
+  #isMariaDb(conn: PoolConnection): Promise<boolean> {
+    if (!this.#mariadb) {
+      const asked = conn
+        .query<RowDataPacket[]>('SELECT VERSION() AS v')
+        .then(([rows]) => /mariadb/i.test(String(rows[0]?.v)));
+      // Asked again on the next statement if the server did not answer.
+      asked.catch(() => {
+        if (this.#mariadb === asked) this.#mariadb = undefined;
+      });
+      this.#mariadb = asked;
+    }
+    return this.#mariadb;
   }
 
-  protected async selectLive(key: string, now: number): Promise<SessionRow | undefined> {
-    const [rows] = await this.#pool.execute<RowDataPacket[]>(this.#sql.select, [key, now]);
+  /**
+   * One prepared statement on a pooled connection, within `budget`; a write (`lockBounded`) also
+   * tells MariaDB to give up at the same time. A connection that arrives after the budget is
+   * handed straight back; one whose answer does not come in time is destroyed.
+   */
+  async #execute<T extends ResultSetHeader | RowDataPacket[]>(
+    sql: string,
+    values: unknown[],
+    budget: Budget = this.budget('query'),
+    lockBounded = false,
+  ): Promise<T> {
+    const conn = await withDeadline(
+      this.#pool.getConnection(),
+      budget.remaining(),
+      () => budget.error(),
+      (late) => late.release(),
+    );
+    // mysql2 listens for a pooled connection's first error only.
+    this.clientErrors.watch(conn.connection);
+    let broken = false;
+    try {
+      if (budget.remaining() === 0) throw budget.error();
+      const work = (async () => {
+        const text =
+          lockBounded && (await this.#isMariaDb(conn))
+            ? `SET STATEMENT max_statement_time=${statementSeconds(budget.remaining())} FOR ${sql}`
+            : sql;
+        const [result] = await conn.execute<T>(text, values as (string | number)[]);
+        return result;
+      })();
+      return await withDeadline(work, budget.remaining(), () => {
+        broken = true;
+        return budget.error();
+      });
+    } catch (err) {
+      const errno = errnoOf(err);
+      if (errno === ER_STATEMENT_TIMEOUT || errno === ER_LOCK_WAIT_TIMEOUT) throw budget.error(err);
+      throw err;
+    } finally {
+      if (broken) conn.destroy();
+      else conn.release();
+    }
+  }
+
+  async #write(sql: string, values: unknown[], budget?: Budget): Promise<number> {
+    return (await this.#execute<ResultSetHeader>(sql, values, budget, true)).affectedRows;
+  }
+
+  protected async selectLive(key: string, now: number, budget?: Budget): Promise<SessionRow | undefined> {
+    const rows = await this.#execute<RowDataPacket[]>(this.#sql.select, [key, now], budget);
     return rows[0] as SessionRow | undefined;
   }
 
-  protected async deleteIfExpired(key: string, now: number): Promise<void> {
-    await this.#write(this.#sql.purge, [key, now]);
+  protected async deleteIfExpired(key: string, now: number, budget?: Budget): Promise<void> {
+    await this.#write(this.#sql.purge, [key, now], budget);
   }
 
   protected async insert(
@@ -150,19 +227,20 @@ export class MySqlStore extends SqlSessionStore {
     record: StoredSession,
     expiresAt: number,
     now: number,
+    budget?: Budget,
   ): Promise<boolean> {
     const values = [key, JSON.stringify(record.meta), JSON.stringify(record.values), expiresAt];
     try {
-      await this.#write(this.#sql.insert, values);
+      await this.#write(this.#sql.insert, values, budget);
       return true;
     } catch (err) {
       if (!isDuplicateKey(err)) throw err;
     }
     // The key is taken. Only an expired leftover may give way; if another create wins the race
     // between the two statements, the second insert fails on the key again and answers false.
-    if ((await this.#write(this.#sql.purge, [key, now])) === 0) return false;
+    if ((await this.#write(this.#sql.purge, [key, now], budget)) === 0) return false;
     try {
-      await this.#write(this.#sql.insert, values);
+      await this.#write(this.#sql.insert, values, budget);
       return true;
     } catch (err) {
       if (isDuplicateKey(err)) return false;
@@ -170,9 +248,8 @@ export class MySqlStore extends SqlSessionStore {
     }
   }
 
-  async #run({ sql, values }: Composed): Promise<ResultSetHeader> {
-    const [result] = await this.#pool.execute<ResultSetHeader>(sql, values as (string | number)[]);
-    return result;
+  #run({ sql, values }: Composed, budget?: Budget): Promise<ResultSetHeader> {
+    return this.#execute<ResultSetHeader>(sql, values, budget, true);
   }
 
   protected async update(
@@ -181,32 +258,36 @@ export class MySqlStore extends SqlSessionStore {
     guard: CommitGuard | undefined,
     expiresAt: number,
     now: number,
+    budget?: Budget,
   ): Promise<boolean> {
     const result = await this.#run(
       composeCommit(`\`${this.table}\``, dialect, key, delta, guard, expiresAt, now),
+      budget,
     );
     // affectedRows counts matched rows under CLIENT_FOUND_ROWS (mysql2's default) but changed rows
     // on a pool without it, where an identical write reports 0: the server's info has the match.
     const matched = ROWS_MATCHED.exec(result.info ?? '');
     if (matched) return Number(matched[1]) > 0;
     if (result.affectedRows > 0) return true;
-    const row = await this.selectLive(key, now);
+    const row = await this.selectLive(key, now, budget);
     const meta = row && decodeMeta(row.meta);
     return !!meta && guardHolds(meta, guard);
   }
 
-  protected async deleteKey(key: string, guard?: CommitGuard): Promise<boolean> {
-    return (await this.#run(composeDelete(`\`${this.table}\``, dialect, key, guard))).affectedRows > 0;
+  protected async deleteKey(key: string, guard?: CommitGuard, budget?: Budget): Promise<boolean> {
+    return (
+      (await this.#run(composeDelete(`\`${this.table}\``, dialect, key, guard), budget)).affectedRows > 0
+    );
   }
 
-  protected async selectByUser(userId: string, now: number): Promise<UserSessionRow[]> {
-    const [rows] = await this.#pool.execute<RowDataPacket[]>(this.#sql.byUser, [userId, userId, now]);
+  protected async selectByUser(userId: string, now: number, budget?: Budget): Promise<UserSessionRow[]> {
+    const rows = await this.#execute<RowDataPacket[]>(this.#sql.byUser, [userId, userId, now], budget);
     return rows as UserSessionRow[];
   }
 
-  protected async deleteExpiredBatch(now: number, limit: number): Promise<number> {
+  protected async deleteExpiredBatch(now: number, limit: number, budget?: Budget): Promise<number> {
     // LIMIT as a string: MySQL 8's prepared statements reject a DOUBLE there (mysql2 sends
     // numbers as DOUBLE); MariaDB accepts both.
-    return this.#write(this.#sql.gc, [now, String(limit)]);
+    return this.#write(this.#sql.gc, [now, String(limit)], budget);
   }
 }

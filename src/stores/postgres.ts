@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
-import type { Pool } from 'pg';
+import type { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
 import {
+  type Budget,
   type CommitDialect,
   type Composed,
   checkTable,
@@ -15,12 +16,21 @@ import {
   type StatementName,
   splitMeta,
   type UserSessionRow,
-  upsertUnlessLive,
+  withDeadline,
 } from './sql-common.js';
 import type { CommitGuard, SessionDelta, StoredSession } from './store.js';
 
 /** Options of {@link PostgresStore}: the shared SQL store options. */
 export type PostgresStoreOptions = SqlStoreOptions;
+
+/**
+ * The condition every write carries: it sets `lock_timeout` for its own transaction (the one
+ * implicit transaction of the statement) before it reaches a row, so the server stops waiting for
+ * a row another transaction holds when the request stops waiting, and nothing is written late.
+ * An uncorrelated subquery in WHERE is evaluated once, before the scan; `is_local` ends the
+ * setting with the statement, so the application's connections keep their own.
+ */
+const lockBound = (n: number) => `(SELECT set_config('lock_timeout', $${n}, true)) IS NOT NULL`;
 
 function schemaStatements(table: string): string[] {
   const t = checkTable(table);
@@ -89,9 +99,14 @@ export function postgresSchema(table: string = DEFAULT_TABLE): string {
  *   until gc ran).
  * - `user_id` is a generated column over `meta->>'userId'`, so the user index can never disagree
  *   with the metadata.
+ * - Every operation is bounded by `timeoutMs` (see {@link SqlStoreOptions.timeoutMs}): the wait
+ *   for a pooled connection, the server's `lock_timeout` for that statement, and the answer. A
+ *   connection whose answer did not come in time is discarded, not returned to the pool.
+ * - The store listens for the pool's `'error'` event (an idle connection whose server went away),
+ *   which would otherwise end the process.
  *
  * @example
- * const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL });
+ * const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, connectionTimeoutMillis: 1000 });
  * const store = new PostgresStore(pool);
  * await store.migrate();
  * const sessions = new SessionManager({ store, secret });
@@ -103,11 +118,18 @@ export class PostgresStore extends SqlSessionStore {
   constructor(pool: Pool, options: PostgresStoreOptions = {}) {
     super('PostgresStore', options);
     this.#pool = pool;
+    this.clientErrors.watch(pool);
     const t = `"${this.table}"`;
     const p = (n: number) => `$${n}`;
+    const portable = portableStatements(t, p);
     this.#sql = {
-      ...portableStatements(t, p),
-      insert: upsertUnlessLive(t, p, (n) => `$${n}::jsonb`),
+      ...portable,
+      purge: `${portable.purge} AND ${lockBound(3)}`,
+      // INSERT ... SELECT, so that the lock bound is set before a conflicting row is waited for.
+      insert: `INSERT INTO ${t} AS s (id, meta, data, expires_at)
+        SELECT $1, $2::jsonb, $3::jsonb, $4 FROM (SELECT set_config('lock_timeout', $6, true)) AS bound
+        ON CONFLICT (id) DO UPDATE SET meta = excluded.meta, data = excluded.data, expires_at = excluded.expires_at
+        WHERE s.expires_at <= $5`,
       // SKIP LOCKED lets several instances collect at once; the outer predicate is re-checked on
       // the row version a concurrent create may just have written.
       gc: `DELETE FROM ${t} WHERE id IN (
@@ -137,12 +159,61 @@ export class PostgresStore extends SqlSessionStore {
     }
   }
 
-  protected async selectLive(key: string, now: number): Promise<SessionRow | undefined> {
-    return (await this.#pool.query<SessionRow>(this.#sql.select, [key, now])).rows[0];
+  /**
+   * One statement on a pooled connection, within `budget`. A connection that arrives after the
+   * budget is handed straight back; one whose answer does not come in time is discarded (its
+   * socket may be stalled), so the pool opens a fresh one. While the store holds a connection it
+   * listens for its `'error'` event, which the pool does not do for a checked-out connection.
+   */
+  async #query<R extends QueryResultRow = QueryResultRow>(
+    sql: string,
+    values: unknown[],
+    budget: Budget = this.budget('query'),
+    lockBounded = false,
+  ): Promise<QueryResult<R>> {
+    const client: PoolClient = await withDeadline(
+      this.#pool.connect(),
+      budget.remaining(),
+      () => budget.error(),
+      (late) => late.release(),
+    );
+    if (budget.remaining() === 0) {
+      client.release();
+      throw budget.error();
+    }
+    let broken: Error | undefined;
+    const onError = (err: Error) => {
+      broken = err;
+    };
+    client.on('error', onError);
+    try {
+      // The lock bound is what is left once the connection is there: both ends give up together.
+      const params = lockBounded ? [...values, String(Math.max(1, budget.remaining()))] : values;
+      return await withDeadline(client.query<R>(sql, params), budget.remaining(), () => {
+        broken = budget.error();
+        return broken;
+      });
+    } catch (err) {
+      // lock_not_available: the server gave up on the row lock, as asked.
+      if ((err as { code?: unknown }).code === '55P03') throw budget.error(err);
+      throw err;
+    } finally {
+      client.removeListener('error', onError);
+      client.release(broken);
+    }
   }
 
-  protected async deleteIfExpired(key: string, now: number): Promise<void> {
-    await this.#pool.query(this.#sql.purge, [key, now]);
+  /** A composed write with the lock bound appended to its WHERE clause. */
+  #write(sql: string, values: unknown[], budget?: Budget): Promise<QueryResult> {
+    return this.#query(`${sql} AND ${lockBound(values.length + 1)}`, values, budget, true);
+  }
+
+  protected async selectLive(key: string, now: number, budget?: Budget): Promise<SessionRow | undefined> {
+    return (await this.#query<SessionRow>(this.#sql.select, [key, now], budget)).rows[0];
+  }
+
+  protected async deleteIfExpired(key: string, now: number, budget?: Budget): Promise<void> {
+    await this.#query(this.#sql.purge, [key, now], budget, true);
   }
 
   protected async insert(
@@ -150,13 +221,14 @@ export class PostgresStore extends SqlSessionStore {
     record: StoredSession,
     expiresAt: number,
     now: number,
+    budget?: Budget,
   ): Promise<boolean> {
     const values = [key, JSON.stringify(record.meta), JSON.stringify(record.values), expiresAt, now];
-    return (await this.#pool.query(this.#sql.insert, values)).rowCount === 1;
+    return (await this.#query(this.#sql.insert, values, budget, true)).rowCount === 1;
   }
 
-  async #run({ sql, values }: Composed): Promise<number> {
-    return (await this.#pool.query(sql, values)).rowCount ?? 0;
+  async #run({ sql, values }: Composed, budget?: Budget): Promise<number> {
+    return (await this.#write(sql, values, budget)).rowCount ?? 0;
   }
 
   protected async update(
@@ -165,21 +237,25 @@ export class PostgresStore extends SqlSessionStore {
     guard: CommitGuard | undefined,
     expiresAt: number,
     now: number,
+    budget?: Budget,
   ): Promise<boolean> {
     return (
-      (await this.#run(composeCommit(`"${this.table}"`, dialect, key, delta, guard, expiresAt, now))) === 1
+      (await this.#run(
+        composeCommit(`"${this.table}"`, dialect, key, delta, guard, expiresAt, now),
+        budget,
+      )) === 1
     );
   }
 
-  protected async deleteKey(key: string, guard?: CommitGuard): Promise<boolean> {
-    return (await this.#run(composeDelete(`"${this.table}"`, dialect, key, guard))) > 0;
+  protected async deleteKey(key: string, guard?: CommitGuard, budget?: Budget): Promise<boolean> {
+    return (await this.#run(composeDelete(`"${this.table}"`, dialect, key, guard), budget)) > 0;
   }
 
-  protected async selectByUser(userId: string, now: number): Promise<UserSessionRow[]> {
-    return (await this.#pool.query<UserSessionRow>(this.#sql.byUser, [userId, now])).rows;
+  protected async selectByUser(userId: string, now: number, budget?: Budget): Promise<UserSessionRow[]> {
+    return (await this.#query<UserSessionRow>(this.#sql.byUser, [userId, now], budget)).rows;
   }
 
-  protected async deleteExpiredBatch(now: number, limit: number): Promise<number> {
-    return (await this.#pool.query(this.#sql.gc, [now, limit])).rowCount ?? 0;
+  protected async deleteExpiredBatch(now: number, limit: number, budget?: Budget): Promise<number> {
+    return (await this.#query(this.#sql.gc, [now, limit], budget)).rowCount ?? 0;
   }
 }

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { SessionError } from '../errors.js';
 import { asMeta, CorruptLog, checkStorageKey, isStorageKey } from './kit.js';
+import { Budget, ClientErrorLog, checkTimeout, DEFAULT_TIMEOUT_MS, withDeadline } from './sql-common.js';
 import {
   type CommitGuard,
   type CommitResult,
@@ -12,22 +13,37 @@ import {
   type StoredSession,
 } from './store.js';
 
+/**
+ * Per-command options of node-redis v5: a command still waiting to be written (offline queue,
+ * reconnection) is dropped when `abortSignal` fires.
+ */
+export interface NodeRedisCommandOptions {
+  abortSignal?: AbortSignal;
+}
+
 /** The part of a node-redis v5 client (`createClient`, `createClientPool`) the store uses. */
 export interface NodeRedisClientLike {
-  sendCommand(args: string[]): Promise<unknown>;
+  sendCommand(args: string[], options?: NodeRedisCommandOptions): Promise<unknown>;
 }
 
 /** The part of a node-redis v5 cluster (`createCluster`) the store uses. */
 export interface NodeRedisClusterLike {
-  sendCommand(firstKey: string, isReadonly: boolean, args: string[]): Promise<unknown>;
+  sendCommand(
+    firstKey: string,
+    isReadonly: boolean,
+    args: string[],
+    options?: NodeRedisCommandOptions,
+  ): Promise<unknown>;
   readonly masters: unknown;
 }
 
 /** The part of a node-redis v5 Sentinel client (`createSentinel`) the store uses. */
 export interface NodeRedisSentinelLike {
-  sendCommand(isReadonly: boolean, args: string[]): Promise<unknown>;
+  sendCommand(isReadonly: boolean, args: string[], options?: NodeRedisCommandOptions): Promise<unknown>;
   use<T>(
-    fn: (client: { sendCommand(isReadonly: boolean, args: string[]): Promise<unknown> }) => Promise<T>,
+    fn: (client: {
+      sendCommand(isReadonly: boolean, args: string[], options?: NodeRedisCommandOptions): Promise<unknown>;
+    }) => Promise<T>,
   ): Promise<T>;
   getMasterNode(): unknown;
 }
@@ -68,6 +84,14 @@ export interface RedisStoreOptions {
   prefix?: string;
   /** Wait for replicas after each write (see docs/stores-redis.md). @default undefined (asynchronous replication) */
   durability?: RedisDurability;
+  /**
+   * Longest time one store operation may take, in milliseconds, including the client's own
+   * queueing while it reconnects. Past it the operation fails with `SessionError`
+   * `STORE_UNAVAILABLE` (the manager answers 503); with node-redis, its commands not yet sent
+   * are dropped. With `durability`, it must be longer than `durability.timeoutMs`.
+   * @default 1000, plus `durability.timeoutMs` when `durability` is set
+   */
+  timeoutMs?: number;
   /**
    * Called when a stored record cannot be parsed; the session is then treated as absent.
    * @default the manager's `warn` (see `setWarn`), else console.warn
@@ -281,15 +305,22 @@ return removed
 
 // ---- client adapter -------------------------------------------------------------------------
 
-/** What the store needs from a client: run a script or a command on the master owning `key`. */
+/**
+ * What the store needs from a client: run a script or a command on the master owning `key`.
+ * With `signal`, a command is not sent once it has fired (the operation has run out of time).
+ */
 interface Driver {
   /** EVALSHA (EVAL on NOSCRIPT); with `wait`, then WAIT on the same connection. */
-  run(s: Script, key: string, args: string[], wait?: RedisDurability): Promise<unknown>;
+  run(s: Script, key: string, args: string[], wait?: RedisDurability, signal?: AbortSignal): Promise<unknown>;
   /** A single-key write command. */
-  write(key: string, args: string[]): Promise<unknown>;
+  write(key: string, args: string[], signal?: AbortSignal): Promise<unknown>;
 }
 
-type Send = (args: string[]) => Promise<unknown>;
+type Send = (args: string[], signal?: AbortSignal) => Promise<unknown>;
+
+/** node-redis command options for `signal`. */
+const commandOptions = (signal: AbortSignal | undefined): NodeRedisCommandOptions | undefined =>
+  signal && { abortSignal: signal };
 
 function isNoScript(err: unknown): boolean {
   return err instanceof Error && err.message.startsWith('NOSCRIPT');
@@ -305,13 +336,19 @@ function checkAcks(acked: unknown, wait: RedisDurability): void {
   }
 }
 
-async function evalOn(send: Send, s: Script, key: string, args: string[]): Promise<unknown> {
+async function evalOn(
+  send: Send,
+  s: Script,
+  key: string,
+  args: string[],
+  signal?: AbortSignal,
+): Promise<unknown> {
   try {
-    return await send(['EVALSHA', s.sha, '1', key, ...args]);
+    return await send(['EVALSHA', s.sha, '1', key, ...args], signal);
   } catch (err) {
     // Script caches are per node and empty after a restart or failover: send the source once.
     if (!isNoScript(err)) throw err;
-    return send(['EVAL', s.source, '1', key, ...args]);
+    return send(['EVAL', s.source, '1', key, ...args], signal);
   }
 }
 
@@ -324,20 +361,28 @@ function nodeRedisDriver(
   pinned: <T>(key: string, fn: (send: Send) => Promise<T>) => Promise<T>,
 ): Driver {
   return {
-    run(s, key, args, wait) {
-      if (!wait) return evalOn(route(key), s, key, args);
+    run(s, key, args, wait, signal) {
+      if (!wait) return evalOn(route(key), s, key, args, signal);
       return pinned(key, async (send) => {
-        const reply = await evalOn(send, s, key, args);
+        const reply = await evalOn(send, s, key, args, signal);
+        // No signal: once the script is sent, its WAIT must follow on the same connection.
         checkAcks(await send(['WAIT', String(wait.replicas), String(wait.timeoutMs)]), wait);
         return reply;
       });
     },
-    write: (key, args) => route(key)(args),
+    write: (key, args, signal) => route(key)(args, signal),
   };
 }
 
+/** The error of a command the store did not send because its operation ran out of time. */
+function notSent(): Error {
+  return new Error('not sent: the operation ran out of time (timeoutMs)');
+}
+
 function ioRedisDriver(client: IoRedisLike): Driver {
-  const send: Send = ([command, ...args]) => client.call(command!, ...args);
+  // ioredis cannot take back a queued command: the store only stops sending new ones.
+  const send: Send = ([command, ...args], signal) =>
+    signal?.aborted ? Promise.reject(notSent()) : client.call(command!, ...args);
   // A pipeline goes to one node as one batch: on Cluster, the node owning the script's key,
   // which is where WAIT must run. A keyless WAIT sent alone would go to a random node.
   const pipelined = async (
@@ -363,8 +408,9 @@ function ioRedisDriver(client: IoRedisLike): Driver {
     return reply;
   };
   return {
-    async run(s, key, args, wait) {
-      if (!wait) return evalOn(send, s, key, args);
+    async run(s, key, args, wait, signal) {
+      if (!wait) return evalOn(send, s, key, args, signal);
+      if (signal?.aborted) throw notSent();
       try {
         return await pipelined('EVALSHA', s.sha, key, args, wait);
       } catch (err) {
@@ -372,7 +418,7 @@ function ioRedisDriver(client: IoRedisLike): Driver {
         return pipelined('EVAL', s.source, key, args, wait);
       }
     },
-    write: (_key, args) => send(args),
+    write: (_key, args, signal) => send(args, signal),
   };
 }
 
@@ -398,30 +444,34 @@ function driverFor(client: RedisClientLike): Driver {
       // Both commands routed by the same key reach the same master's single connection.
       const route =
         (key: string): Send =>
-        (args) =>
-          cluster.sendCommand(key, false, args);
+        (args, signal) =>
+          cluster.sendCommand(key, false, args, commandOptions(signal));
       return nodeRedisDriver(route, (key, fn) => fn(route(key)));
     }
     if (has(client, 'getMasterNode') && has(client, 'use')) {
       const sentinel = client as NodeRedisSentinelLike;
-      const send: Send = (args) => sentinel.sendCommand(false, args);
+      const send: Send = (args, signal) => sentinel.sendCommand(false, args, commandOptions(signal));
       return nodeRedisDriver(
         () => send,
-        (_key, fn) => sentinel.use((leased) => fn((args) => leased.sendCommand(false, args))),
+        (_key, fn) =>
+          sentinel.use((leased) =>
+            fn((args, signal) => leased.sendCommand(false, args, commandOptions(signal))),
+          ),
       );
     }
     if (has(client, 'execute') && has(client, 'totalClients', 'any')) {
       const pool = client as NodeRedisClientLike & {
         execute<T>(fn: (c: NodeRedisClientLike) => Promise<T>): Promise<T>;
       };
-      const send: Send = (args) => pool.sendCommand(args);
+      const send: Send = (args, signal) => pool.sendCommand(args, commandOptions(signal));
       return nodeRedisDriver(
         () => send,
-        (_key, fn) => pool.execute((leased) => fn((args) => leased.sendCommand(args))),
+        (_key, fn) =>
+          pool.execute((leased) => fn((args, signal) => leased.sendCommand(args, commandOptions(signal)))),
       );
     }
     const single = client as NodeRedisClientLike;
-    const send: Send = (args) => single.sendCommand(args);
+    const send: Send = (args, signal) => single.sendCommand(args, commandOptions(signal));
     return nodeRedisDriver(
       () => send,
       (_key, fn) => fn(send),
@@ -486,6 +536,11 @@ function ttlArg(ttlMs: number): string {
  * contract guarantee is one atomic step in Redis; a per-user sorted set serves `sessionsOf`.
  * Layout, index consistency and failover behaviour: docs/stores-redis.md.
  *
+ * Every operation is bounded by `timeoutMs` (1 s by default): when the server is down, stalled or
+ * failing over, the request gets a 503 within it instead of waiting on the client's queue. The
+ * store also listens for the client's `'error'` event, which would otherwise end the process
+ * when the connection drops.
+ *
  * @example
  * const client = await createClient({ url: 'redis://127.0.0.1:6379' }).connect();
  * const sessions = new SessionManager({ store: new RedisStore({ client }), secret });
@@ -498,7 +553,10 @@ export class RedisStore implements SessionStore {
   readonly #driver: Driver;
   readonly #durability: RedisDurability | undefined;
   readonly #corrupt: CorruptLog;
+  readonly #clientErrors = new ClientErrorLog(STORE_NAME);
   readonly #now: () => number;
+  /** The bound of one operation, in milliseconds. */
+  readonly timeoutMs: number;
 
   constructor(options: RedisStoreOptions) {
     if (!options || typeof options !== 'object') {
@@ -530,6 +588,15 @@ export class RedisStore implements SessionStore {
       }
       this.#durability = { replicas: d.replicas, timeoutMs: d.timeoutMs };
     }
+    const waitMs = this.#durability?.timeoutMs ?? 0;
+    this.timeoutMs = checkTimeout(STORE_NAME, options.timeoutMs, DEFAULT_TIMEOUT_MS + waitMs);
+    if (this.timeoutMs <= waitMs) {
+      throw new SessionError(
+        'INVALID_OPTION',
+        `RedisStore \`timeoutMs\` (${this.timeoutMs}) must be longer than \`durability.timeoutMs\` (${waitMs}): every write waits up to that long for its replicas.`,
+      );
+    }
+    this.#clientErrors.watch(options.client);
     const onCorrupt = options.onCorrupt;
     this.#corrupt = new CorruptLog(
       onCorrupt ? (redisKey, reason) => onCorrupt(redisKey, new Error(reason)) : undefined,
@@ -537,9 +604,30 @@ export class RedisStore implements SessionStore {
     this.#now = options.now ?? Date.now;
   }
 
-  /** Corrupt records are reported here (unless `onCorrupt` is set); the manager calls this. */
+  /** Corrupt records (unless `onCorrupt` is set) and client errors are reported here; the manager calls this. */
   setWarn(warn: (message: string) => void): void {
     this.#corrupt.attach(warn);
+    this.#clientErrors.attach(warn);
+  }
+
+  /**
+   * Runs one operation within `timeoutMs`. At the deadline the caller gets STORE_UNAVAILABLE and
+   * `signal` fires: the steps up to the operation's main write carry it, so none of them is sent
+   * late. What follows a main write that was sent (keeping the user index right) goes on.
+   */
+  #within<T>(operation: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const budget = new Budget(STORE_NAME, operation, this.timeoutMs);
+    const abort = new AbortController();
+    let work: Promise<T>;
+    try {
+      work = fn(abort.signal);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return withDeadline(work, budget.ms, () => {
+      abort.abort();
+      return budget.error();
+    });
   }
 
   /**
@@ -561,13 +649,20 @@ export class RedisStore implements SessionStore {
     return Math.ceil(typeof deadline === 'number' && deadline > expires ? deadline : expires);
   }
 
-  async #indexAdd(userId: string, key: string, bound: number, state: 'pending' | 'settled'): Promise<void> {
+  async #indexAdd(
+    userId: string,
+    key: string,
+    bound: number,
+    state: 'pending' | 'settled',
+    signal?: AbortSignal,
+  ): Promise<void> {
     const trim = this.#now() - INDEX_SKEW_MS;
     await this.#driver.run(
       INDEX_ADD,
       this.#indexKey(userId),
       [key, String(bound), state, String(trim), String(INDEX_SKEW_MS)],
       this.#durability,
+      signal,
     );
   }
 
@@ -579,7 +674,9 @@ export class RedisStore implements SessionStore {
   /** The session, or null if absent, expired or unreadable (`HGETALL` in one script). */
   async load(key: string): Promise<StoredSession | null> {
     const redisKey = this.#hashKey(key);
-    const reply = list(await this.#driver.run(LOAD, redisKey, []));
+    const reply = list(
+      await this.#within('load', (signal) => this.#driver.run(LOAD, redisKey, [], undefined, signal)),
+    );
     if (reply.length === 0) return null;
     const values: Record<string, string> = Object.create(null);
     let rawMeta: string | null = null;
@@ -617,7 +714,18 @@ export class RedisStore implements SessionStore {
     const ttl = ttlArg(ttlMs);
     const args = [ttl, JSON.stringify(record.meta)];
     for (const [field, value] of Object.entries(record.values)) args.push(VALUE_PREFIX + field, value);
-    const created = Number(await this.#driver.run(CREATE, redisKey, args, this.#durability)) === 1;
+    return this.#within('create', (signal) => this.#create(key, redisKey, record, ttl, args, signal));
+  }
+
+  async #create(
+    key: string,
+    redisKey: string,
+    record: StoredSession,
+    ttl: string,
+    args: string[],
+    signal: AbortSignal,
+  ): Promise<boolean> {
+    const created = Number(await this.#driver.run(CREATE, redisKey, args, this.#durability, signal)) === 1;
     const userId = record.meta.userId;
     if (created && ttl !== '0' && userId !== undefined) {
       // Indexed after the record exists: until create returns no cookie carries this session,
@@ -651,14 +759,25 @@ export class RedisStore implements SessionStore {
     for (const field of delta.unset) args.push(VALUE_PREFIX + field);
     if (retain) for (const field of retain) args.push(VALUE_PREFIX + field);
     for (const [field, value] of Object.entries(delta.set)) args.push(VALUE_PREFIX + field, value);
+    return this.#within('commit', (signal) => this.#commit(key, redisKey, delta, ttl, args, signal));
+  }
+
+  async #commit(
+    key: string,
+    redisKey: string,
+    delta: SessionDelta,
+    ttl: string,
+    args: string[],
+    signal: AbortSignal,
+  ): Promise<CommitResult> {
     const live = ttl !== '0';
     const nextUser = delta.meta?.userId;
     // A live session must always be in its user's index: add it before it becomes that user's.
     if (live && nextUser !== undefined) {
-      await this.#indexAdd(nextUser, key, this.#bound(ttl, delta.meta?.deadline), 'pending');
+      await this.#indexAdd(nextUser, key, this.#bound(ttl, delta.meta?.deadline), 'pending', signal);
     }
 
-    const reply = list(await this.#driver.run(COMMIT, redisKey, args, this.#durability));
+    const reply = list(await this.#driver.run(COMMIT, redisKey, args, this.#durability, signal));
     const status = Number(reply[0]);
     // Nothing was written. The pending entry is left as it is: the record may belong to
     // `nextUser` already (a concurrent login that won), and a stale entry is only pruned later.
@@ -697,16 +816,25 @@ export class RedisStore implements SessionStore {
 
   /** Deletes the session (idempotent), then its user index entry. */
   async destroy(key: string): Promise<void> {
-    const previous = untag(await this.#driver.run(DESTROY, this.#hashKey(key), [], this.#durability));
-    // Removed after the record is gone: a crash in between leaves a stale entry, which the
-    // next sessionsOf prunes, never a live session missing from the index.
-    if (previous !== undefined) await this.#indexRemove(previous, key);
+    const redisKey = this.#hashKey(key);
+    await this.#within('destroy', async (signal) => {
+      const previous = untag(await this.#driver.run(DESTROY, redisKey, [], this.#durability, signal));
+      // Removed after the record is gone: a crash in between leaves a stale entry, which the
+      // next sessionsOf prunes, never a live session missing from the index.
+      if (previous !== undefined) await this.#indexRemove(previous, key);
+    });
   }
 
   /** The user's live sessions; prunes index entries that no longer match a live session. */
   async sessionsOf(userId: string): Promise<SessionSummary[]> {
+    return this.#within('sessionsOf', (signal) => this.#sessionsOf(userId, signal));
+  }
+
+  async #sessionsOf(userId: string, signal: AbortSignal): Promise<SessionSummary[]> {
     const index = this.#indexKey(userId);
-    const entries = list(await this.#driver.run(INDEX_READ, index, [String(this.#now() - INDEX_SKEW_MS)]));
+    const entries = list(
+      await this.#driver.run(INDEX_READ, index, [String(this.#now() - INDEX_SKEW_MS)], undefined, signal),
+    );
     const out: SessionSummary[] = [];
     const stale: string[] = [];
     for (let start = 0; start < entries.length; start += META_BATCH * 2) {
@@ -719,7 +847,7 @@ export class RedisStore implements SessionStore {
           continue;
         }
         batch.push(
-          this.#driver.run(META, this.#hashKey(key), []).then((raw) => {
+          this.#driver.run(META, this.#hashKey(key), [], undefined, signal).then((raw) => {
             const rawMeta = text(raw);
             const meta = rawMeta === null ? null : this.#parseMeta(this.#hashKey(key), rawMeta);
             if (meta && meta.userId === userId) out.push({ key, meta });
@@ -729,7 +857,7 @@ export class RedisStore implements SessionStore {
       }
       await Promise.all(batch);
     }
-    if (stale.length > 0) await this.#driver.run(INDEX_PRUNE, index, stale);
+    if (stale.length > 0) await this.#driver.run(INDEX_PRUNE, index, stale, undefined, signal);
     return out;
   }
 }

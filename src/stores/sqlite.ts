@@ -1,5 +1,6 @@
 import type BetterSqlite3 from 'better-sqlite3';
 import {
+  type Budget,
   type CommitDialect,
   type Composed,
   checkTable,
@@ -76,6 +77,11 @@ type Statements = Record<StatementName, Statement>;
  * transaction is needed. Open the database in WAL mode (`db.pragma('journal_mode = WAL')`) so
  * readers do not wait for writers.
  *
+ * Time bound: better-sqlite3 waits for another process's write lock synchronously (its `timeout`
+ * option, 5 s by default), which blocks the whole event loop. The store lowers that wait to
+ * `timeoutMs` for its own writes (and restores the handle's value after each one); a write that
+ * still finds the database locked fails with SQLITE_BUSY, which the manager answers with 503.
+ *
  * @example
  * const db = new Database('sessions.db');
  * db.pragma('journal_mode = WAL');
@@ -88,9 +94,54 @@ export class SqliteStore extends SqlSessionStore {
   #statements: Statements | undefined;
   readonly #composed = new Map<string, Statement>();
 
+  #busy: { read: Statement; lower: Statement; restore: Map<number, Statement> } | undefined;
+
   constructor(db: BetterSqlite3.Database, options: SqliteStoreOptions = {}) {
     super('SqliteStore', options);
     this.#db = db;
+  }
+
+  // Statements run synchronously, so there is no wait on the event loop to bound with a timer,
+  // and nothing can interleave between two writes to one key.
+  protected override within<T>(operation: string, fn: (budget: Budget) => T | Promise<T>): Promise<T> {
+    try {
+      return Promise.resolve(fn(this.budget(operation)));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  protected override serial<T>(_key: string, _budget: Budget, fn: () => T | Promise<T>): T | Promise<T> {
+    return fn();
+  }
+
+  /**
+   * Runs a write with the handle's busy timeout lowered to `timeoutMs` if it is longer, then puts
+   * the handle's own value back. Synchronous, so no other statement runs in between.
+   */
+  #bounded<T>(write: () => T): T {
+    if (!this.#busy) {
+      this.#busy = {
+        read: this.#db.prepare<unknown[], unknown>('PRAGMA busy_timeout').pluck(),
+        lower: this.#db.prepare<unknown[], unknown>(`PRAGMA busy_timeout = ${this.timeoutMs}`),
+        restore: new Map(),
+      };
+    }
+    const busy = this.#busy;
+    const previous = Number(busy.read.get());
+    if (!(previous > this.timeoutMs)) return write();
+    let restore = busy.restore.get(previous);
+    if (!restore) {
+      // Integer milliseconds read from SQLite itself: the only text of these pragmas.
+      restore = this.#db.prepare<unknown[], unknown>(`PRAGMA busy_timeout = ${Math.floor(previous)}`);
+      if (busy.restore.size < 8) busy.restore.set(previous, restore);
+    }
+    busy.lower.run();
+    try {
+      return write();
+    } finally {
+      restore.run();
+    }
   }
 
   /** Creates the table and indexes if missing, in one transaction. */
@@ -121,12 +172,12 @@ export class SqliteStore extends SqlSessionStore {
   }
 
   protected deleteIfExpired(key: string, now: number): void {
-    this.#sql.purge.run(key, now);
+    this.#bounded(() => this.#sql.purge.run(key, now));
   }
 
   protected insert(key: string, record: StoredSession, expiresAt: number, now: number): boolean {
     const values = [key, JSON.stringify(record.meta), JSON.stringify(record.values), expiresAt, now];
-    return this.#sql.insert.run(...values).changes === 1;
+    return this.#bounded(() => this.#sql.insert.run(...values)).changes === 1;
   }
 
   #run({ sql, values }: Composed): number {
@@ -136,7 +187,8 @@ export class SqliteStore extends SqlSessionStore {
       statement = this.#db.prepare<unknown[], unknown>(sql);
       this.#composed.set(sql, statement);
     }
-    return statement.run(...values).changes;
+    const prepared = statement;
+    return this.#bounded(() => prepared.run(...values)).changes;
   }
 
   protected update(
@@ -158,6 +210,6 @@ export class SqliteStore extends SqlSessionStore {
   }
 
   protected deleteExpiredBatch(now: number, limit: number): number {
-    return this.#sql.gc.run(now, limit).changes;
+    return this.#bounded(() => this.#sql.gc.run(now, limit)).changes;
   }
 }
