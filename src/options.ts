@@ -90,6 +90,13 @@ export interface SessionManagerOptions {
    */
   idleTimeout?: number;
   /**
+   * Idle timeout of a session that no user has logged in to (a visitor's cart, a flash message
+   * after a failed login). Anonymous visitors are the cheap way to fill a store, so their
+   * sessions are kept shorter. At most `idleTimeout`.
+   * @default the smaller of idleTimeout and 900_000 (15 minutes)
+   */
+  anonymousIdleTimeout?: number;
+  /**
    * Absolute timeout in milliseconds, counted from login (or creation), whatever the activity.
    * @default 43_200_000 (12 hours; AAL2 allows at most 24 hours)
    */
@@ -156,6 +163,7 @@ export interface ResolvedOptions {
   cookie: Required<Pick<CookieOptions, 'name' | 'secure' | 'sameSite' | 'path' | 'partitioned'>> &
     Pick<CookieOptions, 'domain' | 'maxAge'>;
   idleTimeout: number;
+  anonymousIdleTimeout: number;
   absoluteTimeout: number;
   expiredRetention: number;
   touchInterval: number;
@@ -181,6 +189,7 @@ const HOUR = 60 * MINUTE;
 export const DEFAULT_IDLE_TIMEOUT = 30 * MINUTE;
 export const DEFAULT_ABSOLUTE_TIMEOUT = 12 * HOUR;
 export const DEFAULT_EXPIRED_RETENTION = 5 * MINUTE;
+export const DEFAULT_ANONYMOUS_IDLE_TIMEOUT = 15 * MINUTE;
 
 function fail(message: string): never {
   throw new SessionError('INVALID_OPTION', message);
@@ -270,6 +279,17 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
   const touchInterval = duration(options, 'touchInterval', Math.max(1, Math.floor(idleTimeout / 10)));
   if (touchInterval >= idleTimeout)
     fail('touchInterval must be shorter than idleTimeout, or sessions would expire while in use.');
+  const anonymousIdleTimeout = duration(
+    options,
+    'anonymousIdleTimeout',
+    Math.min(idleTimeout, DEFAULT_ANONYMOUS_IDLE_TIMEOUT),
+  );
+  if (anonymousIdleTimeout > idleTimeout)
+    fail('anonymousIdleTimeout cannot be longer than idleTimeout: a visitor would outlive a signed-in user.');
+  if (touchInterval >= anonymousIdleTimeout)
+    fail(
+      "touchInterval must be shorter than anonymousIdleTimeout, or visitors' sessions would expire while in use.",
+    );
   const expiredRetention = options.expiredRetention ?? DEFAULT_EXPIRED_RETENTION;
   if (typeof expiredRetention !== 'number' || !Number.isFinite(expiredRetention) || expiredRetention < 0) {
     fail(
@@ -320,6 +340,7 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
     secrets,
     cookie: { name, secure, sameSite, path, domain: c.domain, maxAge, partitioned: c.partitioned ?? false },
     idleTimeout,
+    anonymousIdleTimeout,
     absoluteTimeout,
     expiredRetention,
     touchInterval,

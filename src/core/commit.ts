@@ -67,14 +67,21 @@ export class Committer {
   /** A session with no record yet: one `create` if it was written, nothing otherwise. */
   async commitNew(s: SessionState, req: CommitRequest, out: CommitOutcome): Promise<CommitOutcome> {
     const o = this.#deps.options;
+    const insecure = o.cookie.secure && !req.secure;
     if (s.changes.size === 0 && Object.keys(s.meta).length === 0) {
       if (s.clearCookie) this.clear(out, true);
+      if (s.preUsed) out.noStore = true;
+      // A visitor was shown a form: its CSRF token lives in a pre-session cookie, not the store.
+      if (s.issuePre === null && s.hadPre && s.pre === null) {
+        out.setCookie.push(this.#deps.cookies.clearPre()); // rotated by regenerateId()
+      } else if (s.issuePre !== null && !insecure) {
+        out.setCookie.push(this.#deps.cookies.issuePre(s.issuePre));
+        out.noStore = true;
+      } else if (s.issuePre !== null) this.#warnInsecure();
       return out;
     }
-    if (o.cookie.secure && !req.secure) {
-      this.#deps.warnOnce(
-        'a session was written on a plain-HTTP request while cookie.secure is on, so no cookie can be sent; serve over HTTPS, set trustProxy behind a TLS proxy, or set cookie.secure: false for local development.',
-      );
+    if (insecure) {
+      this.#warnInsecure();
       return out;
     }
     const now = o.now();
@@ -108,6 +115,7 @@ export class Committer {
         this.#deps.events.emit({ type: 'session_created', sid, userId: meta.userId, client: s.client });
         s.committed(record, meta.h!);
         out.setCookie.push(this.#deps.cookies.issue(sid, token, meta.deadline, now));
+        this.#settlePre(s, out, s.pre === null);
         out.noStore = true;
         return out;
       }
@@ -191,6 +199,7 @@ export class Committer {
     }
     if (result === 'conflict') return result;
     if (login && meta.userId !== undefined) await this.#afterLogin(sid, meta.userId);
+    this.#settlePre(s, out, true);
     s.token = token;
     s.committed({ meta, values: this.#valuesAfter(s, delta) }, meta.h!);
     if (grace > 0)
@@ -305,6 +314,27 @@ export class Committer {
     const mac = this.#deps.codec.sealMeta(sid, meta);
     if (mac !== undefined) meta.mac = mac;
     return mac;
+  }
+
+  #warnInsecure(): void {
+    this.#deps.warnOnce(
+      'a session was written on a plain-HTTP request while cookie.secure is on, so no cookie can be sent; serve over HTTPS, set trustProxy behind a TLS proxy, or set cookie.secure: false for local development.',
+    );
+  }
+
+  /**
+   * The pre-session cookie after a commit that stored the session: set if this request drew it
+   * (a form shown in the same response still needs it), expired after an ID change (login,
+   * regenerateId: the CSRF token rotates with the ID).
+   */
+  #settlePre(s: SessionState, out: CommitOutcome, rotated: boolean): void {
+    if (rotated && s.hadPre && s.issuePre === null) {
+      out.setCookie.push(this.#deps.cookies.clearPre());
+      s.hadPre = false;
+    } else if (s.issuePre !== null) {
+      out.setCookie.push(this.#deps.cookies.issuePre(s.issuePre));
+    }
+    s.issuePre = null;
   }
 
   /** Expires the cookie; on logout also `Clear-Site-Data`. */

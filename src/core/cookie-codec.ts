@@ -82,10 +82,63 @@ export class CookieCodec {
     });
   }
 
+  // ---- the pre-session cookie (CSRF for visitors without a stored session) ---------------
+
+  /** Name of the pre-session cookie: the session cookie's name (prefix included) + `-pre`. */
+  get preName(): string {
+    return `${this.#options.cookie.name}-pre`;
+  }
+
+  /** The verified nonce of the request's pre-session cookie, if any. */
+  readPre(header: string | undefined): string | undefined {
+    const name = this.preName;
+    if (!header?.includes(name)) return undefined;
+    const raw = parseCookies(header)[name];
+    if (raw === undefined || raw.length > MAX_COOKIE_VALUE) return undefined;
+    const verified = this.#keys.verify(name, raw);
+    return verified && isWellFormedToken(verified.value) ? verified.value : undefined;
+  }
+
+  /** `Set-Cookie` for a pre-session nonce (a browser-session cookie, same attributes). */
+  issuePre(nonce: string): string {
+    const c = this.#options.cookie;
+    return serializeCookie(this.preName, this.#keys.sign(this.preName, nonce), {
+      httpOnly: true,
+      secure: c.secure,
+      sameSite: c.sameSite,
+      path: c.path,
+      ...(c.domain === undefined ? {} : { domain: c.domain }),
+    });
+  }
+
+  /** `Set-Cookie` that expires the pre-session cookie (at login: it has served its purpose). */
+  clearPre(): string {
+    return this.#expire(this.preName);
+  }
+
+  /**
+   * The CSRF token of a visitor without a stored session: an HMAC of the pre-session nonce under
+   * the key ring, so it needs no storage and is worthless without the visitor's own cookie.
+   */
+  preToken(nonce: string): string {
+    const signed = this.#keys.sign('csrf-pre', nonce);
+    return signed.slice(signed.lastIndexOf('.') + 1);
+  }
+
+  /** Constant-time check of a submitted pre-session token (any key of the ring). */
+  verifyPreToken(nonce: string, submitted: string): boolean {
+    if (submitted.length > MAX_COOKIE_VALUE || submitted.includes('.')) return false;
+    return this.#keys.verify('csrf-pre', `${nonce}.${submitted}`) !== null;
+  }
+
   /** `Set-Cookie` that expires the session cookie in the browser. */
   clear(): string {
+    return this.#expire(this.#options.cookie.name);
+  }
+
+  #expire(name: string): string {
     const c = this.#options.cookie;
-    return serializeCookie(c.name, '', {
+    return serializeCookie(name, '', {
       httpOnly: true,
       secure: c.secure,
       sameSite: c.sameSite,

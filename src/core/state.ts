@@ -22,6 +22,9 @@ export interface SessionDriver {
   audit(type: AuditEventType, state: SessionState, reason?: string): void;
   /** Reports a likely programming error once (e.g. a login() that was not awaited). */
   warn(message: string): void;
+  /** The CSRF token of a pre-session nonce (no storage), and its constant-time check. */
+  preToken(nonce: string): string;
+  verifyPreToken(nonce: string, submitted: string): boolean;
 }
 
 /** How the session's ID changes at commit: the kind decides the metadata and the guard. */
@@ -49,6 +52,8 @@ export interface StateInit {
   reissueCookie: boolean;
   hadCookie: boolean;
   endedReason?: string;
+  /** The verified nonce of the request's pre-session cookie, if it carried one. */
+  pre?: string | undefined;
 }
 
 /**
@@ -72,6 +77,14 @@ export class SessionState implements BagHost {
   destroyed = false;
   /** login()/regenerateId()/reauthenticate()/destroy() calls not finished yet. */
   inFlight = 0;
+  /** Pre-session nonce: from the request's cookie, or drawn here for a visitor's first form. */
+  pre: string | null;
+  /** The request carried a pre-session cookie (cleared at login). */
+  hadPre: boolean;
+  /** A nonce drawn in this request, whose cookie the response must set. */
+  issuePre: string | null = null;
+  /** The response shows a pre-session CSRF token: it depends on the visitor (no-store). */
+  preUsed = false;
   onFirstChange: (() => void) | undefined;
 
   constructor(driver: SessionDriver, init: StateInit) {
@@ -84,6 +97,35 @@ export class SessionState implements BagHost {
     this.reissueCookie = init.reissueCookie;
     this.hadCookie = init.hadCookie;
     this.endedReason = init.endedReason;
+    this.pre = init.pre ?? null;
+    this.hadPre = init.pre !== undefined;
+  }
+
+  // ---- CSRF for visitors without a stored session ------------------------------------------
+
+  /** The request's verified pre-session nonce (set by the manager after load). */
+  adoptPre(nonce: string): void {
+    this.pre = nonce;
+    this.hadPre = true;
+  }
+
+  anonymousToken(): string | undefined {
+    if (this.record !== null || this.changes.size > 0 || Object.keys(this.meta).length > 0) return undefined;
+    if (this.pre === null) {
+      this.pre = newToken();
+      this.issuePre = this.pre;
+    }
+    if (!this.preUsed) {
+      this.preUsed = true;
+      // The response carries the pre-session cookie and depends on the visitor (no-store):
+      // integrations hold it from here on.
+      this.changed();
+    }
+    return this.driver.preToken(this.pre);
+  }
+
+  verifyAnonymous(submitted: string): boolean {
+    return this.pre !== null && this.driver.verifyPreToken(this.pre, submitted);
   }
 
   get userId(): string | undefined {
@@ -185,6 +227,10 @@ export class SessionState implements BagHost {
   /** Marks an ID change for the commit; a session not stored yet simply gets a fresh token. */
   rotate(kind: Rotation['kind'], retain?: string[]): void {
     this.token = newToken();
+    // A pre-session CSRF token rotates with the ID: this request no longer accepts it, and the
+    // commit expires its cookie.
+    this.pre = null;
+    this.issuePre = null;
     if (this.record === null) return;
     this.driver.audit('session_renewed', this);
     if (this.rotation === null || kind === 'login') {

@@ -3,6 +3,13 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 export interface CsrfHost {
   readInternal(name: string): unknown;
   writeInternal(name: string, value: unknown): void;
+  /**
+   * For a visitor without a stored session: a token that needs no storage (bound to a signed
+   * pre-session cookie), or undefined when the session is (or is about to be) stored.
+   */
+  anonymousToken?(): string | undefined;
+  /** Checks a token issued by {@link anonymousToken} against this request's pre-session cookie. */
+  verifyAnonymous?(submitted: string): boolean;
 }
 
 const FIELD = 'csrf';
@@ -20,10 +27,16 @@ export class Csrf {
     this.#field = field;
   }
 
-  /** The session's token, created (a session write) on first use. 256 bits, base64url. */
+  /**
+   * The session's token, created on first use (256 bits, base64url). For a visitor who has no
+   * stored session, e.g. on a login page, the token is derived from a signed pre-session cookie
+   * instead, so showing a form costs no store write.
+   */
   token(): string {
     const existing = this.#host.readInternal(FIELD);
     if (typeof existing === 'string') return existing;
+    const anonymous = this.#host.anonymousToken?.();
+    if (anonymous !== undefined) return anonymous;
     const token = randomBytes(32).toString('base64url');
     this.#host.writeInternal(FIELD, token);
     return token;
@@ -34,13 +47,19 @@ export class Csrf {
     return this.#field;
   }
 
-  /** Constant-time check of a submitted token; false when the session has no token yet. */
+  /**
+   * Constant-time check of a submitted token against the session's token, or, for a form shown
+   * before the session was stored, against the pre-session cookie; false when there is neither.
+   */
   verify(submitted: unknown): boolean {
+    if (typeof submitted !== 'string') return false;
     const expected = this.#host.readInternal(FIELD);
-    if (typeof expected !== 'string' || typeof submitted !== 'string') return false;
-    const a = Buffer.from(expected, 'utf8');
-    const b = Buffer.from(submitted, 'utf8');
-    return a.length === b.length && timingSafeEqual(a, b);
+    if (typeof expected === 'string') {
+      const a = Buffer.from(expected, 'utf8');
+      const b = Buffer.from(submitted, 'utf8');
+      if (a.length === b.length && timingSafeEqual(a, b)) return true;
+    }
+    return this.#host.verifyAnonymous?.(submitted) ?? false;
   }
 }
 

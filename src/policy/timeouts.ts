@@ -1,24 +1,33 @@
 import type { ResolvedOptions } from '../options.js';
 import type { SessionMeta } from '../stores/store.js';
 
+type IdleOptions = Pick<ResolvedOptions, 'idleTimeout'> &
+  Partial<Pick<ResolvedOptions, 'anonymousIdleTimeout'>>;
+
+/**
+ * The idle timeout that applies to a session: `anonymousIdleTimeout` until a user logs in (a
+ * visitor's cart or flash need not outlive a short visit), `idleTimeout` after.
+ */
+export function idleTimeoutOf(options: IdleOptions, meta: SessionMeta): number {
+  return meta.userId === undefined
+    ? (options.anonymousIdleTimeout ?? options.idleTimeout)
+    : options.idleTimeout;
+}
+
 /** Why a stored session is dead at `now`, or undefined if it is alive. Enforced on the server. */
 export function expiryReason(
-  options: Pick<ResolvedOptions, 'idleTimeout'>,
+  options: IdleOptions,
   meta: SessionMeta,
   now: number,
 ): 'absolute' | 'idle' | undefined {
   if (!(now < meta.deadline)) return 'absolute';
-  if (!(now - meta.lastSeenAt < options.idleTimeout)) return 'idle';
+  if (!(now - meta.lastSeenAt < idleTimeoutOf(options, meta))) return 'idle';
   return undefined;
 }
 
 /** Remaining lifetime of a session: the idle window, never past the absolute deadline. */
-export function remainingTtl(
-  options: Pick<ResolvedOptions, 'idleTimeout'>,
-  meta: SessionMeta,
-  now: number,
-): number {
-  return Math.min(meta.lastSeenAt + options.idleTimeout, meta.deadline) - now;
+export function remainingTtl(options: IdleOptions, meta: SessionMeta, now: number): number {
+  return Math.min(meta.lastSeenAt + idleTimeoutOf(options, meta), meta.deadline) - now;
 }
 
 /**
@@ -28,7 +37,7 @@ export function remainingTtl(
  * session ended (`session_expired` with 'idle' or 'absolute') instead of "unknown ID".
  */
 export function storeTtl(
-  options: Pick<ResolvedOptions, 'idleTimeout' | 'expiredRetention'>,
+  options: IdleOptions & Pick<ResolvedOptions, 'expiredRetention'>,
   meta: SessionMeta,
   now: number,
 ): number {

@@ -1,3 +1,4 @@
+import { SessionError } from '../errors.js';
 import { checkStorageKey } from './kit.js';
 import {
   type CommitGuard,
@@ -12,7 +13,13 @@ import {
 } from './store.js';
 
 export interface MemoryStoreOptions {
-  /** Most sessions kept; the least recently used is evicted beyond it. @default 10000 */
+  /**
+   * Most sessions kept. Beyond it the least recently used *anonymous* session is evicted first; a
+   * signed-in session is evicted only to make room for another signed-in one, and an anonymous
+   * session that would need that is refused (503) instead. At about 1 KB per small session the
+   * default is in the order of 100 MB.
+   * @default 100000
+   */
   maxEntries?: number;
   /** Clock in milliseconds, for tests. @default Date.now */
   now?: () => number;
@@ -78,11 +85,13 @@ export class MemoryStore implements SessionStore {
   readonly capabilities = { listByUser: true, gc: true, nativeTtl: false } as const;
   readonly #entries = new Map<string, Entry>();
   readonly #byUser = new Map<string, Set<string>>();
+  /** Keys of sessions without a user, least recently used first: what eviction takes first. */
+  readonly #anonymous = new Set<string>();
   readonly #max: number;
   readonly #now: () => number;
 
   constructor(options: MemoryStoreOptions = {}) {
-    this.#max = options.maxEntries ?? 10_000;
+    this.#max = options.maxEntries ?? 100_000;
     if (!(Number.isInteger(this.#max) && this.#max > 0))
       throw new TypeError('MemoryStore maxEntries must be a positive integer');
     this.#now = options.now ?? Date.now;
@@ -92,6 +101,11 @@ export class MemoryStore implements SessionStore {
         '[sessionflow] MemoryStore is for tests and development: sessions are lost on restart and not shared between processes.',
       );
     }
+  }
+
+  /** The most sessions kept (see {@link MemoryStoreOptions.maxEntries}). */
+  get maxEntries(): number {
+    return this.#max;
   }
 
   /** Number of live entries (expired ones may still count until touched or collected). */
@@ -111,7 +125,34 @@ export class MemoryStore implements SessionStore {
 
   #remove(key: string, entry: Entry): void {
     this.#entries.delete(key);
+    this.#anonymous.delete(key);
     this.#unindex(key, entry.record.meta.userId);
+  }
+
+  /** Marks `key` most recently used, in the anonymous order too while it has no user. */
+  #used(key: string, entry: Entry): void {
+    // Map and Set order is insertion order: re-inserting marks the entry most recently used.
+    this.#entries.delete(key);
+    this.#entries.set(key, entry);
+    this.#anonymous.delete(key);
+    if (entry.record.meta.userId === undefined) this.#anonymous.add(key);
+  }
+
+  /** Room for one more entry: anonymous sessions go first; see `maxEntries`. */
+  #makeRoom(forSignedIn: boolean): void {
+    while (this.#entries.size >= this.#max) {
+      const anonymous = this.#anonymous.values().next();
+      let victim: string;
+      if (!anonymous.done) victim = anonymous.value;
+      else if (forSignedIn) victim = this.#entries.keys().next().value as string;
+      else {
+        throw new SessionError(
+          'STORE_UNAVAILABLE',
+          `MemoryStore is full of signed-in sessions (maxEntries ${this.#max}); a visitor's session was not stored. Raise maxEntries or use a server-backed store.`,
+        );
+      }
+      this.#remove(victim, this.#entries.get(victim)!);
+    }
   }
 
   #unindex(key: string, userId: string | undefined): void {
@@ -139,9 +180,7 @@ export class MemoryStore implements SessionStore {
     checkStorageKey('MemoryStore', key);
     const entry = this.#live(key);
     if (!entry) return null;
-    // Map order is insertion order: re-inserting marks the entry most recently used.
-    this.#entries.delete(key);
-    this.#entries.set(key, entry);
+    this.#used(key, entry);
     return entry.record;
   }
 
@@ -156,12 +195,9 @@ export class MemoryStore implements SessionStore {
       ),
       expiresAt: this.#now() + ttlMs,
     };
-    this.#entries.set(key, entry);
+    this.#makeRoom(entry.record.meta.userId !== undefined);
+    this.#used(key, entry);
     this.#index(key, entry.record.meta.userId, undefined);
-    while (this.#entries.size > this.#max) {
-      const oldest = this.#entries.keys().next().value as string;
-      this.#remove(oldest, this.#entries.get(oldest)!);
-    }
     return true;
   }
 
@@ -179,6 +215,7 @@ export class MemoryStore implements SessionStore {
     entry.record = applyFrozen(entry.record, delta);
     entry.expiresAt = this.#now() + ttlMs;
     this.#index(key, entry.record.meta.userId, previousUser);
+    if (entry.record.meta.userId !== previousUser) this.#used(key, entry);
     return 'ok';
   }
 

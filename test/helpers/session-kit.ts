@@ -200,6 +200,8 @@ export interface Exchange<D extends Record<string, unknown>> {
  */
 export class Browser<D extends Record<string, unknown> = Record<string, unknown>> {
   cookie: string | undefined;
+  /** The pre-session cookie (CSRF token of a visitor without a stored session), if set. */
+  pre: string | undefined;
   info: Omit<RequestInfo, 'cookieHeader'> = {
     secure: true,
     ip: '203.0.113.10',
@@ -215,7 +217,11 @@ export class Browser<D extends Record<string, unknown> = Record<string, unknown>
 
   /** The Cookie header this browser would send. */
   get cookieHeader(): string | undefined {
-    return this.cookie === undefined ? undefined : `${this.manager.options.cookie.name}=${this.cookie}`;
+    const name = this.manager.options.cookie.name;
+    const pairs: string[] = [];
+    if (this.cookie !== undefined) pairs.push(`${name}=${this.cookie}`);
+    if (this.pre !== undefined) pairs.push(`${name}-pre=${this.pre}`);
+    return pairs.length === 0 ? undefined : pairs.join('; ');
   }
 
   async request(
@@ -231,6 +237,11 @@ export class Browser<D extends Record<string, unknown> = Record<string, unknown>
     if (setCookie) {
       const { value, cleared } = cookiePair(setCookie);
       this.cookie = cleared ? undefined : value;
+    }
+    const pre = out.setCookie.find((c) => cookiePair(c).name === `${name}-pre`);
+    if (pre) {
+      const { value, cleared } = cookiePair(pre);
+      this.pre = cleared ? undefined : value;
     }
     return { session, out, setCookie };
   }
@@ -263,4 +274,17 @@ export function sessionCookieOf(res: Response, name: string): string | undefined
     if (pair.name === name && !pair.cleared) return `${pair.name}=${pair.value}`;
   }
   return undefined;
+}
+
+/**
+ * Every cookie a fetch Response set and did not clear, as a Cookie header (`a=1; b=2`): the
+ * session cookie and, for a visitor shown a form, the pre-session cookie its CSRF token is bound to.
+ */
+export function cookiesOf(res: Response): string | undefined {
+  const pairs = res.headers
+    .getSetCookie()
+    .map(cookiePair)
+    .filter((p) => !p.cleared)
+    .map((p) => `${p.name}=${p.value}`);
+  return pairs.length === 0 ? undefined : pairs.join('; ');
 }

@@ -129,13 +129,21 @@ describe('B. IDs: strictness, input handling, signing', () => {
       const c = demo.client();
       c.jar.set('id', planted);
       const before = demo.events.length;
+      const filesBefore = await readdir(files);
       const res = await c.get('/login');
       expect(res.status, label).toBe(200);
-      expect(res.setCookies, label).toHaveLength(1);
-      const issued = parseSetCookie(res.setCookies[0]!).value;
-      expect(tokenOf(issued)).not.toBe(tokenOf(planted));
+      // The login page stores nothing: only the pre-session cookie its CSRF token is bound to.
+      expect(
+        res.setCookies.map((h) => parseSetCookie(h).name),
+        label,
+      ).toEqual(['id-pre']);
       expect(await exists(fileOf(planted))).toBe(false);
       expect(await exists(join(files, `${storageKey(planted)}.json`))).toBe(false);
+      expect(await readdir(files)).toEqual(filesBefore);
+      // A write then gets a fresh record, never the planted ID.
+      await c.post('/login', { _csrf: csrfFrom(res.body), username: 'nobody', password: 'wrong-password' });
+      const issued = c.jar.get('id')!;
+      expect(sidOf(issued)).not.toBe(sidOf(planted));
       expect(await exists(fileOf(issued))).toBe(true);
       expect(demo.events.slice(before).map((e) => e.type)).toContain(event);
     }
@@ -206,9 +214,9 @@ describe('B. IDs: strictness, input handling, signing', () => {
       const page = await c.get('/login');
       expect(page.status, cookie).toBe(200);
       expect(page.setCookies, cookie).toHaveLength(1);
-      expect(parseSetCookie(page.setCookies[0]!).value).toMatch(
-        /^[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}$/,
-      );
+      const pre = parseSetCookie(page.setCookies[0]!);
+      expect(pre.name).toBe('id-pre');
+      expect(pre.value).toMatch(/^[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}$/);
       const dash = await c.get('/dashboard');
       expect(dash.status, cookie).toBe(303);
     }
@@ -223,8 +231,11 @@ describe('B. IDs: strictness, input handling, signing', () => {
     expect(unicodeDash.status).toBe(303);
 
     expect(store.calls.load).toBe(0);
-    // Nothing but hashed-key session files (and the user index) ever appears in the directory.
-    for (const name of await readdir(files)) expect(name).toMatch(/^(users|[A-Za-z0-9_-]{43}\.json)$/);
+    // Nothing but hashed-key session files and the store's own bookkeeping (marker, user index,
+    // expiry index, lock owners) ever appears in the directory.
+    for (const name of await readdir(files)) {
+      expect(name).toMatch(/^(\.sessionflow-store|users|expiry|owners|[A-Za-z0-9_-]{43}\.json)$/);
+    }
   });
 
   it('SM-14: a tampered or foreign signature is no session, and costs no store lookup', async () => {
@@ -275,6 +286,13 @@ describe('B. IDs: strictness, input handling, signing', () => {
 describe('C. Fixation and renewal', () => {
   it('SM-19: login issues a new ID and terminates the old one', async () => {
     const c = demo.client();
+    // A failed attempt stores an anonymous session (its flash message): the pre-login ID.
+    const first = await c.get('/login');
+    await c.post('/login', {
+      _csrf: csrfFrom(first.body),
+      username: ALICE.username,
+      password: 'wrong-password',
+    });
     const page = await c.get('/login');
     const a = c.jar.get('id')!;
     expect(await exists(fileOf(a))).toBe(true);
@@ -291,6 +309,13 @@ describe('C. Fixation and renewal', () => {
 
   it('SM-20: an attacker-planted pre-login ID never becomes authenticated (two jars)', async () => {
     const attacker = demo.client();
+    // A failed attempt gives the attacker a stored anonymous session to plant.
+    const form = await attacker.get('/login');
+    await attacker.post('/login', {
+      _csrf: csrfFrom(form.body),
+      username: 'mallory',
+      password: 'wrong-password',
+    });
     const attackerPage = await attacker.get('/login');
     const planted = attacker.jar.get('id')!;
 
@@ -689,12 +714,18 @@ describe('J. Store reliability', () => {
     await writeFile(blocker, 'x');
     const app = await startDemo({ store: new FileStore({ dir: blocker, fsync: false }) });
     try {
-      expect((await app.client().get('/login')).status).toBe(503);
+      // The login page needs no store; a write (a failed login's flash message) does.
+      const broken = app.client();
+      const form = await broken.get('/login');
+      expect(form.status).toBe(200);
+      const wrong = { _csrf: csrfFrom(form.body), username: 'nobody', password: 'wrong-password' };
+      expect((await broken.post('/login', wrong)).status).toBe(503);
       await rm(blocker); // the outage ends: the directory can be created now
       const c = app.client();
       const page = await c.get('/login');
       expect(page.status).toBe(200);
-      expect(page.setCookies).toHaveLength(1);
+      expect((await c.post('/login', { ...wrong, _csrf: csrfFrom(page.body) })).status).toBe(303);
+      expect(c.jar.get('id')).toBeDefined();
     } finally {
       await app.close();
     }

@@ -249,7 +249,11 @@ describe('I. Audit logging', () => {
     running.push(demo);
     const forged = '{"type":"authn_login_success","userId":"admin"}';
     const ua = `x\x1b[2K\x08\x01FAKE ${forged}\x7f\tend`;
-    const res = await rawRequest(demo.port, 'GET /login HTTP/1.1', [`User-Agent: ${ua}`]);
+    // A forged session cookie is an audited event (session_invalid_cookie) carrying the UA.
+    const res = await rawRequest(demo.port, 'GET /login HTTP/1.1', [
+      `User-Agent: ${ua}`,
+      'Cookie: id=forged.cookie',
+    ]);
     expect(res.status).toBe(200);
     // CR LF ends a header line, so a strict parser refuses the request before any event exists.
     const crlf = await rawRequest(demo.port, 'GET /login HTTP/1.1', [`User-Agent: x\r\nFAKE ${forged}`]);
@@ -267,6 +271,6 @@ describe('I. Audit logging', () => {
       expect(controls).toEqual([]);
     }
     expect(events.some((e) => e.userId === 'admin')).toBe(false);
-    expect(events.find((e) => e.type === 'session_created')?.userAgent).toContain('FAKE');
+    expect(events.find((e) => e.type === 'session_invalid_cookie')?.userAgent).toContain('FAKE');
   });
 });

@@ -147,7 +147,9 @@ describe('POST /login', () => {
     });
     expect(res.status).toBe(303);
     expect(res.location).toBe('/dashboard');
-    expect(res.setCookies).toHaveLength(1);
+    // One session cookie, and the visitor's pre-session cookie expired (its CSRF token rotates).
+    expect(res.setCookies.map((h) => parseSetCookie(h).name).sort()).toEqual(['id', 'id-pre']);
+    expect(c.jar.get('id-pre')).toBeUndefined();
     const after = c.jar.get('id')!;
     expect(after).not.toBe(before);
 
@@ -326,9 +328,10 @@ describe('cookie and cache headers', () => {
     try {
       const c = secure.client();
       const viaTls = await c.get('/login', { 'x-forwarded-proto': 'https' });
+      // The login page stores nothing: its CSRF token is bound to a pre-session cookie.
       expect(viaTls.setCookies).toHaveLength(1);
       const k = parseSetCookie(viaTls.setCookies[0]!);
-      expect(k.name).toBe('__Host-id');
+      expect(k.name).toBe('__Host-id-pre');
       expect(k.attributes.has('secure')).toBe(true);
       expect(k.attributes.has('httponly')).toBe(true);
       expect(k.attributes.get('samesite')).toBe('Lax');
@@ -457,10 +460,11 @@ describe('SM-66: logout is on every authenticated page; sessions start only on u
     expect(LOGOUT_FORM.test((await c.get('/')).body)).toBe(false);
   });
 
-  it('GET /login starts only an anonymous pre-login session', async () => {
+  it('GET /login stores no session: only a pre-session cookie for its CSRF token', async () => {
     const c = demo.client();
     await c.get('/login');
-    expect(c.jar.get('id')).toBeDefined();
+    expect(c.jar.get('id')).toBeUndefined();
+    expect(c.jar.get('id-pre')).toBeDefined();
     expect((await c.get('/dashboard')).status).toBe(303);
     expect(LOGOUT_FORM.test((await c.get('/')).body)).toBe(false);
   });

@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { SessionError } from '../../src/index.js';
 import { csrfProtection, session } from '../../src/integrations/express.js';
 import { CSRF_CONTENT_TYPES, contentTypeHeader } from '../helpers/csrf-matrix.js';
-import { listen, sessionCookieOf, setup } from '../helpers/session-kit.js';
+import { cookiesOf, listen, sessionCookieOf, setup } from '../helpers/session-kit.js';
 
 const NAME = 'sid';
 let kit: ReturnType<typeof setup>;
@@ -68,7 +68,8 @@ afterEach(() => {
 async function withToken(): Promise<{ cookie: string; token: string }> {
   const res = await fetch(`${url}/form`);
   const { token } = (await res.json()) as { token: string };
-  return { cookie: sessionCookieOf(res, NAME)!, token };
+  // A visitor shown a form holds no stored session yet: the token is bound to its pre-session cookie.
+  return { cookie: cookiesOf(res)!, token };
 }
 
 /** A POST as a browser on the app's own page sends it: with the app's Origin, unless overridden. */

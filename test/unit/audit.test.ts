@@ -12,7 +12,10 @@ describe('SM-54: audit events', () => {
       secrets.push(browser.cookie!, browser.cookie!.split('.')[1]!, browser.key);
     };
 
-    await browser.request((s) => secrets.push(s.csrf.token()));
+    await browser.request((s) => {
+      s.set('visited', true);
+      secrets.push(s.csrf.token());
+    });
     remember();
     const anonymousKey = browser.key;
     await browser.request((s) => manager.reportLoginFailure(s, 'alice', 'bad password'));

@@ -39,7 +39,11 @@ describe('SM-59: lazy writes', () => {
   });
 
   it('read-only requests on a session write nothing until touchInterval passed, then exactly one touch', async () => {
-    const { manager, store, clock } = setup({ idleTimeout: 30 * MINUTE, touchInterval: 5 * MINUTE });
+    const { manager, store, clock } = setup({
+      idleTimeout: 30 * MINUTE,
+      anonymousIdleTimeout: 30 * MINUTE,
+      touchInterval: 5 * MINUTE,
+    });
     const browser = new Browser(manager);
     await browser.request((s) => s.set('a', 1));
     store.reset();

@@ -365,7 +365,10 @@ describe('destroy and logout (seed §6.2, §21)', () => {
 
 describe('login and reauthentication (seed §27, SM-22, SM-30)', () => {
   it('drops pre-login data except flash and keepOnLogin keys, sets the user, new ID and deadline', async () => {
-    const { manager, store, clock, events } = setup({ keepOnLogin: ['cart'] });
+    const { manager, store, clock, events } = setup({
+      keepOnLogin: ['cart'],
+      anonymousIdleTimeout: 30 * MINUTE,
+    });
     const browser = new Browser(manager);
     let preToken = '';
     await browser.request((s) => {

@@ -8,7 +8,7 @@ const RETAIN = DEFAULT_EXPIRED_RETENTION;
 
 /** Manager and MemoryStore share one fake clock, so the store's own expiry is exercised too. */
 const timed = (options: Partial<SessionManagerOptions> = {}) =>
-  setup({ idleTimeout: IDLE, absoluteTimeout: ABSOLUTE, ...options });
+  setup({ idleTimeout: IDLE, anonymousIdleTimeout: IDLE, absoluteTimeout: ABSOLUTE, ...options });
 
 describe('SM-25: idle timeout', () => {
   it('a session unused for the idle timeout is dead; the record is removed and the reason reported', async () => {
