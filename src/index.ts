@@ -8,6 +8,11 @@ export { SessionError, type SessionErrorCode } from './errors.js';
 export { type AuditEvent, type AuditEventType, type ClientInfo, jsonLinesAudit } from './features/audit.js';
 export type { Csrf } from './features/csrf.js';
 export { escapeHtml, type Flash, type FlashMessages, type FlashType } from './features/flash.js';
+export type {
+  LoginThrottle,
+  LoginThrottleOptions,
+  ThrottleVerdict,
+} from './features/login-throttle.js';
 export type { GuessDetectionSettings } from './features/throttle.js';
 export { type CommitOutcome, type RequestInfo, SessionManager } from './manager.js';
 export {
@@ -21,7 +26,7 @@ export {
   type SessionLimitOptions,
   type SessionManagerOptions,
 } from './options.js';
-export { Session, type SessionStatus } from './session.js';
+export { Session, type SessionData, type SessionStatus } from './session.js';
 export { FileStore, type FileStoreOptions } from './stores/file.js';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export {

@@ -1,5 +1,3 @@
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { AuditEmitter, type EventInput } from './core/audit-emitter.js';
 import { type CommitOutcome, Committer } from './core/commit.js';
 import { CookieCodec, type VerifiedCookie } from './core/cookie-codec.js';
@@ -8,13 +6,14 @@ import { type SessionDriver, SessionState } from './core/state.js';
 import { KeyRing } from './crypto/keyring.js';
 import { SessionError, sessionLimitReached, storeUnavailable } from './errors.js';
 import { type ClientInfo, cleanHeaderValue } from './features/audit.js';
+import { LoginThrottle, type LoginThrottleOptions } from './features/login-throttle.js';
 import { GuessDetector } from './features/throttle.js';
 import { type ResolvedOptions, resolveOptions, type SessionManagerOptions } from './options.js';
 import { bindingMismatch } from './policy/binding.js';
 import { handleAccess } from './policy/renewal.js';
 import { SessionLimiter } from './policy/session-limit.js';
 import { expiryReason } from './policy/timeouts.js';
-import { type Session, sessionFor, stateOf } from './session.js';
+import { type DefaultSessionData, type Session, sessionFor, stateOf } from './session.js';
 import { FileStore } from './stores/file.js';
 import type { SessionMeta, SessionStore, SessionSummary, StoredSession } from './stores/store.js';
 
@@ -52,7 +51,7 @@ interface EndOptions {
  * @example
  * const sessions = new SessionManager<{ user_id: number }>({ secret: process.env.SESSION_SECRET });
  */
-export class SessionManager<D extends object = Record<string, unknown>> {
+export class SessionManager<D extends object = DefaultSessionData> {
   readonly options: ResolvedOptions;
   readonly store: SessionStore;
   readonly #cookies: CookieCodec;
@@ -68,7 +67,7 @@ export class SessionManager<D extends object = Record<string, unknown>> {
   constructor(options: SessionManagerOptions) {
     this.options = resolveOptions(options);
     const keys = new KeyRing(this.options.secrets);
-    this.store = options.store ?? new FileStore({ dir: join(tmpdir(), 'sessionflow') });
+    this.store = options.store ?? new FileStore();
     this.#warn = options.warn ?? ((m) => console.warn(`[sessionflow] ${m}`));
     this.store.setWarn?.(this.#warn);
     this.#events = new AuditEmitter(options.audit, this.#warn, this.options.now);
@@ -98,7 +97,18 @@ export class SessionManager<D extends object = Record<string, unknown>> {
    * check, costs no store access and yields a fresh session. An unknown ID is never adopted
    * (strict mode). Throws a 503 SessionError if the store fails.
    */
-  async load(req: RequestInfo): Promise<Session<D>> {
+  load(req: RequestInfo): Promise<Session<D>> {
+    const loading = this.#load(req);
+    // A visitor's pre-session cookie (CSRF without a stored session) rides along, if any.
+    const pre = this.#cookies.readPre(req.cookieHeader);
+    if (pre === undefined) return loading;
+    return loading.then((session) => {
+      stateOf(session).adoptPre(pre);
+      return session;
+    });
+  }
+
+  async #load(req: RequestInfo): Promise<Session<D>> {
     const o = this.options;
     const client: ClientInfo = { ip: req.ip, userAgent: cleanHeaderValue(req.userAgent) };
     const raw = this.#cookies.read(req.cookieHeader);
@@ -207,6 +217,29 @@ export class SessionManager<D extends object = Record<string, unknown>> {
       client: s.client,
       reason,
     });
+  }
+
+  /**
+   * Failed-login throttling kept in this manager's store (or `options.store`), shared by every
+   * process using it, with audit events through this manager (see {@link LoginThrottle}).
+   */
+  loginThrottle(options: LoginThrottleOptions = {}): LoginThrottle {
+    const emit = (
+      type: 'authn_login_fail_max' | 'authn_login_lock',
+      reason: string,
+      account: string,
+      ip?: string,
+    ) => this.#events.emit({ type, userId: account, reason, client: { ip } });
+    return new LoginThrottle(
+      this.store,
+      this.options.now,
+      {
+        limitReached: (kind, account, ip, lockMs) =>
+          emit('authn_login_fail_max', `${kind}; locked ${lockMs} ms`, account, ip),
+        refused: (kind, account, ip) => emit('authn_login_lock', kind, account, ip),
+      },
+      options,
+    );
   }
 
   /** Deletes expired sessions (Phalcon's garbage collection). Returns how many were removed. */
@@ -320,6 +353,8 @@ export class SessionManager<D extends object = Record<string, unknown>> {
       audit: (type, state, reason) =>
         this.#events.emit({ type, sid: state.id(), userId: state.userId, client: state.client, reason }),
       warn: (message) => this.#warnOnce(message),
+      preToken: (nonce) => this.#cookies.preToken(nonce),
+      verifyPreToken: (nonce, submitted) => this.#cookies.verifyPreToken(nonce, submitted),
     };
   }
 

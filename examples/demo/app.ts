@@ -3,14 +3,26 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import express, { type Express, type NextFunction, type Request, type Response } from 'express';
 import {
   type AuditEvent,
+  escapeHtml,
+  type LoginThrottleOptions,
   type Session,
   SessionError,
   SessionManager,
   type SessionStore,
 } from '../../src/index.js';
 import { csrfProtection, session } from '../../src/integrations/express.js';
+import { DeviceRegistry, describeDevice } from './devices.js';
 import { MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, type User, UserDirectory } from './users.js';
-import { type Chrome, dashboardPage, errorPage, flashPage, landingPage, loginPage } from './views.js';
+import {
+  type Chrome,
+  dashboardPage,
+  errorPage,
+  flashPage,
+  landingPage,
+  loginPage,
+  type SessionRow,
+  sessionsPage,
+} from './views.js';
 
 /** How tests and `server.ts` build the demo. */
 export interface DemoOptions {
@@ -41,15 +53,26 @@ export interface DemoOptions {
   users?: UserDirectory;
   /** How recent a login or re-authentication must be for a sensitive change. @default 300000 (5 minutes) */
   reauthWithinMs?: number;
+  /**
+   * Failed-login throttling (kept in the session store, so processes sharing it throttle
+   * together); `false` turns it off. @default the library's defaults (5 per account, 20 per
+   * address, in 15 minutes; then 1 s doubling to 15 min)
+   */
+  loginThrottle?: LoginThrottleOptions | false;
 }
 
 export interface Demo {
   app: Express;
   manager: SessionManager;
   users: UserDirectory;
+  /** Device and address per signed-in session, for `/sessions` (in memory: demo only). */
+  devices: DeviceRegistry;
 }
 
 const REF = /^[A-Za-z0-9_-]{1,32}$/;
+
+/** Error pages of the session pages lead back to the list. */
+const SESSIONS_BACK = { back: { href: '/sessions', label: 'Back to your sessions' } };
 
 function field(body: unknown, name: string, max: number): string | undefined {
   if (!body || typeof body !== 'object' || !Object.hasOwn(body, name)) return undefined;
@@ -71,6 +94,7 @@ export function createApp(options: DemoOptions): Demo {
   const slowMs = options.slowMs ?? 1000;
   const reauthWithinMs = options.reauthWithinMs ?? 5 * 60_000;
   const secrets = typeof options.secret === 'string' ? [options.secret] : options.secret;
+  const devices = new DeviceRegistry();
 
   const manager = new SessionManager({
     store: options.store,
@@ -86,6 +110,8 @@ export function createApp(options: DemoOptions): Demo {
   });
 
   /** The signed-in user, looked up by the id the session holds (seed §24). */
+  const throttle =
+    options.loginThrottle === false ? undefined : manager.loginThrottle(options.loginThrottle ?? {});
   const currentUser = (req: Request): User | undefined => users.findUserById(req.session.userId);
 
   const chromeFor = (req: Request, user: User | undefined): Chrome =>
@@ -132,6 +158,13 @@ export function createApp(options: DemoOptions): Demo {
   app.use(express.json({ limit: '16kb' }));
   app.use(csrfProtection(manager, options.origin === undefined ? {} : { origin: options.origin }));
 
+  // The last address and time of each signed-in session, for /sessions (a Map write; no store access).
+  app.use((req, _res, next) => {
+    const s = req.session;
+    if (s.userId !== undefined) devices.seen(s.id, s.userId, s.client, now());
+    next();
+  });
+
   // Landing page: reads the session (a read creates nothing), never writes it.
   app.get('/', (req, res) => {
     const user = currentUser(req);
@@ -152,15 +185,33 @@ export function createApp(options: DemoOptions): Demo {
     const s = req.session;
     const username = field(req.body, 'username', 64) ?? '';
     const password = field(req.body, 'password', MAX_PASSWORD_LENGTH) ?? '';
+    // Throttled per account and per address before the password is even checked (seed 25.2);
+    // an unknown account is throttled exactly like a known one.
+    const verdict = throttle ? await throttle.check(username, s.client.ip) : { allowed: true as const };
+    if (!verdict.allowed) {
+      const seconds = Math.max(1, Math.ceil(verdict.retryAfterMs / 1000));
+      const message = `Too many failed sign-in attempts. Try again in ${seconds} second${seconds === 1 ? '' : 's'}.`;
+      res.status(429).set('Retry-After', String(seconds));
+      res.type('html').send(
+        loginPage(`<div class="flash flash-error" role="alert">${escapeHtml(message)}</div>`, {
+          field: s.csrf.tokenKey(),
+          token: s.csrf.token(),
+        }),
+      );
+      return;
+    }
     const { ok, user } = await users.authenticate(username, password);
     if (!ok || !user) {
+      await throttle?.failed(username, s.client.ip);
       auditLoginFail(req, user ? 'wrong password' : 'unknown user', user);
       s.flash.error('Wrong username or password.');
       res.redirect(303, '/login');
       return;
     }
+    await throttle?.succeeded(username);
     // New ID, pre-login data dropped (flash kept), only the user id stored (seed §11, §24, §27.1).
     await s.login(user.id);
+    devices.signedIn(s.id, user.id, s.client, now());
     s.flash.success('Welcome back!');
     res.redirect(303, '/dashboard');
   });
@@ -194,6 +245,7 @@ export function createApp(options: DemoOptions): Demo {
     .route('/logout')
     .post(async (req, res) => {
       // Destroys the stored session now; the library expires the cookie and sends Clear-Site-Data.
+      devices.forget(req.session.id);
       await req.session.logout();
       res.redirect(303, '/login');
     })
@@ -204,6 +256,158 @@ export function createApp(options: DemoOptions): Demo {
         .type('html')
         .send(errorPage(405, chromeFor(req, currentUser(req))));
     });
+
+  // ---- active sessions: see where you are signed in, sign out other devices -----------------
+
+  const listable = () =>
+    manager.store.capabilities.listByUser && typeof manager.store.sessionsOf === 'function';
+  /** The store can end a user's other sessions: by listing them, or natively (Memcached). */
+  const canSignOutOthers = () => listable() || typeof manager.store.revokeUser === 'function';
+  const storeName = manager.store.constructor.name;
+
+  /** The user's live sessions, or null when the store cannot list them. */
+  const sessionsOf = async (userId: string) => {
+    try {
+      return await manager.sessionsOf(userId);
+    } catch (err) {
+      if (err instanceof SessionError && err.code === 'NOT_SUPPORTED') return null;
+      throw err;
+    }
+  };
+
+  const rowOf = (id: string, lastSeenAt: number, signedInAt: number | undefined, current: boolean) => {
+    const seen = devices.get(id);
+    const { label, known } = describeDevice(seen?.userAgent);
+    const row: SessionRow = {
+      id,
+      device: label,
+      deviceKnown: known,
+      userAgent: seen?.userAgent,
+      address: seen?.ip,
+      // The store's lastSeenAt moves every touchInterval; this process may have seen it since.
+      lastSeenAt: Math.max(lastSeenAt, seen?.seenAt ?? 0),
+      signedInAt,
+      current,
+    };
+    return row;
+  };
+
+  /** Anonymous visitors of the session pages go to the login page (as the dashboard does). */
+  const signedInOrRedirect = (req: Request, res: Response): User | undefined => {
+    const user = currentUser(req);
+    if (!user) {
+      const s = req.session;
+      if (s.endedReason === 'idle' || s.endedReason === 'absolute') {
+        s.flash.notice('Your session has expired. Please sign in again.');
+      }
+      res.redirect(303, '/login');
+    }
+    return user;
+  };
+
+  app.get('/sessions', async (req, res) => {
+    const user = signedInOrRedirect(req, res);
+    if (!user) return;
+    const s = req.session;
+    const listed = await sessionsOf(user.id);
+    let rows: SessionRow[];
+    if (listed) {
+      devices.prune(user.id, new Set(listed.map((x) => x.key)));
+      rows = listed.map((x) => rowOf(x.key, x.meta.lastSeenAt, x.meta.authAt, x.key === s.id));
+      // This session first, then the most recently seen.
+      rows.sort((a, b) => Number(b.current) - Number(a.current) || b.lastSeenAt - a.lastSeenAt);
+    } else {
+      rows = [rowOf(s.id, now(), s.authenticatedAt, true)];
+    }
+    const chrome = chromeFor(req, user);
+    res.type('html').send(
+      sessionsPage({ ...chrome, user, csrf: chrome.csrf! }, s.flash.output(), {
+        now: now(),
+        rows,
+        listable: listed !== null,
+        storeName,
+        canSignOutOthers: canSignOutOthers(),
+      }),
+    );
+  });
+
+  /** Ends one of the user's own sessions, by its id (`session.id`) from the list. */
+  app.post('/sessions/revoke', async (req, res) => {
+    const user = signedInOrRedirect(req, res);
+    if (!user) return;
+    const s = req.session;
+    const id = field(req.body, 'id', 128);
+    if (!id) {
+      res
+        .status(400)
+        .type('html')
+        .send(errorPage(400, chromeFor(req, user), SESSIONS_BACK));
+      return;
+    }
+    if (id === s.id) {
+      // Revoking the session you are using is signing out.
+      devices.forget(s.id);
+      await s.logout();
+      res.redirect(303, '/login');
+      return;
+    }
+    const listed = await sessionsOf(user.id);
+    if (!listed) {
+      res
+        .status(404)
+        .type('html')
+        .send(
+          errorPage(404, chromeFor(req, user), {
+            ...SESSIONS_BACK,
+            title: 'Cannot sign out one session here',
+            text: 'This server cannot list sessions, so it cannot tell which ones are yours. Use "Sign out other devices" instead.',
+          }),
+        );
+      return;
+    }
+    // Only an id from the user's own list: anyone else's session (or an ended one) is "not found".
+    if (!listed.some((x) => x.key === id)) {
+      res
+        .status(404)
+        .type('html')
+        .send(
+          errorPage(404, chromeFor(req, user), {
+            ...SESSIONS_BACK,
+            title: 'Session not found',
+            text: 'That session is not one of yours, or it has already ended.',
+          }),
+        );
+      return;
+    }
+    const { label } = describeDevice(devices.get(id)?.userAgent);
+    await manager.revoke(id);
+    devices.forget(id);
+    s.flash.success(`Signed out: ${label}.`);
+    res.redirect(303, '/sessions');
+  });
+
+  /** "Sign out other devices": every session of the user but this one. */
+  app.post('/sessions/revoke-others', async (req, res) => {
+    const user = signedInOrRedirect(req, res);
+    if (!user) return;
+    const s = req.session;
+    if (!canSignOutOthers()) {
+      s.flash.error(`This server's session store (${storeName}) cannot sign out other sessions.`);
+      res.redirect(303, '/sessions');
+      return;
+    }
+    // null: a store that revokes without listing (Memcached) cannot count what it ended.
+    const count = await manager.revokeAll(user.id, { except: s.id });
+    devices.forgetUser(user.id, s.id);
+    s.flash.success(
+      count === null
+        ? 'All other sessions were signed out.'
+        : count === 0
+          ? 'There were no other sessions to sign out.'
+          : `Signed out ${count} other session${count === 1 ? '' : 's'}.`,
+    );
+    res.redirect(303, '/sessions');
+  });
 
   // ---- routes for the security tests (checklist §4) ------------------------------------
 
@@ -263,6 +467,7 @@ export function createApp(options: DemoOptions): Demo {
     // (503) before anything is reported as done. Then change the password and rotate this session.
     // signedOut is null on a store that revokes without listing (Memcached): it cannot count.
     const signedOut = await manager.revokeAll(user.id, { except: req.session.id });
+    devices.forgetUser(user.id, req.session.id);
     await users.setPassword(user.id, next);
     await req.session.regenerateId();
     res.json({ ok: true, signedOut });
@@ -341,5 +546,5 @@ export function createApp(options: DemoOptions): Demo {
     res.status(status).type('html').send(errorPage(status, chrome));
   });
 
-  return { app, manager, users };
+  return { app, manager, users, devices };
 }

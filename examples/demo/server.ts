@@ -57,6 +57,11 @@ async function main(): Promise<void> {
     secureCookie: production,
     trustProxy: process.env.TRUST_PROXY === '1',
     audit: jsonLinesAudit(process.stdout),
+    // Failed-login throttling uses the library's defaults; the first lock can be lengthened
+    // (e.g. for a demonstration) with LOGIN_THROTTLE_BASE_DELAY_MS.
+    ...(process.env.LOGIN_THROTTLE_BASE_DELAY_MS
+      ? { loginThrottle: { baseDelayMs: Number(process.env.LOGIN_THROTTLE_BASE_DELAY_MS) } }
+      : {}),
   });
 
   const server = app.listen(port, host, () => {

@@ -14,6 +14,10 @@ export type AuditEventType =
   | 'session_revoked'
   | 'authn_login_success'
   | 'authn_login_fail'
+  /** Failed logins reached the throttle's limit for an account or address; `reason` says which. */
+  | 'authn_login_fail_max'
+  /** A login was refused (429) because the account or address is throttled. */
+  | 'authn_login_lock'
   | 'malicious_csrf'
   | 'store_corrupt'
   /** A renewed-away session ID was presented after its grace window (SM-24). */

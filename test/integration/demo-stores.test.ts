@@ -119,6 +119,7 @@ describe.each(cases)('the demo on SESSION_STORE=%s', async (label, url) => {
     async () => {
       const demo = await startDemo({ store: selected!.store });
       let alive = 0;
+      let refused = 0;
       try {
         for (let i = 0; i < 40; i++) {
           const c = demo.client();
@@ -129,12 +130,21 @@ describe.each(cases)('the demo on SESSION_STORE=%s', async (label, url) => {
             c.post('/logout', { _csrf: token }),
             twin.post('/elevate', { _csrf: token }),
           ]);
-          expect(out.status).toBe(303);
           expect(up.status).toBeLessThan(500);
+          if (out.status === 403) {
+            // /elevate committed first and rotated the CSRF token the logout carried: the
+            // logout was refused, so the session rightly lives on, under the new cookie only.
+            expect(up.status).toBe(200);
+            refused++;
+            continue;
+          }
+          expect(out.status).toBe(303);
           for (const client of [c, twin]) if ((await client.get('/dashboard')).status === 200) alive++;
         }
       } finally {
-        survivors.push(`${label}: /logout vs /elevate = ${alive}/40`);
+        survivors.push(
+          `${label}: /logout vs /elevate = ${alive}/${40 - refused} (logouts refused by the CSRF rotation: ${refused})`,
+        );
         await demo.close();
       }
       expect(alive).toBe(0);
