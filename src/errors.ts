@@ -12,7 +12,8 @@ export type SessionErrorCode =
   | 'CSRF_INVALID'
   | 'NOT_SUPPORTED'
   | 'SESSION_LIMIT'
-  | 'REAUTH_REQUIRED';
+  | 'REAUTH_REQUIRED'
+  | 'TOO_MANY_SESSIONS';
 
 const STATUS: Record<SessionErrorCode, number> = {
   INVALID_OPTION: 500,
@@ -30,6 +31,8 @@ const STATUS: Record<SessionErrorCode, number> = {
   // retries after Retry-After, and is what rate limiters and ID-guessing throttles answer.
   SESSION_LIMIT: 409,
   REAUTH_REQUIRED: 401,
+  // A client over `sessionCreationLimit`: slow down, then retry.
+  TOO_MANY_SESSIONS: 429,
 };
 
 /**

@@ -63,6 +63,7 @@ export class SessionManager<D extends object = DefaultSessionData> {
   readonly #limiter: SessionLimiter | undefined;
   readonly #committer: Committer;
   readonly #warned = new Set<string>();
+  readonly #creations: GuessDetector | undefined;
 
   constructor(options: SessionManagerOptions) {
     this.options = resolveOptions(options);
@@ -75,6 +76,8 @@ export class SessionManager<D extends object = DefaultSessionData> {
     this.#codec = recordCodec(keys, this.options.encrypt);
     const guessing = this.options.guessDetection;
     this.#guesses = guessing ? new GuessDetector(guessing, this.options.now) : undefined;
+    const creation = this.options.sessionCreationLimit;
+    this.#creations = creation ? new GuessDetector(creation, this.options.now) : undefined;
     this.#checkStore();
     this.#limiter = this.#makeLimiter();
     this.#driver = this.#makeDriver();
@@ -86,6 +89,7 @@ export class SessionManager<D extends object = DefaultSessionData> {
       events: this.#events,
       limiter: this.#limiter,
       end: (sid, end) => this.#end(sid, end),
+      admitCreation: (state) => this.#admitCreation(state.client),
       warnOnce: (message) => this.#warnOnce(message),
     });
   }
@@ -431,6 +435,21 @@ export class SessionManager<D extends object = DefaultSessionData> {
     };
     return sessionFor<D>(
       new SessionState(this.#driver, endedReason === undefined ? init : { ...init, endedReason }),
+    );
+  }
+
+  /** `sessionCreationLimit`: one more stored session for this address, or a 429. */
+  #admitCreation(client: ClientInfo): void {
+    const limit = this.options.sessionCreationLimit;
+    if (!this.#creations || !limit || !client.ip) return;
+    const count = this.#creations.add(client.ip);
+    if (count <= limit.limit) return;
+    if (count === limit.limit + 1) {
+      this.#events.emit({ type: 'suspicious', client, reason: 'session-creation-rate' });
+    }
+    throw new SessionError(
+      'TOO_MANY_SESSIONS',
+      'Too many new sessions from your address; wait a minute and try again.',
     );
   }
 

@@ -143,6 +143,13 @@ export interface SessionManagerOptions {
    */
   guessDetection?: boolean | { limit?: number; windowMs?: number; maxAddresses?: number };
   /**
+   * Most new sessions one client address may have stored per window (counted in this process):
+   * beyond it, a write that would store a new session is refused with 429 `TOO_MANY_SESSIONS`
+   * and reported (`suspicious`). Signed-in users' sessions are created by login and count too.
+   * @default off
+   */
+  sessionCreationLimit?: false | { perClient: number; windowMs?: number; maxAddresses?: number };
+  /**
    * Give a session a new ID once its ID is `interval` old, keeping its data (SM-24). The old ID
    * serves requests in flight for `grace`, then is dead; presenting it while its tombstone is kept
    * (`expiredRetention`) is reported as `session_use_after_expire`.
@@ -179,6 +186,7 @@ export interface ResolvedOptions {
   csrf: { field: string; header: string };
   clearSiteData: string | false;
   guessDetection: GuessDetectionSettings | false;
+  sessionCreationLimit: GuessDetectionSettings | false;
   renewal: false | Required<RenewalOptions>;
   maxSessionsPerUser: false | Required<SessionLimitOptions>;
   now: () => number;
@@ -355,6 +363,7 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
     },
     clearSiteData: options.clearSiteData ?? '"cache"',
     guessDetection,
+    sessionCreationLimit: resolveCreationLimit(options.sessionCreationLimit),
     renewal,
     maxSessionsPerUser,
     now,
@@ -443,5 +452,25 @@ function resolveGuessDetection(
         ? 10_000
         : positive(o.windowMs, 'guessDetection.windowMs', 'milliseconds', 'omit it for 10000.'),
     maxAddresses: count('maxAddresses', 10_000),
+  };
+}
+
+function resolveCreationLimit(
+  option: SessionManagerOptions['sessionCreationLimit'],
+): GuessDetectionSettings | false {
+  if (option === undefined || option === false) return false;
+  const integer = (value: unknown, name: string, fallback?: number): number => {
+    if (value === undefined && fallback !== undefined) return fallback;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) {
+      fail(`sessionCreationLimit.${name} must be a positive integer (got ${String(value)}).`);
+    }
+    return value as number;
+  };
+  if (typeof option !== 'object' || option === null)
+    fail('sessionCreationLimit must be false or { perClient, windowMs? }.');
+  return {
+    limit: integer(option.perClient, 'perClient'),
+    windowMs: integer(option.windowMs, 'windowMs', 60_000),
+    maxAddresses: integer(option.maxAddresses, 'maxAddresses', 10_000),
   };
 }

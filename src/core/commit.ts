@@ -41,6 +41,8 @@ export interface CommitDeps {
   cookies: CookieCodec;
   events: AuditEmitter;
   limiter: SessionLimiter | undefined;
+  /** Throws TOO_MANY_SESSIONS when the client is over `sessionCreationLimit`. */
+  admitCreation(s: SessionState): void;
   /** The manager's one destroy path; `quiet` turns a failure into a warning. */
   end(sid: string, options: { quiet?: boolean }): Promise<void>;
   warnOnce(message: string): void;
@@ -84,6 +86,7 @@ export class Committer {
       this.#warnInsecure();
       return out;
     }
+    this.#deps.admitCreation(s);
     const now = o.now();
     for (let attempt = 0; ; attempt++) {
       const sid = attempt === 0 ? s.id() : newToken();

@@ -29,9 +29,14 @@ export class GuessDetector {
     this.#now = now;
   }
 
-  /** Records one bad cookie from `address`; true exactly when this one reaches the limit. */
+  /** Records one event from `address`; true exactly when this one reaches the limit. */
   record(address: string): boolean {
-    const { limit, windowMs, maxAddresses } = this.#settings;
+    return this.add(address) === this.#settings.limit;
+  }
+
+  /** Records one event from `address` and returns how many it has in the current window. */
+  add(address: string): number {
+    const { windowMs, maxAddresses } = this.#settings;
     const now = this.#now();
     let window = this.#windows.get(address);
     if (window === undefined || now - window.start >= windowMs) window = { start: now, count: 0 };
@@ -40,6 +45,6 @@ export class GuessDetector {
     this.#windows.set(address, window);
     if (this.#windows.size > maxAddresses) this.#windows.delete(this.#windows.keys().next().value!);
     window.count++;
-    return window.count === limit;
+    return window.count;
   }
 }

@@ -149,3 +149,38 @@ describe('MemoryStore never evicts a signed-in session for a visitor', () => {
     expect(new MemoryStore({ maxEntries: 5 }).maxEntries).toBe(5);
   });
 });
+
+describe('sessionCreationLimit (optional per-client limit on stored sessions)', () => {
+  it('beyond perClient new sessions per window from one address: 429 TOO_MANY_SESSIONS, reported once', async () => {
+    const { manager, clock, events } = setup({ sessionCreationLimit: { perClient: 3, windowMs: MINUTE } });
+    const from = (ip: string) => {
+      const b = new Browser(manager);
+      b.info = { ...b.info, ip };
+      return b;
+    };
+    for (let i = 0; i < 3; i++) await from('192.0.2.9').request((s) => s.set('cart', [i]));
+    for (let i = 0; i < 2; i++) {
+      const refused = await from('192.0.2.9')
+        .request((s) => s.set('cart', [i]))
+        .catch((e: SessionError) => e);
+      expect(refused).toMatchObject({ code: 'TOO_MANY_SESSIONS', status: 429 });
+    }
+    expect(
+      events.filter((e) => e.type === 'suspicious' && e.reason === 'session-creation-rate'),
+    ).toHaveLength(1);
+    // Another address is not affected; the window passes.
+    await from('192.0.2.10').request((s) => s.set('cart', [1]));
+    clock.advance(MINUTE);
+    await from('192.0.2.9').request((s) => s.set('cart', [1]));
+    // Shown a form only: nothing stored, nothing counted.
+    for (let i = 0; i < 10; i++) await from('192.0.2.11').request((s) => s.csrf.token());
+    await from('192.0.2.11').request((s) => s.set('cart', [1]));
+  });
+
+  it('is off by default and refuses nonsense', () => {
+    expect(setup().manager.options.sessionCreationLimit).toBe(false);
+    expect(() => setup({ sessionCreationLimit: { perClient: 0 } })).toThrow(
+      /perClient must be a positive integer/,
+    );
+  });
+});
