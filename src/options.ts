@@ -1,20 +1,30 @@
+import proxyAddr from 'proxy-addr';
 import { SessionError } from './errors.js';
 import type { AuditEvent } from './features/audit.js';
 import type { GuessDetectionSettings } from './features/throttle.js';
 import type { SessionStore } from './stores/store.js';
 
-/** Cookie settings. Secure by default; relax only for local HTTP development. */
+/** Cookie settings. Secure by default; use `secure: 'auto'` for local HTTP development. */
 export interface CookieOptions {
   /**
    * Cookie name. A generic name, so the framework is not fingerprinted.
-   * @default '__Host-id' when `secure` is true, otherwise 'id'
+   * @default '__Host-id' when `secure` is true or 'auto', otherwise 'id'
    */
   name?: string;
   /**
-   * Send the cookie over HTTPS only. Turn off only for local HTTP development.
+   * Send the cookie over HTTPS only.
+   *
+   * - `true`: always `Secure` (and the `__Host-` name); a session written on a plain-HTTP request
+   *   gets no cookie, with a warning.
+   * - `'auto'`: as `true`, except on a plain-HTTP request made directly to this machine
+   *   (`http://localhost`, `127.0.0.1`, `[::1]`, from a loopback address, with no proxy
+   *   headers) outside `NODE_ENV=production`: there the cookie is sent without `Secure` and
+   *   without the `__Host-`/`__Secure-` prefix. The way to develop on `http://localhost`;
+   *   applied by the bundled integrations (see docs/security.md).
+   * - `false`: never `Secure`. Only for plain-HTTP deployments you accept as insecure.
    * @default true
    */
-  secure?: boolean;
+  secure?: boolean | 'auto';
   /** @default 'lax' */
   sameSite?: 'lax' | 'strict' | 'none';
   /** Must stay '/' with a `__Host-` name. @default '/' */
@@ -75,9 +85,24 @@ export interface SessionLimitOptions {
   onExceed?: 'evict-oldest' | 'refuse';
 }
 
+/**
+ * Which proxies to trust, as Express's `trust proxy` setting and the `proxy-addr` library take it.
+ * @example 'loopback, 10.0.0.0/8'
+ * @inline
+ */
+export type TrustProxy =
+  | boolean
+  | number
+  | string
+  | readonly string[]
+  | ((address: string, hop: number) => boolean);
+
 /** Options of {@link SessionManager}; validated once, at construction. */
 export interface SessionManagerOptions {
-  /** Where sessions live. @default a FileStore in `<os.tmpdir()>/sessionflow` */
+  /**
+   * Where sessions live. Pass one explicitly in production (a warning says so otherwise).
+   * @default a FileStore in `$XDG_STATE_HOME/sessionflow` or `~/.local/state/sessionflow`
+   */
   store?: SessionStore;
   /** The signing secret (at least 32 bytes). Use `secrets` to rotate. */
   secret?: string;
@@ -121,10 +146,15 @@ export interface SessionManagerOptions {
   /** Largest encoded size of one session's values, in bytes. @default 65536 */
   maxSize?: number;
   /**
-   * Trust `X-Forwarded-For`/`X-Forwarded-Proto` from the direct peer: `true`, or a function
-   * deciding per peer address. @default false
+   * Which proxies' `X-Forwarded-For`/`X-Forwarded-Proto` to believe, with Express's `trust proxy`
+   * semantics (resolved by the `proxy-addr` library): `true` (every hop), `false`, a hop count
+   * (`1`: the nearest proxy only), addresses or CIDR ranges, as an array or a comma-separated
+   * string, with the names 'loopback', 'linklocal' and 'uniquelocal', or a function
+   * `(address, hop) => boolean`. The Express and Fastify integrations follow the framework's own
+   * setting (`app.set('trust proxy', …)`, `Fastify({ trustProxy })`) when the app has one.
+   * @default false
    */
-  trustProxy?: boolean | ((address: string) => boolean);
+  trustProxy?: TrustProxy;
   /** Keys (top-level) carried into the new session at `login()`; flash messages always are. @default [] */
   keepOnLogin?: readonly string[];
   /** Receives security and lifecycle events (see docs/security.md). @default no-op */
@@ -167,8 +197,16 @@ export interface SessionManagerOptions {
 
 export interface ResolvedOptions {
   secrets: readonly string[];
-  cookie: Required<Pick<CookieOptions, 'name' | 'secure' | 'sameSite' | 'path' | 'partitioned'>> &
-    Pick<CookieOptions, 'domain' | 'maxAge'>;
+  cookie: Required<Pick<CookieOptions, 'name' | 'sameSite' | 'path' | 'partitioned'>> &
+    Pick<CookieOptions, 'domain' | 'maxAge'> & {
+      /** The cookie is Secure (`true` and `'auto'`); `'auto'` relaxes only `localHttp` requests. */
+      secure: boolean;
+      /**
+       * `secure: 'auto'` outside `NODE_ENV=production`: a plain-HTTP request made directly to
+       * this machine gets a cookie without `Secure` and without the name prefix.
+       */
+      localHttp: boolean;
+    };
   idleTimeout: number;
   anonymousIdleTimeout: number;
   absoluteTimeout: number;
@@ -181,7 +219,10 @@ export interface ResolvedOptions {
   };
   encrypt: boolean;
   maxSize: number;
-  trustProxy: (address: string) => boolean;
+  /** The compiled trust function: is the hop at `address`, `hop` hops from us, a trusted proxy? */
+  trustProxy: (address: string, hop: number) => boolean;
+  /** `trustProxy` as given; undefined when the option was not set. */
+  trustProxySetting: TrustProxy | undefined;
   keepOnLogin: ReadonlySet<string>;
   csrf: { field: string; header: string };
   clearSiteData: string | false;
@@ -246,8 +287,11 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
   }
 
   const c = options.cookie ?? {};
-  const secure = c.secure ?? true;
-  if (typeof secure !== 'boolean') fail('cookie.secure must be a boolean.');
+  const secureOption = c.secure ?? true;
+  if (typeof secureOption !== 'boolean' && secureOption !== 'auto')
+    fail("cookie.secure must be true, false or 'auto' (Secure everywhere but on http://localhost).");
+  const secure = secureOption !== false;
+  const localHttp = secureOption === 'auto' && process.env.NODE_ENV !== 'production';
   const name = c.name ?? (secure ? '__Host-id' : 'id');
   if (!COOKIE_NAME.test(name)) {
     fail(
@@ -329,13 +373,7 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
     options.maxSize === undefined
       ? 65_536
       : positive(options.maxSize, 'maxSize', 'bytes', 'omit it to use the default of 65536 bytes.');
-  const tp = options.trustProxy ?? false;
-  if (typeof tp !== 'boolean' && typeof tp !== 'function') {
-    fail(
-      "trustProxy must be true, false or a function (address) => boolean, e.g. (a) => a === '127.0.0.1'; Express-style strings such as 'loopback' are not supported.",
-    );
-  }
-  const trustProxy = typeof tp === 'function' ? tp : () => tp === true;
+  const trustProxy = compileTrust(options.trustProxy ?? false);
   const keep = options.keepOnLogin ?? [];
   if (!Array.isArray(keep)) fail('keepOnLogin must be an array of top-level key names.');
   const guessDetection = resolveGuessDetection(options.guessDetection ?? true);
@@ -344,9 +382,18 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
   const now = options.now ?? Date.now;
   if (typeof now !== 'function') fail('now must be a function returning milliseconds.');
 
-  return {
+  const resolved: ResolvedOptions = {
     secrets,
-    cookie: { name, secure, sameSite, path, domain: c.domain, maxAge, partitioned: c.partitioned ?? false },
+    cookie: {
+      name,
+      secure,
+      localHttp,
+      sameSite,
+      path,
+      domain: c.domain,
+      maxAge,
+      partitioned: c.partitioned ?? false,
+    },
     idleTimeout,
     anonymousIdleTimeout,
     absoluteTimeout,
@@ -356,6 +403,7 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
     encrypt: options.encrypt ?? false,
     maxSize,
     trustProxy,
+    trustProxySetting: options.trustProxy,
     keepOnLogin: new Set(keep),
     csrf: {
       field: options.csrf?.field ?? '_csrf',
@@ -368,6 +416,8 @@ export function resolveOptions(options: SessionManagerOptions): ResolvedOptions 
     maxSessionsPerUser,
     now,
   };
+  warnAboutOptions(options, secureOption);
+  return resolved;
 }
 
 function resolveRenewal(option: unknown, idleTimeout: number): ResolvedOptions['renewal'] {
@@ -473,4 +523,212 @@ function resolveCreationLimit(
     windowMs: integer(option.windowMs, 'windowMs', 60_000),
     maxAddresses: integer(option.maxAddresses, 'maxAddresses', 10_000),
   };
+}
+
+/**
+ * Compiles `trustProxy` the way Express compiles its `trust proxy` setting, with `proxy-addr`:
+ * a function as is, `true` every hop, a number the nearest `n` hops, addresses and ranges
+ * (array or comma-separated string) through `proxyAddr.compile`.
+ */
+function compileTrust(value: unknown): (address: string, hop: number) => boolean {
+  if (typeof value === 'function') return value as (address: string, hop: number) => boolean;
+  if (value === true) return () => true;
+  if (value === false) return () => false;
+  if (typeof value === 'number') {
+    if (!Number.isInteger(value) || value < 0)
+      fail(`trustProxy as a hop count must be a whole number, 0 or more (got ${value}).`);
+    return (_address, hop) => hop < value;
+  }
+  const list =
+    typeof value === 'string'
+      ? value.split(',').map((v) => v.trim())
+      : Array.isArray(value) && value.every((v) => typeof v === 'string')
+        ? (value as string[])
+        : undefined;
+  if (list === undefined) {
+    fail(
+      "trustProxy must be true, false, a hop count, addresses or CIDR ranges ('loopback, 10.0.0.0/8' or an array), or a function (address, hop) => boolean.",
+    );
+  }
+  if (list.length === 0 || list.every((v) => v === '')) return () => false;
+  try {
+    return proxyAddr.compile(list);
+  } catch (err) {
+    return fail(
+      `trustProxy: ${(err as Error).message}; give IP addresses, CIDR ranges or 'loopback', 'linklocal', 'uniquelocal'.`,
+    );
+  }
+}
+
+// ---- warnings about options that are valid but probably not what was meant -------------------
+
+/**
+ * Every option this version knows, checked by the compiler against the interface, so a new
+ * option cannot be reported as unknown.
+ */
+const KNOWN_OPTIONS: Record<keyof SessionManagerOptions, true> = {
+  store: true,
+  secret: true,
+  secrets: true,
+  cookie: true,
+  idleTimeout: true,
+  anonymousIdleTimeout: true,
+  absoluteTimeout: true,
+  expiredRetention: true,
+  touchInterval: true,
+  binding: true,
+  encrypt: true,
+  maxSize: true,
+  trustProxy: true,
+  keepOnLogin: true,
+  audit: true,
+  warn: true,
+  csrf: true,
+  clearSiteData: true,
+  guessDetection: true,
+  sessionCreationLimit: true,
+  renewal: true,
+  maxSessionsPerUser: true,
+  now: true,
+};
+
+const KNOWN_COOKIE_OPTIONS: Record<keyof CookieOptions, true> = {
+  name: true,
+  secure: true,
+  sameSite: true,
+  path: true,
+  domain: true,
+  maxAge: true,
+  partitioned: true,
+};
+
+/** Options of express-session and other session libraries, with what to do instead. */
+const FOREIGN_OPTIONS: Record<string, { nearest: string; advice: string }> = {
+  resave: {
+    nearest: 'touchInterval',
+    advice: 'sessionflow writes only what a request changed, so there is nothing to re-save; remove it',
+  },
+  saveUninitialized: {
+    nearest: 'anonymousIdleTimeout',
+    advice: 'a session is stored only once something is written to it; remove it',
+  },
+  rolling: {
+    nearest: 'idleTimeout',
+    advice:
+      'the idle timeout already restarts on activity (touchInterval limits how often that is written); remove it',
+  },
+  name: { nearest: 'cookie.name', advice: 'set the cookie name as cookie.name' },
+  genid: { nearest: 'secret', advice: 'session IDs are always 256 random bits; remove it' },
+  proxy: { nearest: 'trustProxy', advice: 'use trustProxy (or your framework’s trust proxy setting)' },
+  unset: { nearest: 'keepOnLogin', advice: 'session.destroy() deletes the record; remove it' },
+  ttl: { nearest: 'idleTimeout', advice: 'use idleTimeout and absoluteTimeout, in milliseconds' },
+  maxAge: {
+    nearest: 'cookie.maxAge',
+    advice:
+      'the browser cookie lifetime is cookie.maxAge, the server-side limits are idleTimeout and absoluteTimeout (all in milliseconds)',
+  },
+  cookieName: { nearest: 'cookie.name', advice: 'set the cookie name as cookie.name' },
+  cookieOptions: { nearest: 'cookie', advice: 'cookie attributes go in cookie' },
+  password: { nearest: 'secret', advice: 'the signing secret is secret (or secrets, to rotate)' },
+};
+
+const FOREIGN_COOKIE_OPTIONS: Record<string, { nearest: string; advice: string }> = {
+  httpOnly: { nearest: 'cookie.secure', advice: 'the session cookie is always HttpOnly; remove it' },
+  expires: {
+    nearest: 'cookie.maxAge',
+    advice: 'use cookie.maxAge (milliseconds), capped by absoluteTimeout',
+  },
+  signed: { nearest: 'cookie.name', advice: 'the session cookie is always signed; remove it' },
+  encode: { nearest: 'cookie.name', advice: 'the cookie value is always base64url; remove it' },
+  priority: { nearest: 'cookie.sameSite', advice: 'not supported; remove it' },
+};
+
+/** Levenshtein distance, for "did you mean" (option names are short). */
+function distance(a: string, b: string): number {
+  const x = a.toLowerCase();
+  const y = b.toLowerCase();
+  let previous = Array.from({ length: y.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= x.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= y.length; j++) {
+      const cost = x[i - 1] === y[j - 1] ? 0 : 1;
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + cost);
+    }
+    previous = current;
+  }
+  return previous[y.length]!;
+}
+
+function nearest(name: string, known: readonly string[]): string {
+  let best = known[0]!;
+  let bestDistance = Number.POSITIVE_INFINITY;
+  for (const candidate of known) {
+    const d = distance(name, candidate);
+    if (d < bestDistance) {
+      best = candidate;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+function unknownOptions(
+  given: object,
+  known: Record<string, true>,
+  foreign: Record<string, { nearest: string; advice: string }>,
+  prefix: string,
+): string[] {
+  const messages: string[] = [];
+  const names = Object.keys(known);
+  for (const key of Object.keys(given)) {
+    if (Object.hasOwn(known, key)) continue;
+    const hint = Object.hasOwn(foreign, key) ? foreign[key] : undefined;
+    const nearestKnown = hint ? hint.nearest : `${prefix}${nearest(key, names)}`;
+    const advice = hint ? `: ${hint.advice}.` : '.';
+    messages.push(
+      `unknown option ${prefix}${key} is ignored; the nearest known option is ${nearestKnown}${advice}`,
+    );
+  }
+  return messages;
+}
+
+/** A duration under a minute was most likely written in seconds. */
+const PLAUSIBLE_MS = 60_000;
+
+function implausibleDuration(name: string, value: unknown): string | undefined {
+  if (typeof value !== 'number' || value >= PLAUSIBLE_MS) return undefined;
+  return `${name} is ${value} ms (${value / 1000} s), which is probably not meant: durations are in milliseconds; if you meant ${value} seconds, write ${value * 1000}.`;
+}
+
+/**
+ * Warnings about valid options that are probably mistakes: names of other libraries or typos
+ * (ignored), durations that look like seconds, and a production app on the default store.
+ * They go to `options.warn`, the function the manager warns through, once per manager.
+ */
+function warnAboutOptions(options: SessionManagerOptions, secure: boolean | 'auto'): void {
+  const warn =
+    typeof options.warn === 'function' ? options.warn : (m: string) => console.warn(`[sessionflow] ${m}`);
+  const messages = unknownOptions(options, KNOWN_OPTIONS, FOREIGN_OPTIONS, '');
+  if (options.cookie && typeof options.cookie === 'object') {
+    messages.push(...unknownOptions(options.cookie, KNOWN_COOKIE_OPTIONS, FOREIGN_COOKIE_OPTIONS, 'cookie.'));
+  }
+  for (const name of ['idleTimeout', 'anonymousIdleTimeout', 'absoluteTimeout'] as const) {
+    const message = implausibleDuration(name, options[name]);
+    if (message) messages.push(message);
+  }
+  const maxAge = implausibleDuration('cookie.maxAge', options.cookie?.maxAge);
+  if (maxAge) messages.push(maxAge);
+  if (process.env.NODE_ENV === 'production') {
+    if (options.store === undefined) {
+      messages.push(
+        'no store was given, so sessions go to the default FileStore ($XDG_STATE_HOME/sessionflow or ~/.local/state/sessionflow): local to this machine, not shared between servers, and lost with a container. Pass a store explicitly (a FileStore with a dir you manage for one server, Redis or SQL for several).',
+      );
+    }
+    if (secure === false) {
+      messages.push(
+        "cookie.secure is false under NODE_ENV=production: the session cookie can be sent over plain HTTP and stolen there. Use true behind HTTPS (with trustProxy behind a TLS proxy), or 'auto'.",
+      );
+    }
+  }
+  for (const message of new Set(messages)) warn(message);
 }

@@ -86,6 +86,11 @@ export class SessionState implements BagHost {
   /** The response shows a pre-session CSRF token: it depends on the visitor (no-store). */
   preUsed = false;
   onFirstChange: (() => void) | undefined;
+  /**
+   * The response has started: its commit began, or its head went out before the session
+   * changed. Set by the integrations; a change from then on cannot be stored and is reported.
+   */
+  responseStarted = false;
 
   constructor(driver: SessionDriver, init: StateInit) {
     this.driver = driver;
@@ -134,6 +139,11 @@ export class SessionState implements BagHost {
 
   get authAt(): number | undefined {
     return 'authAt' in this.meta ? this.meta.authAt : this.record?.meta.authAt;
+  }
+
+  /** The end of the session's own cookie lifetime ("remember me"), pending change first. */
+  get persistUntil(): number | undefined {
+    return 'persistUntil' in this.meta ? this.meta.persistUntil : this.record?.meta.persistUntil;
   }
 
   // ---- fields (bags, flash and CSRF use these) ------------------------------------------
@@ -257,11 +267,21 @@ export class SessionState implements BagHost {
   }
 
   changed(): void {
+    if (this.responseStarted) this.lateChange();
     const listener = this.onFirstChange;
     if (listener) {
       this.onFirstChange = undefined;
       listener();
     }
+  }
+
+  /** Reports (once per manager) a change made after the response started: it is dropped. */
+  lateChange(): void {
+    this.driver.warn(
+      this.inFlight > 0
+        ? 'login(), regenerateId() or destroy() was not awaited: it changed the session after the response had started, so its change was dropped (a login did not happen): await it before sending the response.'
+        : 'a session was changed after its response had started (the session is saved when the response head goes out), so the change was dropped: set session values, and await login(), regenerateId() and destroy(), before sending the response.',
+    );
   }
 
   /** After a successful commit: the written state becomes the loaded state. */

@@ -1,4 +1,5 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { SessionError } from '../errors.js';
 
 export interface CsrfHost {
   readInternal(name: string): unknown;
@@ -94,7 +95,11 @@ function header(req: CsrfRequest, name: string): string | undefined {
   return Array.isArray(v) ? v[0] : v;
 }
 
-/** How strict the origin part of the check is. */
+/**
+ * How strict the origin part of the check is.
+ *
+ * @inline
+ */
 export interface CsrfPolicy {
   /**
    * Accept an unsafe request that carries neither `Origin`, `Referer` nor `Sec-Fetch-Site` when
@@ -126,6 +131,23 @@ function sourceOrigin(req: CsrfRequest): string | undefined {
 }
 
 /**
+ * Why an unsafe request was refused; never contains the token.
+ *
+ * - `cross-site`: Fetch Metadata (`Sec-Fetch-Site: cross-site` or `same-site`) says another site sent it.
+ * - `origin-mismatch`: its `Origin` (or, without one, its `Referer`'s origin) is not the app's.
+ * - `origin-missing`: it carries none of `Origin`, `Referer`, `Sec-Fetch-Site`.
+ * - `token-missing`: no token in the form field or the header.
+ * - `token-mismatch`: a token that is not this session's (another session's, an expired
+ *   session's, or one whose session cookie never reached the browser).
+ */
+export type CsrfRefusal =
+  | 'cross-site'
+  | 'origin-mismatch'
+  | 'origin-missing'
+  | 'token-missing'
+  | 'token-mismatch';
+
+/**
  * Decides whether an unsafe request may proceed: 'ok', or the reason it may not. Safe methods
  * pass. Unsafe ones are refused when the browser says they come from another site (Fetch
  * Metadata), when their Origin (or, without one, their Referer) is not exactly the app's origin
@@ -138,15 +160,15 @@ export function csrfDecision(
   req: CsrfRequest,
   names: { field: string; header: string },
   policy: CsrfPolicy = {},
-): 'ok' | 'cross-site' | 'origin' | 'token' {
+): 'ok' | CsrfRefusal {
   if (isSafeMethod(req.method)) return 'ok';
   const site = header(req, 'sec-fetch-site');
   if (site === 'cross-site' || site === 'same-site') return 'cross-site';
   const source = sourceOrigin(req);
   if (source !== undefined) {
-    if (source === 'null' || !allowedOrigins(req).includes(source)) return 'origin';
+    if (source === 'null' || !allowedOrigins(req).includes(source)) return 'origin-mismatch';
   } else if (site === undefined && !policy.allowMissingOrigin) {
-    return 'origin';
+    return 'origin-missing';
   }
   const body = req.body;
   const fromBody =
@@ -154,5 +176,23 @@ export function csrfDecision(
       ? (body as Record<string, unknown>)[names.field]
       : undefined;
   const submitted = header(req, names.header) ?? fromBody;
-  return csrf.verify(submitted) ? 'ok' : 'token';
+  if (submitted === undefined || submitted === '') return 'token-missing';
+  return csrf.verify(submitted) ? 'ok' : 'token-mismatch';
+}
+
+/** The message of every CSRF refusal: the same for all reasons, so it tells an attacker nothing. */
+export const CSRF_REFUSED_MESSAGE =
+  'The form has expired or did not come from this site. Reload the page and try again.';
+
+/**
+ * The 403 of a refused unsafe request: a SessionError of code CSRF_INVALID whose `reason` says
+ * which check failed (for logs and error handlers; the message, shown to users, stays generic).
+ */
+export class CsrfError extends SessionError {
+  readonly reason: CsrfRefusal;
+
+  constructor(reason: CsrfRefusal) {
+    super('CSRF_INVALID', CSRF_REFUSED_MESSAGE);
+    this.reason = reason;
+  }
 }

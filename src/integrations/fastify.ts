@@ -1,10 +1,11 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerHookHandler } from 'fastify';
-import { SessionError } from '../errors.js';
-import { type CsrfPolicy, csrfDecision } from '../features/csrf.js';
+import type { CsrfPolicy } from '../features/csrf.js';
 import type { RequestInfo, SessionManager } from '../manager.js';
-import type { MountableSessionData, Session } from '../session.js';
-import { writeSessionHeaders } from './headers.js';
-import { requestInfo } from './http.js';
+import { type MountableSessionData, type Session, stateOf } from '../session.js';
+import { csrfGuard, resolveRequest, writeSessionHeaders } from './headers.js';
+import { nodeRequestFacts } from './http.js';
+
+export { CsrfError, type CsrfRefusal } from '../features/csrf.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -27,6 +28,31 @@ interface Tracked {
 }
 
 /**
+ * Whether the app gave Fastify a `trustProxy` setting: Fastify then builds its request class
+ * with `ip` and `protocol` getters of its own (resolved through `proxy-addr`), above the base
+ * class's. Encapsulated plugins derive their request class from it, so the whole chain is read.
+ */
+function fastifyTrustsProxies(request: FastifyRequest): boolean {
+  let owners = 0;
+  for (let p = Object.getPrototypeOf(request); p && p !== Object.prototype; p = Object.getPrototypeOf(p)) {
+    if (Object.hasOwn(p, 'ip')) owners++;
+  }
+  return owners >= 2;
+}
+
+/**
+ * Facts about a Fastify request: with Fastify's `trustProxy` set, Fastify's own `request.ip`
+ * and `request.protocol`, so the session sees the client the app sees; otherwise sessionflow's
+ * `trustProxy` over the raw request, as for node:http.
+ */
+export function fastifyRequestInfo(manager: SessionManager<object>, request: FastifyRequest): RequestInfo {
+  const framework = fastifyTrustsProxies(request)
+    ? { secure: request.protocol === 'https', ip: request.ip }
+    : undefined;
+  return resolveRequest(manager, nodeRequestFacts(request.raw, framework));
+}
+
+/**
  * Fastify plugin: `request.session` is the request's Session, loaded in `onRequest` and
  * committed in `onSend`, before the head goes out, so a redirect after login never races the
  * store. A store outage reaches Fastify's error handler as a SessionError with statusCode 503.
@@ -42,7 +68,7 @@ export function sessionPlugin<D extends MountableSessionData>(manager: SessionMa
   async function plugin(app: FastifyInstance): Promise<void> {
     app.decorateRequest('session', null as unknown as Session);
     app.addHook('onRequest', async (request: FastifyRequest) => {
-      const info = requestInfo(m, request.raw);
+      const info = fastifyRequestInfo(m, request);
       (request as unknown as Tracked)[INFO] = info;
       request.session = (await m.load(info)) as Session;
     });
@@ -52,6 +78,7 @@ export function sessionPlugin<D extends MountableSessionData>(manager: SessionMa
       // Once per request: an error raised here is rendered through onSend again.
       if (!request.session || !info || tracked[COMMITTED]) return payload;
       tracked[COMMITTED] = true;
+      stateOf(request.session).responseStarted = true;
       const out = await m.commit(request.session, info);
       // Fastify's reply.header() appends to set-cookie and replaces any other header.
       writeSessionHeaders(
@@ -62,6 +89,7 @@ export function sessionPlugin<D extends MountableSessionData>(manager: SessionMa
         },
         out,
         request.session,
+        info,
       );
       return payload;
     });
@@ -76,8 +104,9 @@ export function sessionPlugin<D extends MountableSessionData>(manager: SessionMa
 }
 
 /**
- * A `preHandler` that refuses unsafe requests without the session's CSRF token (403), with the
- * same Fetch Metadata and Origin checks as the Express middleware.
+ * A `preHandler` that refuses unsafe requests without the session's CSRF token with a 403
+ * {@link CsrfError} whose `reason` says which check failed, with the same Fetch Metadata and
+ * Origin checks as the Express middleware.
  */
 export function csrfPreHandler<D extends object>(
   manager: SessionManager<D>,
@@ -85,28 +114,9 @@ export function csrfPreHandler<D extends object>(
 ): preHandlerHookHandler {
   const m: AnyManager = manager;
   return function sessionflowCsrf(request, _reply, done) {
-    const decision = csrfDecision(
-      request.session.csrf,
-      {
-        method: request.method,
-        headers: request.headers,
-        body: request.body,
-        secure: requestInfo(m, request.raw).secure,
-        ...(options.origin === undefined ? {} : { origin: options.origin }),
-      },
-      m.options.csrf,
-      options,
-    );
-    if (decision === 'ok') {
-      done();
-      return;
-    }
-    m.reportCsrfFailure(request.session, decision);
-    done(
-      new SessionError(
-        'CSRF_INVALID',
-        'The form has expired or did not come from this site. Reload the page and try again.',
-      ),
-    );
+    const info = (request as unknown as Tracked)[INFO] ?? fastifyRequestInfo(m, request);
+    const refused = csrfGuard(m, request.session, request, info, options);
+    if (refused) done(refused);
+    else done();
   };
 }

@@ -1,38 +1,74 @@
 import { SessionError } from '../errors.js';
 import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
-import type { Session } from '../session.js';
-import { writeSessionHeaders } from './headers.js';
+import { type Session, stateOf } from '../session.js';
+import { hostnameOf, resolveRequest, warnAboutTransport, writeSessionHeaders } from './headers.js';
 
 export interface FetchSessionOptions {
-  /** The client address, if the runtime knows it (the Fetch API does not carry it). */
+  /**
+   * The address of the direct peer (the TCP connection), if the runtime knows it: Bun's
+   * `server.requestIP(req)?.address`, Deno's `info.remoteAddr.hostname`, `@hono/node-server`'s
+   * `c.env.incoming.socket.remoteAddress`. It is the client address, unless `trustProxy`
+   * trusts it: `X-Forwarded-For` and `X-Forwarded-Proto` are then honoured as for node:http.
+   */
+  peerAddress?: (request: Request) => string | undefined;
+  /**
+   * @deprecated The same as `peerAddress` (the address the runtime reports is the peer's),
+   * kept for compatibility.
+   */
   clientIp?: (request: Request) => string | undefined;
 }
 
-/** Facts about a Fetch API request: HTTPS from the URL's scheme, cookies and UA from headers. */
-export function fetchRequestInfo(request: Request, options: FetchSessionOptions = {}): RequestInfo {
-  return {
-    cookieHeader: request.headers.get('cookie') ?? undefined,
-    secure: new URL(request.url).protocol === 'https:',
-    ip: options.clientIp?.(request),
-    userAgent: request.headers.get('user-agent') ?? undefined,
-  };
+/**
+ * Facts about a Fetch API request: HTTPS from the URL's scheme, cookies and UA from headers,
+ * the peer address from `options.peerAddress`. Given the manager, its `trustProxy` applies:
+ * `X-Forwarded-Proto`/`X-Forwarded-For` count when the peer is a trusted proxy (or, with no
+ * peer address, only under `trustProxy: true` or a hop count), and `cookie.secure: 'auto'`
+ * serves plain cookies on `http://localhost`. Without the manager, forwarding headers are ignored.
+ */
+export function fetchRequestInfo(
+  request: Request,
+  options: FetchSessionOptions = {},
+  manager?: SessionManager<object>,
+): RequestInfo {
+  const peer = (options.peerAddress ?? options.clientIp)?.(request);
+  const url = new URL(request.url);
+  const encrypted = url.protocol === 'https:';
+  if (!manager) {
+    return {
+      cookieHeader: request.headers.get('cookie') ?? undefined,
+      secure: encrypted,
+      ip: peer,
+      userAgent: request.headers.get('user-agent') ?? undefined,
+    };
+  }
+  return resolveRequest(manager, {
+    peer,
+    encrypted,
+    header: (name) => request.headers.get(name) ?? undefined,
+    hostname: hostnameOf(url.host),
+  });
 }
 
-/** Copies the session's headers onto a Response (a new one if its headers are immutable). */
+/**
+ * Copies the session's headers onto a Response (a new one if its headers are immutable). Pass
+ * the request's `info` (from {@link fetchRequestInfo}) so that `cookie.secure: 'auto'` can
+ * send plain cookies on http://localhost.
+ */
 export function withSessionHeaders(
   response: Response,
   out: CommitOutcome,
   session: Session<object>,
+  info?: RequestInfo,
 ): Response {
   if (out.setCookie.length === 0 && !out.clearSiteData && !out.noStore && session.userId === undefined)
     return response;
   try {
-    writeSessionHeaders(response.headers, out, session);
+    writeSessionHeaders(response.headers, out, session, info);
     return response;
   } catch {
     // Responses from fetch() or Response.redirect() have immutable headers: copy them.
     const copy = new Response(response.body, response);
-    writeSessionHeaders(copy.headers, out, session);
+    writeSessionHeaders(copy.headers, out, session, info);
     return copy;
   }
 }
@@ -52,12 +88,15 @@ export function withFetchSession<D extends object>(
   options: FetchSessionOptions = {},
 ): (request: Request) => Promise<Response> {
   return async (request) => {
-    const info = fetchRequestInfo(request, options);
+    const info = fetchRequestInfo(request, options, manager as SessionManager<object>);
     try {
       const session = await manager.load(info);
+      warnAboutTransport(info, session);
       const response = await handler(request, session);
+      // Whatever the handler changes from here on (a task it left running) is not saved.
+      stateOf(session).responseStarted = true;
       const out = await manager.commit(session, info);
-      return withSessionHeaders(response, out, session);
+      return withSessionHeaders(response, out, session, info);
     } catch (err) {
       if (!(err instanceof SessionError) || err.status < 500) throw err;
       return new Response(`Service Unavailable: ${err.message}\n`, {

@@ -3,7 +3,7 @@ import type { TLSSocket } from 'node:tls';
 import { SessionError } from '../errors.js';
 import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
 import { type Session, stateOf } from '../session.js';
-import { writeSessionHeaders } from './headers.js';
+import { hostnameOf, type RequestFacts, resolveRequest, writeSessionHeaders } from './headers.js';
 
 /** A manager of any session data type. */
 type AnyManager = SessionManager<object>;
@@ -12,28 +12,54 @@ function firstHeader(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
+/** The parts of an Express app a request can reach (`req.app`), read without importing Express. */
+interface ExpressLike {
+  app?: { get?: (setting: string) => unknown; settings?: Record<string, unknown> };
+  protocol?: string;
+  ip?: string;
+}
+
 /**
- * Facts about a node:http request. `X-Forwarded-*` headers count only when the direct peer is
- * a trusted proxy; the client address is then the rightmost untrusted hop of X-Forwarded-For.
+ * Express's own decision about a request's scheme and client (`req.protocol`, `req.ip`), when
+ * the app configured `trust proxy` (any value, `false` included, set with `app.set`); undefined
+ * for a plain node:http request or an app that left the setting alone.
+ */
+function expressForwarding(req: IncomingMessage): { secure: boolean; ip: string | undefined } | undefined {
+  const r = req as IncomingMessage & ExpressLike;
+  const app = r.app;
+  if (!app || typeof app.get !== 'function' || !app.settings) return undefined;
+  // Express marks its own default with this key (express 4 and 5); a mounted sub-app inherits
+  // its parent's setting through `get`.
+  const setByApp =
+    app.settings['@@symbol:trust_proxy_default'] === false || (app.get('trust proxy') ?? false) !== false;
+  if (!setByApp) return undefined;
+  return { secure: r.protocol === 'https', ip: r.ip };
+}
+
+/**
+ * Facts about a node:http request. `X-Forwarded-*` headers count only as `trustProxy` says
+ * (Express's semantics, through `proxy-addr`): the scheme when the direct peer is trusted, the
+ * client address as the first untrusted hop from the right. On an Express app that set
+ * `trust proxy`, Express's own `req.protocol` and `req.ip` are used instead, so the session sees
+ * the client the app sees. Under `cookie.secure: 'auto'`, see `resolveRequest` (headers.ts).
  */
 export function requestInfo(manager: AnyManager, req: IncomingMessage): RequestInfo {
-  const peer = req.socket.remoteAddress ?? '';
-  const trust = manager.options.trustProxy;
-  let secure = (req.socket as TLSSocket).encrypted === true;
-  let ip: string | undefined = peer || undefined;
-  if (peer && trust(peer)) {
-    const proto = firstHeader(req.headers['x-forwarded-proto'])?.split(',')[0]?.trim().toLowerCase();
-    if (proto) secure = proto === 'https';
-    const hops = (firstHeader(req.headers['x-forwarded-for']) ?? '')
-      .split(',')
-      .map((h) => h.trim())
-      .filter(Boolean);
-    for (let i = hops.length - 1; i >= 0; i--) {
-      ip = hops[i]!;
-      if (!trust(ip)) break;
-    }
-  }
-  return { cookieHeader: req.headers.cookie, secure, ip, userAgent: firstHeader(req.headers['user-agent']) };
+  return resolveRequest(manager, nodeRequestFacts(req, expressForwarding(req)));
+}
+
+/** What {@link resolveRequest} needs from a node:http request. */
+export function nodeRequestFacts(
+  req: IncomingMessage,
+  framework?: { secure: boolean; ip: string | undefined },
+): RequestFacts {
+  const headers = req.headers;
+  return {
+    peer: req.socket.remoteAddress,
+    encrypted: (req.socket as TLSSocket).encrypted === true,
+    header: (name) => firstHeader(headers[name]),
+    hostname: hostnameOf(firstHeader(headers.host)),
+    framework,
+  };
 }
 
 type HeaderArg =
@@ -58,8 +84,17 @@ function applyWriteHeadHeaders(res: ServerResponse, headers: HeaderArg | undefin
   for (const [name, value] of Object.entries(headers)) if (value !== undefined) res.setHeader(name, value);
 }
 
-/** Adds the session's headers to a response whose headers have not gone out yet. */
-export function applyOutcome(res: ServerResponse, out: CommitOutcome, session: Session<object>): void {
+/**
+ * Adds the session's headers to a response whose headers have not gone out yet. Pass the
+ * request's `info` (from {@link requestInfo}) so that `cookie.secure: 'auto'` can send plain
+ * cookies on http://localhost.
+ */
+export function applyOutcome(
+  res: ServerResponse,
+  out: CommitOutcome,
+  session: Session<object>,
+  info?: RequestInfo,
+): void {
   writeSessionHeaders(
     {
       append: (name, value) => res.appendHeader(name, value),
@@ -68,10 +103,15 @@ export function applyOutcome(res: ServerResponse, out: CommitOutcome, session: S
     },
     out,
     session,
+    info,
   );
 }
 
-/** Renders the error response when the session could not be committed. */
+/**
+ * Renders the error response when the session could not be committed.
+ *
+ * @inline
+ */
 export type CommitErrorHandler = (error: SessionError, res: ServerResponse) => void;
 
 const defaultCommitError: CommitErrorHandler = (error, res) => {
@@ -171,7 +211,7 @@ export function commitBeforeHeaders(
   let started = false;
   let pending: CommitOutcome | undefined;
   const applyPending = () => {
-    if (pending && !res.headersSent) applyOutcome(res, pending, session);
+    if (pending && !res.headersSent) applyOutcome(res, pending, session, info);
   };
 
   const replay = () => {
@@ -200,6 +240,7 @@ export function commitBeforeHeaders(
   const start = () => {
     if (started) return;
     started = true;
+    stateOf(session).responseStarted = true;
     manager.commit(session, info).then(
       (out) => {
         pending = out;
@@ -222,9 +263,14 @@ export function commitBeforeHeaders(
   let originals: Methods;
   let release: () => void;
   const hold = () => {
-    // A change made after the head went out cannot send a cookie any more; as before, it is
-    // not committed (the commit starts when the head goes out).
-    if (res.headersSent) return;
+    // A change made after the head went out cannot send a cookie any more: it is not
+    // committed (the commit starts when the head goes out), and the app is told so.
+    if (res.headersSent) {
+      const state = stateOf(session);
+      state.responseStarted = true;
+      state.lateChange();
+      return;
+    }
     ({ originals, release } = intercept(res, (method, args) => {
       queue.push({ method, args });
       start();

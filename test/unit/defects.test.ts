@@ -157,13 +157,13 @@ describe('the CSRF origin derived from Host accepts only the request’s own sch
     );
 
   it('an https request with an http:// Origin or Referer is refused', () => {
-    expect(decide(true, { origin: `http://${host}` })).toBe('origin');
-    expect(decide(true, { referer: `http://${host}/form` })).toBe('origin');
+    expect(decide(true, { origin: `http://${host}` })).toBe('origin-mismatch');
+    expect(decide(true, { referer: `http://${host}/form` })).toBe('origin-mismatch');
   });
 
   it('an http request with an https:// Origin or Referer is refused', () => {
-    expect(decide(false, { origin: `https://${host}` })).toBe('origin');
-    expect(decide(false, { referer: `https://${host}/form` })).toBe('origin');
+    expect(decide(false, { origin: `https://${host}` })).toBe('origin-mismatch');
+    expect(decide(false, { referer: `https://${host}/form` })).toBe('origin-mismatch');
   });
 
   it('the same scheme is accepted, by Origin or by Referer', () => {
@@ -174,13 +174,13 @@ describe('the CSRF origin derived from Host accepts only the request’s own sch
   });
 
   it('without secure and without a configured origin the app origin is unknown: refused, not guessed', () => {
-    expect(decide(undefined, { origin: `https://${host}` })).toBe('origin');
-    expect(decide(undefined, { origin: `http://${host}` })).toBe('origin');
+    expect(decide(undefined, { origin: `https://${host}` })).toBe('origin-mismatch');
+    expect(decide(undefined, { origin: `http://${host}` })).toBe('origin-mismatch');
   });
 
   it('a configured origin decides alone, whatever the request scheme', () => {
     expect(decide(false, { origin: `https://${host}` }, `https://${host}`)).toBe('ok');
-    expect(decide(true, { origin: `http://${host}` }, `https://${host}`)).toBe('origin');
+    expect(decide(true, { origin: `http://${host}` }, `https://${host}`)).toBe('origin-mismatch');
   });
 });
 

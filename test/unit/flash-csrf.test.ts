@@ -159,7 +159,7 @@ describe('SM-46/SM-47: the CSRF decision', () => {
 
   it('unsafe methods, whatever their case or name, need the token', () => {
     for (const method of ['POST', 'post', 'PUT', 'PATCH', 'DELETE', 'PROPFIND']) {
-      expect(decide({ method })).toBe('token');
+      expect(decide({ method })).toBe('token-missing');
       expect(decide({ method, headers: { 'x-csrf-token': token } })).toBe('ok');
     }
   });
@@ -167,9 +167,9 @@ describe('SM-46/SM-47: the CSRF decision', () => {
   it('the token is read from the form field or the header, and only there', () => {
     expect(decide({ body: { _csrf: token } })).toBe('ok');
     expect(decide({ headers: { 'x-csrf-token': token } })).toBe('ok');
-    expect(decide({ headers: { cookie: `_csrf=${token}` } })).toBe('token');
-    expect(decide({ body: { csrf: token } })).toBe('token');
-    expect(decide({ body: Object.create({ _csrf: token }) })).toBe('token'); // inherited, not sent
+    expect(decide({ headers: { cookie: `_csrf=${token}` } })).toBe('token-missing');
+    expect(decide({ body: { csrf: token } })).toBe('token-missing');
+    expect(decide({ body: Object.create({ _csrf: token }) })).toBe('token-missing'); // inherited, not sent
   });
 
   it('SM-46: Fetch Metadata: cross-site and same-site are refused even with the token', () => {
@@ -182,7 +182,7 @@ describe('SM-46/SM-47: the CSRF decision', () => {
 
   it('SM-47: with neither Origin nor Referer (nor Sec-Fetch-Site) the request is refused unless the policy allows it', () => {
     const bare = { method: 'POST', secure: true, headers: { host, 'x-csrf-token': token } };
-    expect(csrfDecision(csrf, bare, names)).toBe('origin');
+    expect(csrfDecision(csrf, bare, names)).toBe('origin-missing');
     expect(csrfDecision(csrf, bare, names, { allowMissingOrigin: true })).toBe('ok');
     expect(
       csrfDecision(csrf, { ...bare, headers: { ...bare.headers, 'sec-fetch-site': 'same-origin' } }, names),
@@ -190,8 +190,8 @@ describe('SM-46/SM-47: the CSRF decision', () => {
     const referer = (r: string) =>
       csrfDecision(csrf, { ...bare, headers: { ...bare.headers, referer: r } }, names);
     expect(referer(`https://${host}/form`)).toBe('ok');
-    expect(referer('https://attacker.example/page')).toBe('origin');
-    expect(referer('not a url')).toBe('origin');
+    expect(referer('https://attacker.example/page')).toBe('origin-mismatch');
+    expect(referer('not a url')).toBe('origin-mismatch');
   });
 
   it('SM-47: the Origin must match exactly; null and look-alikes are refused', () => {
@@ -203,7 +203,7 @@ describe('SM-46/SM-47: the CSRF decision', () => {
       'https://attacker.com/app.example.org',
       'https://APP.EXAMPLE.ORG:444',
     ]) {
-      expect(decide({ headers: { ...withToken, origin } }), origin).toBe('origin');
+      expect(decide({ headers: { ...withToken, origin } }), origin).toBe('origin-mismatch');
     }
     expect(decide({ headers: { ...withToken, origin: 'https://app.example.org' } })).toBe('ok');
     expect(
@@ -211,20 +211,20 @@ describe('SM-46/SM-47: the CSRF decision', () => {
         headers: { ...withToken, origin: 'https://app.example.org' },
         origin: 'https://other.example',
       }),
-    ).toBe('origin');
+    ).toBe('origin-mismatch');
   });
 
   it('SM-47: the decision does not depend on Content-Type', () => {
     for (const type of CSRF_CONTENT_TYPES) {
       const ct = contentTypeHeader(type);
       expect(decide({ headers: { ...ct, origin: 'https://evil.example', 'x-csrf-token': token } })).toBe(
-        'origin',
+        'origin-mismatch',
       );
-      expect(decide({ headers: { ...ct, origin: 'null', 'x-csrf-token': token } })).toBe('origin');
+      expect(decide({ headers: { ...ct, origin: 'null', 'x-csrf-token': token } })).toBe('origin-mismatch');
       expect(decide({ headers: { ...ct, 'sec-fetch-site': 'cross-site', 'x-csrf-token': token } })).toBe(
         'cross-site',
       );
-      expect(decide({ headers: { ...ct, 'sec-fetch-site': 'same-origin' } })).toBe('token');
+      expect(decide({ headers: { ...ct, 'sec-fetch-site': 'same-origin' } })).toBe('token-missing');
       expect(decide({ headers: { ...ct, 'sec-fetch-site': 'same-origin', 'x-csrf-token': token } })).toBe(
         'ok',
       );

@@ -181,11 +181,16 @@ describe('SM-31: timeouts are mandatory and bounded', () => {
 });
 
 describe('other options', () => {
-  it("trustProxy must be a boolean or a function: an Express-style 'loopback' is refused, not ignored", () => {
+  it("trustProxy takes what Express's trust proxy takes (proxy-addr); anything else is refused, not ignored", () => {
+    for (const trustProxy of [true, false, 1, 'loopback', 'loopback, 10.0.0.0/8', ['10.0.0.1', 'fc00::/7']]) {
+      expect(() => build({ trustProxy })).not.toThrow();
+    }
+    expectRefused({ trustProxy: 'not-an-ip' }, 'INVALID_OPTION', /trustProxy: .*not-an-ip/);
+    expectRefused({ trustProxy: -1 }, 'INVALID_OPTION', /hop count/);
     expectRefused(
-      { trustProxy: 'loopback' as unknown as boolean },
+      { trustProxy: { loopback: true } as unknown as string },
       'INVALID_OPTION',
-      /trustProxy must be true, false or a function/,
+      /trustProxy must be/,
     );
   });
 
