@@ -251,6 +251,37 @@ export class Session<D extends object = DefaultSessionData> {
     s.changed();
   }
 
+  /**
+   * "Remember me": makes this session's cookie persistent (Max-Age) for `ms` milliseconds from
+   * now, so it survives a browser restart; `false` makes it a browser-session cookie again (or
+   * whatever `cookie.maxAge` says). The lifetime never reaches past the absolute deadline, and
+   * the idle timeout still applies on the server. It is kept in the record's metadata: every
+   * later cookie of the session (ID changes, renewals, key rotation) carries what is left of it.
+   * Call it with `login()`; on a stored session outside a login it changes the ID like
+   * {@link regenerateId}, whose guarded commit is what carries the new lifetime and cookie.
+   *
+   * @example
+   * await req.session.login(user.id);
+   * if (req.body.remember === 'on') req.session.rememberFor(30 * 24 * 3600_000);
+   */
+  rememberFor(ms: number | false): void {
+    if (ms !== false && !(typeof ms === 'number' && Number.isFinite(ms) && ms > 0)) {
+      throw new SessionError(
+        'INVALID_OPTION',
+        `rememberFor() takes a positive, finite number of milliseconds or false (got ${String(ms)}).`,
+      );
+    }
+    const s = this.#state;
+    const until = ms === false ? undefined : s.driver.options.now() + ms;
+    if (until === s.persistUntil) return;
+    s.meta.persistUntil = until;
+    s.changed();
+    if (s.record !== null && s.rotation === null) {
+      s.rotate('regenerate');
+      rotateCsrf(this, s);
+    }
+  }
+
   /** Logs out: records the event, then destroys the session (see {@link destroy}). */
   async logout(): Promise<void> {
     const s = this.#state;

@@ -14,7 +14,7 @@ import type {
   StoredSession,
 } from '../stores/store.js';
 import type { AuditEmitter } from './audit-emitter.js';
-import type { CookieCodec } from './cookie-codec.js';
+import { type CookieCodec, rememberedMaxAge } from './cookie-codec.js';
 import type { RecordCodec } from './record-codec.js';
 import type { SessionState } from './state.js';
 
@@ -117,7 +117,9 @@ export class Committer {
         if (meta.userId !== undefined) await this.#afterLogin(sid, meta.userId);
         this.#deps.events.emit({ type: 'session_created', sid, userId: meta.userId, client: s.client });
         s.committed(record, meta.h!);
-        out.setCookie.push(this.#deps.cookies.issue(sid, token, meta.deadline, now));
+        out.setCookie.push(
+          this.#deps.cookies.issue(sid, token, meta.deadline, now, rememberedMaxAge(meta, now)),
+        );
         this.#settlePre(s, out, s.pre === null);
         out.noStore = true;
         return out;
@@ -213,7 +215,7 @@ export class Committer {
         client: s.client,
         reason: 'interval',
       });
-    out.setCookie.push(this.#deps.cookies.issue(sid, token, meta.deadline, now));
+    out.setCookie.push(this.#deps.cookies.issue(sid, token, meta.deadline, now, rememberedMaxAge(meta, now)));
     return result;
   }
 
@@ -253,7 +255,10 @@ export class Committer {
     }
     if (result === 'gone' || result === 'conflict') return this.#failClosed(s, out);
     if (result === 'ok') s.committed({ meta, values: this.#valuesAfter(s, delta) }, s.handle);
-    if (sendCookie) out.setCookie.push(this.#deps.cookies.issue(sid, s.token!, meta.deadline, now));
+    if (sendCookie)
+      out.setCookie.push(
+        this.#deps.cookies.issue(sid, s.token!, meta.deadline, now, rememberedMaxAge(meta, now)),
+      );
     return out;
   }
 
@@ -321,7 +326,7 @@ export class Committer {
 
   #warnInsecure(): void {
     this.#deps.warnOnce(
-      'a session was written on a plain-HTTP request while cookie.secure is on, so no cookie can be sent; serve over HTTPS, set trustProxy behind a TLS proxy, or set cookie.secure: false for local development.',
+      "a session was written on a plain-HTTP request while cookie.secure is on, so no cookie can be sent; serve over HTTPS, set trustProxy behind a TLS proxy, or use cookie.secure: 'auto' for local development on http://localhost.",
     );
   }
 

@@ -2,6 +2,7 @@ import { parse as parseCookies, serialize as serializeCookie } from 'cookie';
 import { isWellFormedToken, storageKey } from '../crypto/ids.js';
 import type { KeyRing } from '../crypto/keyring.js';
 import type { ResolvedOptions } from '../options.js';
+import type { SessionMeta } from '../stores/store.js';
 
 /**
  * The session cookie: `<record id>.<token>.<mac>`. The record id names the stored record and
@@ -20,6 +21,17 @@ export interface VerifiedCookie {
   handle: string;
   /** Index of the secret that verified it; 0 is the newest. */
   keyIndex: number;
+}
+
+/**
+ * The per-session cookie lifetime left at `now` ("remember me": `session.rememberFor()` stores
+ * its end in `meta.persistUntil`), for {@link CookieCodec.issue}; undefined once it has passed
+ * or when the session has none, so the cookie falls back to `cookie.maxAge` or to a
+ * browser-session cookie (never to `Max-Age=0`, which would end a live session).
+ */
+export function rememberedMaxAge(meta: Pick<SessionMeta, 'persistUntil'>, now: number): number | undefined {
+  const until = meta.persistUntil;
+  return until !== undefined && until > now ? until - now : undefined;
 }
 
 // <43>.<43>.<43>: anything longer is refused before the MAC is computed.
@@ -67,17 +79,23 @@ export class CookieCodec {
     return entry;
   }
 
-  /** `Set-Cookie` for a session; with `cookie.maxAge`, never past the absolute deadline. */
-  issue(sid: string, token: string, deadline: number, now: number): string {
+  /**
+   * `Set-Cookie` for a session. `maxAge` is this session's own cookie lifetime in milliseconds
+   * ("remember me", see {@link rememberedMaxAge}); without it, `cookie.maxAge`; without either,
+   * a browser-session cookie. Never past the absolute deadline.
+   */
+  issue(sid: string, token: string, deadline: number, now: number, maxAge?: number): string {
     const c = this.#options.cookie;
-    const maxAge = c.maxAge === undefined ? undefined : Math.floor(Math.min(c.maxAge, deadline - now) / 1000);
+    const lifetime = maxAge ?? c.maxAge;
+    const seconds =
+      lifetime === undefined ? undefined : Math.floor(Math.min(lifetime, deadline - now) / 1000);
     return serializeCookie(c.name, this.#keys.sign(c.name, `${sid}.${token}`), {
       httpOnly: true,
       secure: c.secure,
       sameSite: c.sameSite,
       path: c.path,
       ...(c.domain === undefined ? {} : { domain: c.domain }),
-      ...(maxAge === undefined ? {} : { maxAge }),
+      ...(seconds === undefined ? {} : { maxAge: seconds }),
       ...(c.partitioned ? { partitioned: true } : {}),
     });
   }

@@ -30,6 +30,7 @@ const IDENTITY: readonly (keyof SessionMeta)[] = [
   'ph',
   'phUntil',
   'idAt',
+  'persistUntil',
 ];
 
 function identity(sid: string, meta: SessionMeta): string {

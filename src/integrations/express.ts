@@ -1,9 +1,19 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { SessionError } from '../errors.js';
-import { type CsrfPolicy, csrfDecision, isSafeMethod } from '../features/csrf.js';
+import { type CsrfPolicy, isSafeMethod } from '../features/csrf.js';
 import type { SessionManager } from '../manager.js';
 import type { MountableSessionData, Session } from '../session.js';
+import { compatInstaller, type ExpressCompatOptions } from './express-compat.js';
+import { csrfGuard } from './headers.js';
 import { type CommitErrorHandler, commitBeforeHeaders, requestInfo } from './http.js';
+
+export { CsrfError, type CsrfRefusal } from '../features/csrf.js';
+export {
+  type CompatCookie,
+  compat,
+  type ExpressCompatOptions,
+  type ExpressSessionCompat,
+} from './express-compat.js';
 
 declare module 'express-serve-static-core' {
   interface Request {
@@ -20,6 +30,13 @@ type AnyManager = SessionManager<object>;
 export interface ExpressSessionOptions {
   /** Renders the response when the session cannot be saved after the handler ran. @default plain-text 503 */
   onCommitError?: CommitErrorHandler;
+  /**
+   * The express-session surface on `req.session` (`regenerate`/`save`/`destroy`/`reload` with
+   * callbacks, `req.session.passport`, `req.sessionID`) that Passport and other express-session
+   * middleware use; see {@link ExpressSessionCompat}. `false` leaves `req.session` bare.
+   * @default {} (on)
+   */
+  expressSession?: ExpressCompatOptions | false;
 }
 
 /**
@@ -37,6 +54,10 @@ export function session<D extends MountableSessionData>(
   options: ExpressSessionOptions = {},
 ): RequestHandler {
   const m: AnyManager = manager;
+  const installCompat =
+    options.expressSession === false
+      ? undefined
+      : compatInstaller(options.expressSession ?? {}, (req) => m.load(requestInfo(m, req)));
   return async function sessionflow(req: Request, res: Response, next: NextFunction) {
     let s: Session<object>;
     const info = requestInfo(m, req);
@@ -47,6 +68,7 @@ export function session<D extends MountableSessionData>(
       return;
     }
     req.session = s as Session;
+    installCompat?.(req, s);
     commitBeforeHeaders(m, s, info, res, options.onCommitError);
     next();
   };
@@ -59,14 +81,16 @@ export interface CsrfMiddlewareOptions extends CsrfPolicy {
 
 /**
  * Rejects unsafe requests (POST, PUT, PATCH, DELETE…) without the session's CSRF token with a
- * 403 SessionError. Mount it after `session()` and after the body parser that reads your forms.
+ * 403 {@link CsrfError} (a SessionError of code CSRF_INVALID) whose `reason` says which check
+ * failed — `token-missing`, `token-mismatch`, `origin-mismatch`, `origin-missing` or
+ * `cross-site` — as the `malicious_csrf` audit event does; its message stays generic. Mount it
+ * after `session()` and after the body parser that reads your forms.
  */
 export function csrfProtection<D extends object>(
   manager: SessionManager<D>,
   options: CsrfMiddlewareOptions = {},
 ): RequestHandler {
   const m: AnyManager = manager;
-  const names = m.options.csrf;
   return function sessionflowCsrf(req: Request, res: Response, next: NextFunction) {
     // The outcome of an unsafe request depends on these headers; caches must not mix them up.
     if (!isSafeMethod(req.method)) res.vary('Sec-Fetch-Site').vary('Origin').vary('Referer');
@@ -80,28 +104,6 @@ export function csrfProtection<D extends object>(
       );
       return;
     }
-    const decision = csrfDecision(
-      s.csrf,
-      {
-        method: req.method,
-        headers: req.headers,
-        body: req.body,
-        secure: requestInfo(m, req).secure,
-        ...(options.origin === undefined ? {} : { origin: options.origin }),
-      },
-      names,
-      options,
-    );
-    if (decision === 'ok') {
-      next();
-      return;
-    }
-    m.reportCsrfFailure(s, decision);
-    next(
-      new SessionError(
-        'CSRF_INVALID',
-        'The form has expired or did not come from this site. Reload the page and try again.',
-      ),
-    );
+    next(csrfGuard(m, s, req, requestInfo(m, req), options));
   };
 }

@@ -43,6 +43,11 @@ export interface SessionMeta {
   phUntil?: number;
   /** When the current handle was issued; absent means `createdAt`. */
   idAt?: number;
+  /**
+   * "Remember me" (`session.rememberFor()`): the session's cookie is persistent (Max-Age) until
+   * this instant, never past `deadline`; absent means the `cookie.maxAge` option decides.
+   */
+  persistUntil?: number;
   /** With encryption on: MAC over the identity fields, bound to the record key. */
   mac?: string;
 }

@@ -150,7 +150,7 @@ describe('SM-43: csrfProtection', () => {
     expect(await res.json()).toEqual({ code: 'CSRF_INVALID' });
     expect(errors[0]).toMatchObject({ name: 'SessionError', status: 403, expose: true });
     expect(errors[0]!.message).toMatch(/Reload the page and try again/);
-    expect(kit.events.at(-1)).toMatchObject({ type: 'malicious_csrf', reason: 'token' });
+    expect(kit.events.at(-1)).toMatchObject({ type: 'malicious_csrf', reason: 'token-missing' });
   });
 
   it("another session's token is refused", async () => {
@@ -236,7 +236,7 @@ describe('SM-43: csrfProtection', () => {
       headers: { cookie, 'x-csrf-token': token },
     });
     expect(bare.status).toBe(403);
-    expect(kit.events.filter((e) => e.type === 'malicious_csrf').at(-1)?.reason).toBe('origin');
+    expect(kit.events.filter((e) => e.type === 'malicious_csrf').at(-1)?.reason).toBe('origin-missing');
     const refererOnly = (referer: string) =>
       fetch(`${url}/transfer`, { method: 'POST', headers: { cookie, referer, 'x-csrf-token': token } });
     expect((await refererOnly('https://attacker.example/page')).status).toBe(403);
