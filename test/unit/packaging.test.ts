@@ -88,7 +88,7 @@ describe('package.json: every entry point for import, require and every TypeScri
 describe('sessionflow/testing is runner-agnostic', () => {
   it('imports no test runner', () => {
     expect(nodeTestIsARunner).toBe(true);
-    for (const file of ['index.ts', 'conformance.ts', 'invariants.ts', 'runner.ts']) {
+    for (const file of ['index.ts', 'conformance.ts', 'invariants.ts', 'runner.ts', 'app.ts']) {
       const text = readFileSync(join(root, 'src/testing', file), 'utf8');
       expect(text, file).not.toMatch(
         /^\s*(import|export)\b[^;]*from '(vitest|@vitest\/[^']+|jest|@jest\/[^']+|mocha|node:test)'/m,
