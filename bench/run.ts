@@ -166,7 +166,7 @@ const BODY: Record<Mode, string> = { read: 'hello', write: 'ok', anon: 'anon' };
 /** Baselines get a cookie of a session cookie's size, so requests weigh the same. */
 const DUMMY_COOKIE = `id=${'x'.repeat(43)}.${'y'.repeat(43)}`;
 
-/** DESIGN.md "Performance targets", checked against this run's numbers. */
+/** The performance targets (listed in bench/README.md, "Targets"), checked against this run's numbers. */
 const TARGETS: { label: string; row: string; of: 'bare' | 'express' | 'fastify'; min: number }[] = [
   {
     label: 'node:http + memory store (read) >= 0.70 of bare',
@@ -649,7 +649,7 @@ async function main(): Promise<void> {
   console.log(renderTable(ordered));
   const targets = evaluateTargets(ordered);
   console.log();
-  console.log('DESIGN.md performance targets (read = valid session, reads one key, changes nothing):');
+  console.log('Performance targets (read = valid session, reads one key, changes nothing):');
   for (const t of targets) console.log(`  ${t.verdict.padEnd(7)} ${t.label}: ${t.detail}`);
   if (drift) {
     const change = drift.end / drift.start - 1;

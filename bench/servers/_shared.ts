@@ -4,7 +4,7 @@
  *
  * Routes, identical in every server so that rows compare like with like:
  *   GET /setup  writes `k = "hello"` into a new session (the response carries the cookie)
- *   GET /read   reads `k` and answers it; changes nothing (DESIGN's "read")
+ *   GET /read   reads `k` and answers it; changes nothing (the "read" of the targets in bench/README.md)
  *   GET /write  sets `n` to a new number on every request
  *   GET /anon   answers "anon" and never touches the session
  */

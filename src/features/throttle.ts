@@ -1,4 +1,4 @@
-/** Settings of {@link GuessDetector}, resolved (see `guessDetection` in the manager options). */
+/** Settings of the session-ID guessing detector, resolved (see `guessDetection` in the manager options). */
 export interface GuessDetectionSettings {
   /** Invalid or unknown session cookies from one address, within `windowMs`, that raise the alert. */
   limit: number;

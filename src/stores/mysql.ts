@@ -22,7 +22,11 @@ import {
 } from './sql-common.js';
 import { type CommitGuard, guardHolds, type SessionDelta, type StoredSession } from './store.js';
 
-/** Options of {@link MySqlStore}: the shared SQL store options. */
+/**
+ * Options of {@link MySqlStore}: the shared SQL store options.
+ *
+ * @interface
+ */
 export type MySqlStoreOptions = SqlStoreOptions;
 
 /**

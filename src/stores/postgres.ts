@@ -20,7 +20,11 @@ import {
 } from './sql-common.js';
 import type { CommitGuard, SessionDelta, StoredSession } from './store.js';
 
-/** Options of {@link PostgresStore}: the shared SQL store options. */
+/**
+ * Options of {@link PostgresStore}: the shared SQL store options.
+ *
+ * @interface
+ */
 export type PostgresStoreOptions = SqlStoreOptions;
 
 /**
@@ -99,7 +103,7 @@ export function postgresSchema(table: string = DEFAULT_TABLE): string {
  *   until gc ran).
  * - `user_id` is a generated column over `meta->>'userId'`, so the user index can never disagree
  *   with the metadata.
- * - Every operation is bounded by `timeoutMs` (see {@link SqlStoreOptions.timeoutMs}): the wait
+ * - Every operation is bounded by `timeoutMs` (an option of {@link PostgresStoreOptions}): the wait
  *   for a pooled connection, the server's `lock_timeout` for that statement, and the answer. A
  *   connection whose answer did not come in time is discarded, not returned to the pool.
  * - The store listens for the pool's `'error'` event (an idle connection whose server went away),

@@ -23,7 +23,11 @@ import {
  * different clocks. Times are stored as BIGINT milliseconds since the epoch, like the metadata.
  */
 
-/** Options every SQL store accepts. */
+/**
+ * Options every SQL store accepts.
+ *
+ * @inline
+ */
 export interface SqlStoreOptions {
   /**
    * Table name, matching /^[A-Za-z_][A-Za-z0-9_]{0,62}$/: identifiers cannot be bound as query

@@ -20,7 +20,11 @@ import {
 } from './sql-common.js';
 import type { CommitGuard, SessionDelta, StoredSession } from './store.js';
 
-/** Options of {@link SqliteStore}: the shared SQL store options. */
+/**
+ * Options of {@link SqliteStore}: the shared SQL store options.
+ *
+ * @interface
+ */
 export type SqliteStoreOptions = SqlStoreOptions;
 
 /**
