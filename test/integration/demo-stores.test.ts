@@ -40,6 +40,8 @@ describe.each(cases)('the demo on SESSION_STORE=%s', async (label, url) => {
   let selected: SelectedStore | undefined;
   const skip = await serverAvailable(`${label} store`, async () => {
     selected = await storeFromUrl(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
+    // Clients connect lazily: one real read proves the server is there.
+    await selected.store.load('A'.repeat(43));
   });
   afterAll(async () => {
     await selected?.close();

@@ -40,7 +40,12 @@ for (const [label, url] of cases) {
   let selected: SelectedStore | undefined;
   const skip = await serverAvailable(`${label} store`, async () => {
     selected = await storeFromUrl(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
-    await selected.close();
+    try {
+      // Clients connect lazily: one real read proves the server is there.
+      await selected.store.load('A'.repeat(43));
+    } finally {
+      await selected.close();
+    }
   });
   describeSessionInvariants(
     label,

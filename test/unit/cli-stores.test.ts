@@ -161,6 +161,8 @@ for (const [label, url] of [
     let selected: SelectedStore | undefined;
     const skip = await serverAvailable(`${label} store`, async () => {
       selected = await storeFromUrl(url, { prefix });
+      // Clients connect lazily: one real read proves the server is there.
+      await selected.store.load('A'.repeat(43));
     });
     afterAll(() => selected?.close());
 
