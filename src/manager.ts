@@ -358,6 +358,7 @@ export class SessionManager<D extends object = DefaultSessionData> {
         this.#events.emit({ type, sid: state.id(), userId: state.userId, client: state.client, reason }),
       warn: (message) => this.#warnOnce(message),
       preToken: (nonce) => this.#cookies.preToken(nonce),
+      preCookie: (nonce) => this.#cookies.issuePre(nonce),
       verifyPreToken: (nonce, submitted) => this.#cookies.verifyPreToken(nonce, submitted),
     };
   }

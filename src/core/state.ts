@@ -24,6 +24,8 @@ export interface SessionDriver {
   warn(message: string): void;
   /** The CSRF token of a pre-session nonce (no storage), and its constant-time check. */
   preToken(nonce: string): string;
+  /** The `Set-Cookie` header of a pre-session nonce. */
+  preCookie(nonce: string): string;
   verifyPreToken(nonce: string, submitted: string): boolean;
 }
 
@@ -85,6 +87,11 @@ export class SessionState implements BagHost {
   issuePre: string | null = null;
   /** The response shows a pre-session CSRF token: it depends on the visitor (no-store). */
   preUsed = false;
+  /**
+   * Set by integrations that can write response headers synchronously: applies the pre-session
+   * Set-Cookie (or null: only no-store) now; false when it cannot (head sent, insecure transport).
+   */
+  sendNow: ((setCookie: string | null) => boolean) | undefined;
   onFirstChange: (() => void) | undefined;
   /**
    * The response has started: its commit began, or its head went out before the session
@@ -122,9 +129,14 @@ export class SessionState implements BagHost {
     }
     if (!this.preUsed) {
       this.preUsed = true;
-      // The response carries the pre-session cookie and depends on the visitor (no-store):
-      // integrations hold it from here on.
-      this.changed();
+      // An integration that can write headers right now (node:http, Express) takes the cookie
+      // synchronously: \`res.end(session.csrf.token())\` looks up \`end\` before the token is made,
+      // so holding the response from here on would be too late for that very call.
+      const sent = this.sendNow?.(this.issuePre === null ? null : this.driver.preCookie(this.issuePre));
+      if (sent) this.issuePre = null;
+      // Otherwise the response carries the pre-session cookie and depends on the visitor
+      // (no-store): integrations hold it from here on.
+      else this.changed();
     }
     return this.driver.preToken(this.pre);
   }

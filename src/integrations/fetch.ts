@@ -1,7 +1,15 @@
 import { SessionError } from '../errors.js';
+import type { CsrfError, CsrfPolicy } from '../features/csrf.js';
 import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
 import { type Session, stateOf } from '../session.js';
-import { hostnameOf, resolveRequest, warnAboutTransport, writeSessionHeaders } from './headers.js';
+import {
+  csrfGuard,
+  errorResponseText,
+  hostnameOf,
+  resolveRequest,
+  warnAboutTransport,
+  writeSessionHeaders,
+} from './headers.js';
 
 export interface FetchSessionOptions {
   /**
@@ -99,10 +107,46 @@ export function withFetchSession<D extends object>(
       return withSessionHeaders(response, out, session, info);
     } catch (err) {
       if (!(err instanceof SessionError) || err.status < 500) throw err;
-      return new Response(`Service Unavailable: ${err.message}\n`, {
-        status: err.status,
+      const { status, text } = errorResponseText(err);
+      return new Response(text, {
+        status,
         headers: { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' },
       });
     }
   };
+}
+
+/**
+ * The CSRF check of `csrfProtection()` for Fetch handlers: for an unsafe method, the session's
+ * token (from `body[_csrf]`, which you pass after parsing the body, or the `x-csrf-token`
+ * header), Fetch Metadata and the Origin must all pass. Returns the 403 `CsrfError` (with its
+ * `reason`) to answer with, or undefined when the request may proceed.
+ *
+ * @example
+ * const refused = checkCsrf(sessions, session, request, { body: Object.fromEntries(await request.formData()) });
+ * if (refused) return new Response('Forbidden', { status: 403 });
+ */
+export function checkCsrf<D extends object>(
+  manager: SessionManager<D>,
+  session: Session<D>,
+  request: Request,
+  options: CsrfPolicy & FetchSessionOptions & { body?: unknown; origin?: string | string[] } = {},
+): CsrfError | undefined {
+  const { body, origin, ...rest } = options;
+  const m = manager as unknown as SessionManager<object>;
+  const headers: Record<string, string> = {};
+  request.headers.forEach((value, name) => {
+    headers[name] = value;
+  });
+  const info = fetchRequestInfo(request, rest, m);
+  return csrfGuard(
+    m,
+    session as unknown as Session<object>,
+    { method: request.method, headers, body },
+    info,
+    {
+      ...rest,
+      ...(origin === undefined ? {} : { origin }),
+    },
+  );
 }

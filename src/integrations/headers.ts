@@ -1,4 +1,5 @@
 import proxyAddr from 'proxy-addr';
+import { SessionError } from '../errors.js';
 import { CsrfError, type CsrfPolicy, csrfDecision } from '../features/csrf.js';
 import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
 import type { ResolvedOptions } from '../options.js';
@@ -294,4 +295,18 @@ export function csrfGuard(
     );
   }
   return new CsrfError(decision);
+}
+
+/**
+ * The one rule for what an error response may show, for every integration: the message of a
+ * SessionError marked `expose` (a 503 outage, a 403 CSRF refusal, a 409 session limit), and
+ * nothing of anything else (a bug's message, a driver's error, which may name hosts or SQL).
+ */
+export function errorResponseText(err: unknown): { status: number; text: string } {
+  if (err instanceof SessionError && err.expose) {
+    const label = err.status === 503 ? 'Service Unavailable' : err.status === 403 ? 'Forbidden' : 'Error';
+    return { status: err.status, text: `${label}: ${err.message}\n` };
+  }
+  const status = err instanceof SessionError ? err.status : 500;
+  return { status, text: status === 503 ? 'Service Unavailable\n' : 'Internal Server Error\n' };
 }

@@ -279,6 +279,19 @@ export function commitBeforeHeaders(
   };
   // A session that has no record yet needs a commit only once it changes: hold the response
   // from then on, so a visitor who never writes pays neither the hold nor a commit.
-  if (session.isNew) stateOf(session).onFirstChange = hold;
-  else hold();
+  if (session.isNew) {
+    const state = stateOf(session);
+    state.onFirstChange = hold;
+    // A visitor's pre-session CSRF cookie needs no store: written at once, no hold needed.
+    state.sendNow = (setCookie) => {
+      if (res.headersSent || (manager.options.cookie.secure && !info.secure)) return false;
+      applyOutcome(
+        res,
+        { setCookie: setCookie === null ? [] : [setCookie], noStore: true, gone: false },
+        session,
+        info,
+      );
+      return true;
+    };
+  } else hold();
 }

@@ -1,7 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { SessionError } from '../errors.js';
+import type { CsrfError, CsrfPolicy } from '../features/csrf.js';
 import type { SessionManager } from '../manager.js';
 import type { Session } from '../session.js';
+import { csrfGuard, errorResponseText } from './headers.js';
 import { type CommitErrorHandler, commitBeforeHeaders, requestInfo } from './http.js';
 
 export { applyOutcome, commitBeforeHeaders, requestInfo } from './http.js';
@@ -41,25 +42,44 @@ export function withSession<D extends object>(
   handler: (req: IncomingMessage, res: ServerResponse, session: Session<D>) => unknown,
 ): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   return async (req, res) => {
-    let session: Session<D>;
     try {
-      session = await attachSession(manager, req, res);
+      const session = await attachSession(manager, req, res);
+      await handler(req, res, session);
     } catch (err) {
-      const error =
-        err instanceof SessionError
-          ? err
-          : new SessionError('STORE_UNAVAILABLE', String(err), { cause: err });
+      // A store outage (503), a CSRF refusal thrown by the handler (403), or a bug in the handler
+      // (500): always an answer, never a hung request or an unhandled rejection.
+      const { status, text } = errorResponseText(err);
       if (!res.headersSent) {
-        res.writeHead(error.status, {
-          'Content-Type': 'text/plain; charset=utf-8',
-          'Cache-Control': 'no-store',
-        });
+        res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' });
       }
-      res.end(
-        `${error.status === 503 ? 'Service Unavailable' : 'Error'}: ${error.expose ? error.message : 'session error'}\n`,
-      );
-      return;
+      if (!res.writableEnded) res.end(text);
     }
-    await handler(req, res, session);
   };
+}
+
+/**
+ * The CSRF check of `csrfProtection()` for node:http handlers: for an unsafe method, the
+ * session's token (form field `body[_csrf]` or the `x-csrf-token` header), Fetch Metadata and
+ * the Origin must all pass. Returns the 403 `CsrfError` (with its `reason`) to answer with, or
+ * undefined when the request may proceed; refusals are audited as `malicious_csrf`.
+ *
+ * @example
+ * const refused = checkCsrf(sessions, session, req, { body });
+ * if (refused) throw refused; // withSession answers 403
+ */
+export function checkCsrf<D extends object>(
+  manager: SessionManager<D>,
+  session: Session<D>,
+  req: IncomingMessage,
+  options: CsrfPolicy & { body?: unknown; origin?: string | string[] } = {},
+): CsrfError | undefined {
+  const { body, ...policy } = options;
+  const m = manager as unknown as SessionManager<object>;
+  return csrfGuard(
+    m,
+    session as unknown as Session<object>,
+    { method: req.method ?? 'GET', headers: req.headers, body },
+    requestInfo(m, req),
+    policy,
+  );
 }
