@@ -47,6 +47,11 @@ step "npm i <tarball> express@4"
 # No --legacy-peer-deps / --force: a peer range conflict (ERESOLVE) must fail here.
 npm install --no-audit --no-fund --loglevel=error "$tarball" express@4
 
+# sessionflow/hono imports its framework when it loads (HTTPException), as a Hono app has it
+# installed anyway; the other subpaths load their drivers only when a store is built.
+step "npm i hono (for the sessionflow/hono subpath)"
+npm install --no-audit --no-fund --loglevel=error hono@4
+
 step "npx sessionflow --help"
 set +e
 # --no: never fetch a package of that name from the registry; `--` keeps --help for the bin.

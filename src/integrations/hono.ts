@@ -5,7 +5,7 @@ import { type CsrfPolicy, isSafeMethod } from '../features/csrf.js';
 import type { RequestInfo, SessionManager } from '../manager.js';
 import { type DefaultSessionData, type Session, stateOf } from '../session.js';
 import { withSessionHeaders } from './fetch.js';
-import { csrfGuard, hostnameOf, resolveRequest, warnAboutTransport } from './headers.js';
+import { csrfGuard, errorResponseText, hostnameOf, resolveRequest, warnAboutTransport } from './headers.js';
 
 export { CsrfError, type CsrfRefusal } from '../features/csrf.js';
 
@@ -91,9 +91,9 @@ const infos = new WeakMap<object, RequestInfo>();
  * error, its message only when it may be shown (`expose`), never a session cookie.
  */
 function errorResponse(error: SessionError): Response {
-  const title = error.status === 503 ? 'Service Unavailable' : error.status === 403 ? 'Forbidden' : 'Error';
-  return new Response(`${title}: ${error.expose ? error.message : 'session error'}\n`, {
-    status: error.status,
+  const { status, text } = errorResponseText(error);
+  return new Response(text, {
+    status,
     headers: { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' },
   });
 }

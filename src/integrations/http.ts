@@ -3,7 +3,13 @@ import type { TLSSocket } from 'node:tls';
 import { SessionError } from '../errors.js';
 import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
 import { type Session, stateOf } from '../session.js';
-import { hostnameOf, type RequestFacts, resolveRequest, writeSessionHeaders } from './headers.js';
+import {
+  errorResponseText,
+  hostnameOf,
+  type RequestFacts,
+  resolveRequest,
+  writeSessionHeaders,
+} from './headers.js';
 
 /** A manager of any session data type. */
 type AnyManager = SessionManager<object>;
@@ -115,13 +121,9 @@ export function applyOutcome(
 export type CommitErrorHandler = (error: SessionError, res: ServerResponse) => void;
 
 const defaultCommitError: CommitErrorHandler = (error, res) => {
-  // A refusal meant for the user (409 too many sessions) says why; a failure does not leak details.
-  const body =
-    error.status === 503
-      ? 'Service Unavailable: the session could not be saved. Please retry.\n'
-      : error.expose
-        ? `${error.message}\n`
-        : 'Internal Server Error: the session could not be saved.\n';
+  // The shared rule: a refusal meant for the user (409 too many sessions) or an outage says what
+  // the library's own message says; anything else leaks no details.
+  const { text: body } = errorResponseText(error);
   res.writeHead(error.status, {
     'Content-Type': 'text/plain; charset=utf-8',
     'Content-Length': Buffer.byteLength(body),

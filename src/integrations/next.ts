@@ -6,6 +6,7 @@ import { type Session, stateOf } from '../session.js';
 import { withSessionHeaders } from './fetch.js';
 import {
   csrfGuard,
+  errorResponseText,
   type HeaderTarget,
   hostnameOf,
   isLocalHttp,
@@ -139,10 +140,11 @@ function warnAboutNextTransport(
   }
 }
 
+/** The shared rule (errorResponseText): an exposed SessionError's message, nothing else's. */
 function errorResponse(err: SessionError): Response {
-  const text = err.status >= 500 ? `Service Unavailable: ${err.message}\n` : `${err.message}\n`;
+  const { status, text } = errorResponseText(err);
   return new Response(text, {
-    status: err.status,
+    status,
     headers: { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' },
   });
 }
