@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { type SelectedStore, storeFromUrl } from '../../src/cli/store-from-url.js';
 import { ALICE, credentials, dashboardToken, login, startDemo } from '../helpers/demo.js';
 import { serverAvailable } from '../helpers/servers.js';
+import { storeUrlCases } from '../helpers/store-urls.js';
 
 /**
  * The demo runs on every store by configuration (`SESSION_STORE=...`), and the seed's whole
@@ -13,19 +14,7 @@ import { serverAvailable } from '../helpers/servers.js';
 const scratch = await mkdtemp(join(tmpdir(), 'sessionflow-demo-stores-'));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
 
-const cases: Array<[label: string, url: string]> = [
-  ['file', 'file'],
-  ['memory', 'memory'],
-  ['sqlite', `sqlite:${join(scratch, 'sessions.db')}`],
-  ['redis', process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'],
-  [
-    'redis cluster',
-    `redis-cluster://${process.env.REDIS_CLUSTER_NODES ?? '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103'}`,
-  ],
-  ['memcached', `memcached://${process.env.MEMCACHED_SERVERS ?? '127.0.0.1:11211,127.0.0.1:11212'}`],
-  ['postgres', process.env.PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test'],
-  ['mariadb', process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test'],
-];
+const cases = storeUrlCases(scratch);
 
 const csrfOf = (html: string) => /name="_csrf" value="([^"]+)"/.exec(html)?.[1] ?? '';
 

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, it } from 'vitest';
 import { type SelectedStore, storeFromUrl } from '../../src/cli/store-from-url.js';
 import { describeSessionInvariants, type InvariantResult } from '../../src/testing/invariants.js';
 import { serverAvailable } from '../helpers/servers.js';
+import { storeUrlCases } from '../helpers/store-urls.js';
 
 /**
  * Issue-6 invariants on all eight stores, through a real SessionManager: logout, revoke and
@@ -22,19 +23,7 @@ afterAll(async () => {
   if (file) for (const r of results) appendFileSync(file, `${JSON.stringify(r)}\n`);
 });
 
-const cases: Array<[label: string, url: string]> = [
-  ['file', 'file'],
-  ['memory', 'memory'],
-  ['sqlite', `sqlite:${join(scratch, 'sessions.db')}`],
-  ['redis', process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'],
-  [
-    'redis cluster',
-    `redis-cluster://${process.env.REDIS_CLUSTER_NODES ?? '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103'}`,
-  ],
-  ['memcached', `memcached://${process.env.MEMCACHED_SERVERS ?? '127.0.0.1:11211,127.0.0.1:11212'}`],
-  ['postgres', process.env.PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test'],
-  ['mariadb', process.env.MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test'],
-];
+const cases = storeUrlCases(scratch);
 
 for (const [label, url] of cases) {
   let selected: SelectedStore | undefined;

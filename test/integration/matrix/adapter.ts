@@ -23,6 +23,9 @@
  * a store outage answers 503 without any `Set-Cookie` (the integration's own rendering, or
  * the framework's error handler given the SessionError's status).
  */
+
+import type { Server } from 'node:http';
+import { serve } from '@hono/node-server';
 import type { CsrfRefusal } from '../../../src/features/csrf.js';
 import type { SessionManager } from '../../../src/index.js';
 
@@ -68,4 +71,29 @@ export interface MatrixAdapter {
    * with the reason; they are reported as skipped, never silently dropped.
    */
   skip?: Partial<Record<string, string>>;
+}
+
+/**
+ * Serves a Fetch handler on 127.0.0.1 through @hono/node-server used only as a plain
+ * Fetch-to-node:http bridge (globals untouched), for the adapters whose apps are Fetch handlers.
+ */
+export async function serveFetch(
+  fetch: (request: Request) => Response | Promise<Response>,
+  bridgeOnly = true,
+): Promise<StartedApp> {
+  const server = await new Promise<Server>((resolve) => {
+    const s = serve(
+      { fetch, port: 0, hostname: '127.0.0.1', ...(bridgeOnly ? { overrideGlobalObjects: false } : {}) },
+      () => resolve(s as Server),
+    );
+  });
+  const address = server.address();
+  return {
+    url: `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
 }

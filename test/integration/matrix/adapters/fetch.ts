@@ -1,9 +1,7 @@
-import type { Server } from 'node:http';
-import { serve } from '@hono/node-server';
 import { CsrfError } from '../../../../src/features/csrf.js';
 import { fetchRequestInfo, withFetchSession } from '../../../../src/integrations/fetch.js';
 import { csrfGuard } from '../../../../src/integrations/headers.js';
-import type { MatrixAdapter } from '../adapter.js';
+import { type MatrixAdapter, serveFetch } from '../adapter.js';
 
 async function readBody(request: Request): Promise<Record<string, string>> {
   if (request.method !== 'POST') return {};
@@ -51,20 +49,7 @@ const adapter: MatrixAdapter = {
       }
     });
     // @hono/node-server only as a plain Fetch-to-node:http bridge (no Hono, globals untouched).
-    const server = await new Promise<Server>((resolve) => {
-      const s = serve({ fetch: handler, port: 0, hostname: '127.0.0.1', overrideGlobalObjects: false }, () =>
-        resolve(s as Server),
-      );
-    });
-    const address = server.address();
-    return {
-      url: `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`,
-      close: () =>
-        new Promise<void>((resolve) => {
-          server.closeAllConnections();
-          server.close(() => resolve());
-        }),
-    };
+    return serveFetch(handler);
   },
 };
 export default adapter;

@@ -1,9 +1,7 @@
-import type { Server } from 'node:http';
-import { serve } from '@hono/node-server';
 import { Hono } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import { CsrfError, csrfProtection, type SessionEnv, session } from '../../../../src/integrations/hono.js';
-import type { MatrixAdapter, MatrixData } from '../adapter.js';
+import { type MatrixAdapter, type MatrixData, serveFetch } from '../adapter.js';
 
 const adapter: MatrixAdapter = {
   name: 'hono',
@@ -42,18 +40,7 @@ const adapter: MatrixAdapter = {
       await c.get('session').logout();
       return c.json({ ok: true });
     });
-    const server = await new Promise<Server>((resolve) => {
-      const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s as Server));
-    });
-    const address = server.address();
-    return {
-      url: `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`,
-      close: () =>
-        new Promise<void>((resolve) => {
-          server.closeAllConnections();
-          server.close(() => resolve());
-        }),
-    };
+    return serveFetch(app.fetch, false);
   },
 };
 export default adapter;

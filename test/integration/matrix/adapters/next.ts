@@ -2,11 +2,9 @@
 // them, called with a Fetch `Request` and a context exactly as Next calls an exported GET/POST.
 // A real `next start` cannot be given the matrix's in-process manager, so a plain Fetch-to-
 // node:http bridge serves them here; test/integration/next.test.ts runs a real Next server.
-import type { Server } from 'node:http';
-import { serve } from '@hono/node-server';
 import type { SessionManager } from '../../../../src/index.js';
 import { type NextSessionOptions, withSession } from '../../../../src/integrations/next.js';
-import type { MatrixAdapter, MatrixData } from '../adapter.js';
+import { type MatrixAdapter, type MatrixData, serveFetch } from '../adapter.js';
 
 type RouteHandler = (
   request: Request,
@@ -76,20 +74,7 @@ const adapter: MatrixAdapter = {
       const route = table[`${request.method} ${new URL(request.url).pathname}`];
       return route ? route(request, { params: Promise.resolve({}) }) : new Response(null, { status: 404 });
     };
-    const server = await new Promise<Server>((resolve) => {
-      const s = serve({ fetch, port: 0, hostname: '127.0.0.1', overrideGlobalObjects: false }, () =>
-        resolve(s as Server),
-      );
-    });
-    const address = server.address();
-    return {
-      url: `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`,
-      close: () =>
-        new Promise<void>((resolve) => {
-          server.closeAllConnections();
-          server.close(() => resolve());
-        }),
-    };
+    return serveFetch(fetch);
   },
 };
 export default adapter;
