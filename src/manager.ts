@@ -2,12 +2,13 @@ import { AuditEmitter, type EventInput } from './core/audit-emitter.js';
 import { type CommitOutcome, Committer } from './core/commit.js';
 import { CookieCodec, type VerifiedCookie } from './core/cookie-codec.js';
 import { type RecordCodec, recordCodec } from './core/record-codec.js';
+import type { RequestInfo } from './core/request.js';
 import { type SessionDriver, SessionState } from './core/state.js';
 import { KeyRing } from './crypto/keyring.js';
 import { SessionError, sessionLimitReached, storeUnavailable } from './errors.js';
 import { type ClientInfo, cleanHeaderValue } from './features/audit.js';
-import { LoginThrottle, type LoginThrottleOptions } from './features/login-throttle.js';
-import { GuessDetector } from './features/throttle.js';
+import { auditedThrottle, LoginThrottle, type LoginThrottleOptions } from './features/login-throttle.js';
+import { AddressGuard } from './features/throttle.js';
 import { type ResolvedOptions, resolveOptions, type SessionManagerOptions } from './options.js';
 import { bindingMismatch } from './policy/binding.js';
 import { handleAccess } from './policy/renewal.js';
@@ -18,17 +19,7 @@ import { FileStore } from './stores/file.js';
 import type { SessionMeta, SessionStore, SessionSummary, StoredSession } from './stores/store.js';
 
 export type { CommitOutcome } from './core/commit.js';
-
-/** What an integration tells the manager about a request. */
-export interface RequestInfo {
-  /** The raw `Cookie` header. */
-  cookieHeader?: string | undefined;
-  /** The request arrived over HTTPS (directly, or through a trusted proxy). */
-  secure: boolean;
-  /** Client address, already resolved through trusted proxies. */
-  ip?: string | undefined;
-  userAgent?: string | undefined;
-}
+export type { RequestInfo } from './core/request.js';
 
 /** How a session ends: the one destroy path. */
 interface EndOptions {
@@ -59,11 +50,10 @@ export class SessionManager<D extends object = DefaultSessionData> {
   readonly #driver: SessionDriver;
   readonly #events: AuditEmitter;
   readonly #warn: (message: string) => void;
-  readonly #guesses: GuessDetector | undefined;
+  readonly #addresses: AddressGuard;
   readonly #limiter: SessionLimiter | undefined;
   readonly #committer: Committer;
   readonly #warned = new Set<string>();
-  readonly #creations: GuessDetector | undefined;
 
   constructor(options: SessionManagerOptions) {
     this.options = resolveOptions(options);
@@ -74,10 +64,12 @@ export class SessionManager<D extends object = DefaultSessionData> {
     this.#events = new AuditEmitter(options.audit, this.#warn, this.options.now);
     this.#cookies = new CookieCodec(keys, this.options);
     this.#codec = recordCodec(keys, this.options.encrypt);
-    const guessing = this.options.guessDetection;
-    this.#guesses = guessing ? new GuessDetector(guessing, this.options.now) : undefined;
-    const creation = this.options.sessionCreationLimit;
-    this.#creations = creation ? new GuessDetector(creation, this.options.now) : undefined;
+    this.#addresses = new AddressGuard(
+      this.options.guessDetection,
+      this.options.sessionCreationLimit,
+      this.options.now,
+      (reason, ip) => this.#events.emit({ type: 'suspicious', client: { ip }, reason }),
+    );
     this.#checkStore();
     this.#limiter = this.#makeLimiter();
     this.#driver = this.#makeDriver();
@@ -228,22 +220,7 @@ export class SessionManager<D extends object = DefaultSessionData> {
    * process using it, with audit events through this manager (see {@link LoginThrottle}).
    */
   loginThrottle(options: LoginThrottleOptions = {}): LoginThrottle {
-    const emit = (
-      type: 'authn_login_fail_max' | 'authn_login_lock',
-      reason: string,
-      account: string,
-      ip?: string,
-    ) => this.#events.emit({ type, userId: account, reason, client: { ip } });
-    return new LoginThrottle(
-      this.store,
-      this.options.now,
-      {
-        limitReached: (kind, account, ip, lockMs) =>
-          emit('authn_login_fail_max', `${kind}; locked ${lockMs} ms`, account, ip),
-        refused: (kind, account, ip) => emit('authn_login_lock', kind, account, ip),
-      },
-      options,
-    );
+    return new LoginThrottle(this.store, this.options.now, auditedThrottle(this.#events), options);
   }
 
   /** Deletes expired sessions (Phalcon's garbage collection). Returns how many were removed. */
@@ -441,13 +418,7 @@ export class SessionManager<D extends object = DefaultSessionData> {
 
   /** `sessionCreationLimit`: one more stored session for this address, or a 429. */
   #admitCreation(client: ClientInfo): void {
-    const limit = this.options.sessionCreationLimit;
-    if (!this.#creations || !limit || !client.ip) return;
-    const count = this.#creations.add(client.ip);
-    if (count <= limit.limit) return;
-    if (count === limit.limit + 1) {
-      this.#events.emit({ type: 'suspicious', client, reason: 'session-creation-rate' });
-    }
+    if (this.#addresses.admitCreation(client.ip)) return;
     throw new SessionError(
       'TOO_MANY_SESSIONS',
       'Too many new sessions from your address; wait a minute and try again.',
@@ -456,9 +427,7 @@ export class SessionManager<D extends object = DefaultSessionData> {
 
   /** An invalid or unknown session cookie: one more guess from this address (SM-42). */
   #countGuess(client: ClientInfo): void {
-    if (this.#guesses && client.ip && this.#guesses.record(client.ip)) {
-      this.#events.emit({ type: 'suspicious', client, reason: 'invalid-session-cookies' });
-    }
+    this.#addresses.guess(client.ip);
   }
 
   #warnOnce(message: string): void {

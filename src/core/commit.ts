@@ -70,63 +70,76 @@ export class Committer {
   async commitNew(s: SessionState, req: CommitRequest, out: CommitOutcome): Promise<CommitOutcome> {
     const o = this.#deps.options;
     const insecure = o.cookie.secure && !req.secure;
-    if (s.changes.size === 0 && Object.keys(s.meta).length === 0) {
-      if (s.clearCookie) this.clear(out, true);
-      if (s.preUsed) out.noStore = true;
-      // A visitor was shown a form: its CSRF token lives in a pre-session cookie, not the store.
-      if (s.issuePre === null && s.hadPre && s.pre === null) {
-        out.setCookie.push(this.#deps.cookies.clearPre()); // rotated by regenerateId()
-      } else if (s.issuePre !== null && !insecure) {
-        out.setCookie.push(this.#deps.cookies.issuePre(s.issuePre));
-        out.noStore = true;
-      } else if (s.issuePre !== null) this.#warnInsecure();
-      return out;
-    }
+    if (s.changes.size === 0 && Object.keys(s.meta).length === 0)
+      return this.#nothingStored(s, out, insecure);
     if (insecure) {
       this.#warnInsecure();
       return out;
     }
     this.#deps.admitCreation(s);
     const now = o.now();
-    for (let attempt = 0; ; attempt++) {
+    for (let attempt = 0; attempt < 3; attempt++) {
       const sid = attempt === 0 ? s.id() : newToken();
       const token = attempt === 0 && s.token ? s.token : newToken();
-      const meta: SessionMeta = {
-        createdAt: now,
-        deadline: now + o.absoluteTimeout,
-        ...bindingMeta(o.binding, s.client),
-        ...s.meta,
-        lastSeenAt: now,
-        h: storageKey(token),
-        idAt: now,
-      };
-      this.#seal(sid, meta);
-      const values: Record<string, string> = {};
-      for (const [f, json] of s.changes)
-        if (json !== undefined) values[f] = this.#deps.codec.encode(sid, f, json);
-      const record: StoredSession = { meta, values };
-      let created: boolean;
-      try {
-        created = await this.#deps.store.create(sid, record, storeTtl(o, meta, now));
-      } catch (err) {
-        throw storeUnavailable('create', err);
-      }
-      if (created) {
-        s.sid = sid;
-        s.token = token;
-        if (meta.userId !== undefined) await this.#afterLogin(sid, meta.userId);
-        this.#deps.events.emit({ type: 'session_created', sid, userId: meta.userId, client: s.client });
-        s.committed(record, meta.h!);
-        out.setCookie.push(
-          this.#deps.cookies.issue(sid, token, meta.deadline, now, rememberedMaxAge(meta, now)),
-        );
-        this.#settlePre(s, out, s.pre === null);
-        out.noStore = true;
-        return out;
-      }
-      // 256-bit collisions do not happen; a false here means the store is misbehaving.
-      if (attempt >= 2) throw storeUnavailable('create', new Error('store refused three fresh keys'));
+      if (await this.#create(s, out, sid, token, now)) return out;
     }
+    // 256-bit collisions do not happen; three refusals mean the store is misbehaving.
+    throw storeUnavailable('create', new Error('store refused three fresh keys'));
+  }
+
+  /** A session not stored and not written: only the cookies a visitor's form or logout needs. */
+  #nothingStored(s: SessionState, out: CommitOutcome, insecure: boolean): CommitOutcome {
+    if (s.clearCookie) this.clear(out, true);
+    if (s.preUsed) out.noStore = true;
+    // A visitor was shown a form: its CSRF token lives in a pre-session cookie, not the store.
+    if (s.issuePre === null && s.hadPre && s.pre === null) {
+      out.setCookie.push(this.#deps.cookies.clearPre()); // rotated by regenerateId()
+    } else if (s.issuePre !== null && !insecure) {
+      out.setCookie.push(this.#deps.cookies.issuePre(s.issuePre));
+      out.noStore = true;
+    } else if (s.issuePre !== null) this.#warnInsecure();
+    return out;
+  }
+
+  /** One `create` of the new record under `sid`; false if the store already holds that key. */
+  async #create(
+    s: SessionState,
+    out: CommitOutcome,
+    sid: string,
+    token: string,
+    now: number,
+  ): Promise<boolean> {
+    const o = this.#deps.options;
+    const meta: SessionMeta = {
+      createdAt: now,
+      deadline: now + o.absoluteTimeout,
+      ...bindingMeta(o.binding, s.client),
+      ...s.meta,
+      lastSeenAt: now,
+      h: storageKey(token),
+      idAt: now,
+    };
+    this.#seal(sid, meta);
+    const values: Record<string, string> = {};
+    for (const [f, json] of s.changes)
+      if (json !== undefined) values[f] = this.#deps.codec.encode(sid, f, json);
+    const record: StoredSession = { meta, values };
+    let created: boolean;
+    try {
+      created = await this.#deps.store.create(sid, record, storeTtl(o, meta, now));
+    } catch (err) {
+      throw storeUnavailable('create', err);
+    }
+    if (!created) return false;
+    s.sid = sid;
+    s.token = token;
+    if (meta.userId !== undefined) await this.#afterLogin(sid, meta.userId);
+    this.#deps.events.emit({ type: 'session_created', sid, userId: meta.userId, client: s.client });
+    s.committed(record, meta.h!);
+    out.setCookie.push(this.#deps.cookies.issue(sid, token, meta.deadline, now, rememberedMaxAge(meta, now)));
+    this.#settlePre(s, out, s.pre === null);
+    out.noStore = true;
+    return true;
   }
 
   /** A stored session: an ID change, a change set, a throttled touch, or nothing. */

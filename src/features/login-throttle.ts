@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import type { AuditEmitter } from '../core/audit-emitter.js';
 import { SessionError, storeUnavailable } from '../errors.js';
 import type { SessionStore, StoredSession } from '../stores/store.js';
 
@@ -72,6 +73,21 @@ function counterKey(kind: 'account' | 'address', id: string): string {
 /** User names differ in case and surrounding space only in typos: count them as one account. */
 export function normaliseAccount(account: string): string {
   return account.trim().normalize('NFKC').toLowerCase();
+}
+
+/** The throttle's events as audit events: `authn_login_fail_max` and `authn_login_lock`. */
+export function auditedThrottle(events: AuditEmitter): ThrottleEvents {
+  const emit = (
+    type: 'authn_login_fail_max' | 'authn_login_lock',
+    reason: string,
+    account: string,
+    ip?: string,
+  ) => events.emit({ type, userId: account, reason, client: { ip } });
+  return {
+    limitReached: (kind, account, ip, lockMs) =>
+      emit('authn_login_fail_max', `${kind}; locked ${lockMs} ms`, account, ip),
+    refused: (kind, account, ip) => emit('authn_login_lock', kind, account, ip),
+  };
 }
 
 export class LoginThrottle {

@@ -48,3 +48,39 @@ export class GuessDetector {
     return window.count;
   }
 }
+
+/**
+ * The per-address counters of a manager: ID guessing (SM-42, reported) and, with
+ * `sessionCreationLimit`, stored sessions per address (refused beyond the limit).
+ */
+export class AddressGuard {
+  readonly #guesses: GuessDetector | undefined;
+  readonly #creations: GuessDetector | undefined;
+  readonly #creationLimit: number;
+  readonly #report: (reason: string, ip: string) => void;
+
+  constructor(
+    guessing: GuessDetectionSettings | false,
+    creation: GuessDetectionSettings | false,
+    now: () => number,
+    report: (reason: string, ip: string) => void,
+  ) {
+    this.#guesses = guessing ? new GuessDetector(guessing, now) : undefined;
+    this.#creations = creation ? new GuessDetector(creation, now) : undefined;
+    this.#creationLimit = creation ? creation.limit : 0;
+    this.#report = report;
+  }
+
+  /** An invalid or unknown session cookie: one more guess from this address. */
+  guess(ip: string | undefined): void {
+    if (this.#guesses && ip && this.#guesses.record(ip)) this.#report('invalid-session-cookies', ip);
+  }
+
+  /** One more stored session for this address; false (reported once a window) beyond the limit. */
+  admitCreation(ip: string | undefined): boolean {
+    if (!this.#creations || !ip) return true;
+    const count = this.#creations.add(ip);
+    if (count === this.#creationLimit + 1) this.#report('session-creation-rate', ip);
+    return count <= this.#creationLimit;
+  }
+}
