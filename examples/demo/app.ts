@@ -351,32 +351,22 @@ export function createApp(options: DemoOptions): Demo {
       res.redirect(303, '/login');
       return;
     }
-    const listed = await sessionsOf(user.id);
-    if (!listed) {
+    const notFound = (title: string, text: string) =>
       res
         .status(404)
         .type('html')
-        .send(
-          errorPage(404, chromeFor(req, user), {
-            ...SESSIONS_BACK,
-            title: 'Cannot sign out one session here',
-            text: 'This server cannot list sessions, so it cannot tell which ones are yours. Use "Sign out other devices" instead.',
-          }),
-        );
+        .send(errorPage(404, chromeFor(req, user), { ...SESSIONS_BACK, title, text }));
+    const listed = await sessionsOf(user.id);
+    if (!listed) {
+      notFound(
+        'Cannot sign out one session here',
+        'This server cannot list sessions, so it cannot tell which ones are yours. Use "Sign out other devices" instead.',
+      );
       return;
     }
     // Only an id from the user's own list: anyone else's session (or an ended one) is "not found".
     if (!listed.some((x) => x.key === id)) {
-      res
-        .status(404)
-        .type('html')
-        .send(
-          errorPage(404, chromeFor(req, user), {
-            ...SESSIONS_BACK,
-            title: 'Session not found',
-            text: 'That session is not one of yours, or it has already ended.',
-          }),
-        );
+      notFound('Session not found', 'That session is not one of yours, or it has already ended.');
       return;
     }
     const { label } = describeDevice(devices.get(id)?.userAgent);
