@@ -3,7 +3,8 @@
  * parent, and the child side of the parent <-> server protocol (IPC).
  *
  * Routes, identical in every server so that rows compare like with like:
- *   GET /setup  writes `k = "hello"` into a new session (the response carries the cookie)
+ *   GET /setup  writes `k = "hello"` into a new session (the response carries the cookie); without a
+ *               cookie this is also the "create" row: a new visitor whose session is written
  *   GET /read   reads `k` and answers it; changes nothing (the "read" of the targets in bench/README.md)
  *   GET /write  sets `n` to a new number on every request
  *   GET /anon   answers "anon" and never touches the session
@@ -20,7 +21,7 @@ export const STORED_VALUE = 'hello';
 export const ANON_BODY = 'anon';
 export const WRITE_BODY = 'ok';
 
-export type StoreKind = 'memory' | 'file' | 'redis';
+export type StoreKind = 'memory' | 'file' | 'redis' | 'postgres';
 
 /** Handed over by the parent as one JSON argument. */
 export interface ServerConfig {
@@ -30,6 +31,9 @@ export interface ServerConfig {
   redisUrl?: string;
   /** Key prefix for Redis stores (unique per run; the parent deletes its keys). */
   prefix?: string;
+  /** PostgreSQL connection string and table (unique per run; the parent drops it). */
+  pgUrl?: string;
+  table?: string;
 }
 
 /** Messages from a server to the parent. */

@@ -1,6 +1,6 @@
 /** sessionflow's Express middleware, mounted app-wide as its docs show. Store from config. */
 import express from 'express';
-import { session } from '../../src/integrations/express.js';
+import { express as integration } from './_dist.js';
 import { serveExpressRoutes } from './_express.js';
 import { sessionflow } from './_sessionflow.js';
 import { serve } from './_shared.js';
@@ -8,7 +8,7 @@ import { serve } from './_shared.js';
 serve(async (config) => {
   const { manager, close } = await sessionflow(config);
   const app = express();
-  app.use(session(manager));
+  app.use(integration.session(manager));
   return serveExpressRoutes(
     app,
     {

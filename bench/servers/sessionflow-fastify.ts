@@ -1,6 +1,6 @@
 /** sessionflow's Fastify plugin (`sessionPlugin`), registered app-wide as its docs show. */
 import Fastify from 'fastify';
-import { sessionPlugin } from '../../src/integrations/fastify.js';
+import { fastify } from './_dist.js';
 import { sessionflow } from './_sessionflow.js';
 import { ANON_BODY, serve, WRITE_BODY } from './_shared.js';
 
@@ -8,7 +8,7 @@ serve(async (config) => {
   const { manager, close } = await sessionflow(config);
   let counter = 0;
   const app = Fastify({ logger: false });
-  await app.register(sessionPlugin(manager));
+  await app.register(fastify.sessionPlugin(manager));
   app.get('/setup', async (req, reply) => {
     req.session.set('k', 'hello');
     return reply.type('text/plain').send(WRITE_BODY);

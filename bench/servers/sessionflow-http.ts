@@ -4,7 +4,7 @@
  * Store from config: memory | file | redis.
  */
 import { createServer } from 'node:http';
-import { withSession } from '../../src/integrations/node.js';
+import { node } from './_dist.js';
 import { sessionflow } from './_sessionflow.js';
 import { ANON_BODY, closeServer, listen, serve, text, WRITE_BODY } from './_shared.js';
 
@@ -12,7 +12,7 @@ serve(async (config) => {
   const { manager, close } = await sessionflow(config);
   let counter = 0;
   const server = createServer(
-    withSession(manager, (req, res, session) => {
+    node.withSession(manager, (req, res, session) => {
       switch (req.url) {
         case '/setup':
           session.set('k', 'hello');
