@@ -43,6 +43,8 @@ export class CookieCodec {
   readonly #keys: KeyRing;
   readonly #options: ResolvedOptions;
   readonly #verified = new Map<string, VerifiedCookie>();
+  /** `; Path=/; HttpOnly; ...`: the attributes after Max-Age, serialized on first use. */
+  #attributes: string | undefined;
 
   constructor(keys: KeyRing, options: ResolvedOptions) {
     this.#keys = keys;
@@ -89,15 +91,24 @@ export class CookieCodec {
     const lifetime = maxAge ?? c.maxAge;
     const seconds =
       lifetime === undefined ? undefined : Math.floor(Math.min(lifetime, deadline - now) / 1000);
-    return serializeCookie(c.name, this.#keys.sign(c.name, `${sid}.${token}`), {
+    // The signed value is base64url and dots, which need no encoding; Max-Age comes right after
+    // the value, then the attributes that never change (checked and written once by `cookie`).
+    this.#attributes ??= serializeCookie(c.name, '', this.#fixedAttributes()).slice(c.name.length + 1);
+    const value = this.#keys.sign(c.name, `${sid}.${token}`);
+    return `${c.name}=${value}${seconds === undefined ? '' : `; Max-Age=${seconds}`}${this.#attributes}`;
+  }
+
+  /** The session cookie's attributes but Max-Age: the same for every cookie this codec issues. */
+  #fixedAttributes() {
+    const c = this.#options.cookie;
+    return {
       httpOnly: true,
       secure: c.secure,
       sameSite: c.sameSite,
       path: c.path,
       ...(c.domain === undefined ? {} : { domain: c.domain }),
-      ...(seconds === undefined ? {} : { maxAge: seconds }),
       ...(c.partitioned ? { partitioned: true } : {}),
-    });
+    };
   }
 
   // ---- the pre-session cookie (CSRF for visitors without a stored session) ---------------

@@ -3,6 +3,8 @@ import { newToken } from '../crypto/ids.js';
 import { SessionError } from '../errors.js';
 import type { AuditEventType, ClientInfo } from '../features/audit.js';
 import type { ResolvedOptions } from '../options.js';
+import { renewalDue } from '../policy/renewal.js';
+import { shouldTouch } from '../policy/timeouts.js';
 import { toJson } from '../serialize.js';
 import type { SessionMeta, StoredSession } from '../stores/store.js';
 
@@ -276,6 +278,23 @@ export class SessionState implements BagHost {
     this.destroyed = true;
     this.clearCookie = this.hadCookie || hadRecord;
     if (this.clearCookie) this.changed();
+  }
+
+  /**
+   * True while a commit would store and send nothing: no change, no ID change, no cookie to set
+   * or clear, and at `now` neither a throttled touch nor a scheduled renewal due. Integrations
+   * then hold the response only from the first change (`onFirstChange`), as for a new session.
+   */
+  quiet(now: number): boolean {
+    const o = this.driver.options;
+    const loaded = this.record;
+    if (this.changes.size > 0 || this.rotation !== null || this.reissueCookie || this.clearCookie)
+      return false;
+    if (this.destroyed || this.issuePre !== null || this.preUsed) return false;
+    for (const _ in this.meta) return false;
+    if (loaded === null) return true;
+    if (shouldTouch(o, loaded.meta, now)) return false;
+    return !(o.renewal && this.token !== null && renewalDue(o.renewal, loaded.meta, now));
   }
 
   changed(): void {

@@ -58,19 +58,20 @@ export function session<D extends MountableSessionData>(
     options.expressSession === false
       ? undefined
       : compatInstaller(options.expressSession ?? {}, (req) => m.load(requestInfo(m, req)));
-  return async function sessionflow(req: Request, res: Response, next: NextFunction) {
-    let s: Session<object>;
+  // Not an async function: Express 5 would then also watch the promise it returns.
+  return function sessionflow(req: Request, res: Response, next: NextFunction): void {
     const info = requestInfo(m, req);
-    try {
-      s = await m.load(info);
-    } catch (err) {
-      next(err);
-      return;
-    }
-    req.session = s as Session;
-    installCompat?.(req, s);
-    commitBeforeHeaders(m, s, info, res, options.onCommitError);
-    next();
+    m.load(info).then((s) => {
+      try {
+        req.session = s as Session;
+        installCompat?.(req, s);
+        commitBeforeHeaders(m, s, info, res, options.onCommitError);
+      } catch (err) {
+        next(err);
+        return;
+      }
+      next();
+    }, next);
   };
 }
 

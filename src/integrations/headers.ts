@@ -23,7 +23,7 @@ export function writeSessionHeaders(
   session: Session<object>,
   info?: RequestInfo,
 ): void {
-  const local = info === undefined ? undefined : transports.get(info)?.localHttp;
+  const local = info === undefined ? undefined : transportOf(info)?.localHttp;
   for (const cookie of out.setCookie)
     target.append('Set-Cookie', local ? toPlainSetCookie(cookie, local) : cookie);
   if (out.clearSiteData) target.set('Clear-Site-Data', out.clearSiteData);
@@ -68,16 +68,19 @@ interface Transport {
   peerUnknown: boolean;
 }
 
-const transports = new WeakMap<RequestInfo, Transport>();
+/** The transport facts ride on the RequestInfo itself (a WeakMap entry per request costs GC time). */
+const TRANSPORT = Symbol('sessionflow.transport');
+type InfoWithTransport = RequestInfo & { [TRANSPORT]?: Transport };
+const transportOf = (info: RequestInfo): Transport | undefined => (info as InfoWithTransport)[TRANSPORT];
 
 /** The request's real scheme: `info.secure` is true on a `secure: 'auto'` localhost request too. */
 export function transportSecure(info: RequestInfo): boolean {
-  return transports.get(info)?.secure ?? info.secure;
+  return transportOf(info)?.secure ?? info.secure;
 }
 
 /** The request is served under `cookie.secure: 'auto'` as plain local HTTP. */
 export function isLocalHttp(info: RequestInfo): boolean {
-  return transports.get(info)?.localHttp !== undefined;
+  return transportOf(info)?.localHttp !== undefined;
 }
 
 const FORWARDING_HEADERS = [
@@ -168,13 +171,13 @@ export function resolveRequest(manager: SessionManager<object>, facts: RequestFa
   if (!secure && o.cookie.secure && o.cookie.localHttp && isDirectLocal(facts)) {
     localHttp = localNames(o.cookie.name);
   }
-  const info: RequestInfo = {
+  const info: InfoWithTransport = {
     cookieHeader: localHttp && cookieHeader ? fromPlainCookies(cookieHeader, localHttp) : cookieHeader,
     secure: secure || localHttp !== undefined,
     ip,
     userAgent,
+    [TRANSPORT]: { secure, localHttp, peerUnknown },
   };
-  transports.set(info, { secure, localHttp, peerUnknown });
   return info;
 }
 
@@ -183,7 +186,7 @@ export function resolveRequest(manager: SessionManager<object>, facts: RequestFa
  * manager's `warn`, once): forwarding headers ignored for want of the peer address.
  */
 export function warnAboutTransport(info: RequestInfo, session: Session<object>): void {
-  if (transports.get(info)?.peerUnknown) {
+  if (transportOf(info)?.peerUnknown) {
     stateOf(session).driver.warn(
       'X-Forwarded-For/X-Forwarded-Proto were ignored: trustProxy lists addresses (or is a function) but the integration was not given the peer address; pass it (e.g. peerAddress for the Fetch integration), or use trustProxy: true or a hop count where the platform always sits behind its proxy.',
     );

@@ -133,7 +133,8 @@ const defaultCommitError: CommitErrorHandler = (error, res) => {
 };
 
 type HeldMethod = 'writeHead' | 'write' | 'end' | 'flushHeaders';
-type Methods = Record<HeldMethod, (...args: unknown[]) => unknown>;
+type Method = (this: ServerResponse, ...args: unknown[]) => unknown;
+type Methods = Record<HeldMethod, Method>;
 const HELD: readonly HeldMethod[] = ['writeHead', 'write', 'end', 'flushHeaders'];
 /** What a held call returns to the app, since the real call happens later. */
 const HELD_RESULT: Record<HeldMethod, (res: ServerResponse) => unknown> = {
@@ -143,8 +144,13 @@ const HELD_RESULT: Record<HeldMethod, (res: ServerResponse) => unknown> = {
   flushHeaders: () => undefined,
 };
 
-/** Per-response hold of the responses whose prototype carries the interception (see below). */
-const holds = new WeakMap<ServerResponse, (method: HeldMethod, args: unknown[]) => unknown>();
+/** The hold of a plain response while it is held (an own symbol property of the response). */
+const HOLD = Symbol('sessionflow.hold');
+/** The methods a plain response had as own properties before the hold (wrapped by someone). */
+const WRAPPED = Symbol('sessionflow.wrapped');
+type Holdable = ServerResponse & { [HOLD]?: ResponseHold | undefined; [WRAPPED]?: Methods };
+/** Holds of responses with a framework's prototype (no own properties added to those). */
+const frameworkHolds = new WeakMap<ServerResponse, ResponseHold>();
 const prototypeOriginals = new WeakMap<object, Methods>();
 
 function methodsOf(target: object): Methods {
@@ -153,16 +159,57 @@ function methodsOf(target: object): Methods {
 }
 
 /**
- * Routes the four head-and-body methods of `res` to `hold` until the returned release function
- * is called, and gives the methods to replay with. A plain node:http response gets own
- * properties. Frameworks such as Express give every response a prototype of their own, and
- * adding own properties to such an object takes V8's slow path (~20 µs a request): there the
- * interception is installed once on that prototype and finds the hold in a WeakMap.
+ * The four interceptors, the same functions for every response: a held response's calls go to
+ * its hold; a response that is not held (released, or another response sharing a framework's
+ * prototype) calls the method underneath.
  */
-function intercept(
-  res: ServerResponse,
-  hold: (method: HeldMethod, args: unknown[]) => unknown,
-): { originals: Methods; release: () => void } {
+function interceptors(
+  holdOf: (res: ServerResponse) => ResponseHold | undefined,
+  below: (res: ServerResponse) => Methods,
+): Methods {
+  const make = (method: HeldMethod): Method =>
+    function (this: ServerResponse, ...args: unknown[]) {
+      const hold = holdOf(this);
+      return hold ? hold.call(method, args) : below(this)[method].apply(this, args);
+    };
+  return {
+    writeHead: make('writeHead'),
+    write: make('write'),
+    end: make('end'),
+    flushHeaders: make('flushHeaders'),
+  };
+}
+
+let nodeMethods = methodsOf(ServerResponse.prototype);
+/** node's methods as they are now (read again if something replaced them on the prototype). */
+function currentNodeMethods(): Methods {
+  const p = ServerResponse.prototype as unknown as Methods;
+  const n = nodeMethods;
+  if (
+    p.end !== n.end ||
+    p.write !== n.write ||
+    p.writeHead !== n.writeHead ||
+    p.flushHeaders !== n.flushHeaders
+  )
+    nodeMethods = methodsOf(p);
+  return nodeMethods;
+}
+
+/** Own-property interceptors of plain node:http responses. */
+const ownInterceptors = interceptors(
+  (res) => (res as Holdable)[HOLD],
+  (res) => (res as Holdable)[WRAPPED] ?? currentNodeMethods(),
+);
+
+/**
+ * Routes the four head-and-body methods of `res` to `hold` until {@link release}, and returns
+ * the methods to replay with. A plain node:http response gets four own properties (the same
+ * four functions for every response) and its hold under a symbol: no closure per request.
+ * Frameworks such as Express give every response a prototype of their own, and adding own
+ * properties to such an object takes V8's slow path (~20 µs a request): there the interception
+ * is installed once on that prototype, and finds the hold in a WeakMap.
+ */
+function intercept(res: Holdable, hold: ResponseHold): Methods {
   const proto = Object.getPrototypeOf(res) as object;
   if (proto !== ServerResponse.prototype && !Object.hasOwn(res, 'end')) {
     let originals = prototypeOriginals.get(proto);
@@ -170,29 +217,42 @@ function intercept(
       const below = methodsOf(proto);
       originals = below;
       prototypeOriginals.set(proto, below);
+      const installed = interceptors(
+        (r) => frameworkHolds.get(r),
+        () => below,
+      );
       for (const method of HELD) {
         Object.defineProperty(proto, method, {
           configurable: true,
           writable: true,
-          value(this: ServerResponse, ...args: unknown[]) {
-            const held = holds.get(this);
-            return held ? held(method, args) : below[method].apply(this, args);
-          },
+          value: installed[method],
         });
       }
     }
-    holds.set(res, hold);
-    return { originals, release: () => holds.delete(res) };
+    frameworkHolds.set(res, hold);
+    return originals;
   }
-  const originals = methodsOf(res);
+  // An app or another library may have wrapped a method of this very response already: those
+  // wrappers are what the replay calls.
+  let originals = currentNodeMethods();
+  if (HELD.some((method) => Object.hasOwn(res, method))) {
+    originals = methodsOf(res);
+    res[WRAPPED] = originals;
+  }
+  res[HOLD] = hold;
   const own = res as unknown as Methods;
-  for (const method of HELD) own[method] = (...args: unknown[]) => hold(method, args);
-  return {
-    originals,
-    release: () => {
-      for (const method of HELD) own[method] = originals[method];
-    },
-  };
+  for (const method of HELD) own[method] = ownInterceptors[method];
+  return originals;
+}
+
+/** Ends the hold: calls go to the methods underneath again. */
+function release(res: Holdable, originals: Methods): void {
+  if (frameworkHolds.delete(res)) return;
+  res[HOLD] = undefined;
+  // Ours are put back to what was there; a wrapper installed over ours meanwhile stays, and
+  // reaches the original through our interceptor, which no longer holds.
+  const own = res as unknown as Methods;
+  for (const method of HELD) if (own[method] === ownInterceptors[method]) own[method] = originals[method];
 }
 
 /**
@@ -202,6 +262,98 @@ function intercept(
  * the commit resolves, then replayed in order. If the commit fails, the app's response is
  * replaced by a 503 without any session cookie.
  */
+class ResponseHold {
+  readonly #manager: AnyManager;
+  readonly #session: Session<object>;
+  readonly #info: RequestInfo;
+  readonly #res: Holdable;
+  readonly #onError: CommitErrorHandler;
+  readonly #queue: { method: HeldMethod; args: unknown[] }[] = [];
+  #originals: Methods | undefined;
+  #started = false;
+
+  constructor(
+    manager: AnyManager,
+    session: Session<object>,
+    info: RequestInfo,
+    res: ServerResponse,
+    onError: CommitErrorHandler,
+  ) {
+    this.#manager = manager;
+    this.#session = session;
+    this.#info = info;
+    this.#res = res;
+    this.#onError = onError;
+  }
+
+  /** Starts holding; a change made after the head went out cannot send a cookie any more. */
+  hold(): void {
+    const res = this.#res;
+    if (res.headersSent) {
+      // Not committed (the commit starts when the head goes out), and the app is told so.
+      const state = stateOf(this.#session);
+      state.responseStarted = true;
+      state.lateChange();
+      return;
+    }
+    this.#originals = intercept(res, this);
+  }
+
+  /** A held call: queued, and the commit starts with the first one. */
+  call(method: HeldMethod, args: unknown[]): unknown {
+    this.#queue.push({ method, args });
+    if (!this.#started) {
+      this.#started = true;
+      stateOf(this.#session).responseStarted = true;
+      this.#manager.commit(this.#session, this.#info).then(
+        (out) => this.#replay(out),
+        (err: unknown) => this.#fail(err),
+      );
+    }
+    return HELD_RESULT[method](this.#res);
+  }
+
+  #replay(out: CommitOutcome): void {
+    const res = this.#res;
+    const originals = this.#originals!;
+    release(res, originals);
+    let headApplied = false;
+    const applyOutcomeOnce = () => {
+      headApplied = true;
+      if (!res.headersSent) applyOutcome(res, out, this.#session, this.#info);
+    };
+    for (const { method, args } of this.#queue) {
+      if (method === 'writeHead' && !headApplied) {
+        const [status, reasonOrHeaders, maybeHeaders] = args as [number, unknown, unknown];
+        const headers = (typeof reasonOrHeaders === 'string' ? maybeHeaders : reasonOrHeaders) as
+          | HeaderArg
+          | undefined;
+        applyWriteHeadHeaders(res, headers);
+        applyOutcomeOnce();
+        if (typeof reasonOrHeaders === 'string') originals.writeHead.call(res, status, reasonOrHeaders);
+        else originals.writeHead.call(res, status);
+        continue;
+      }
+      if (!headApplied) applyOutcomeOnce();
+      originals[method].apply(res, args);
+    }
+  }
+
+  #fail(err: unknown): void {
+    const res = this.#res;
+    release(res, this.#originals!);
+    for (const name of res.getHeaderNames()) res.removeHeader(name);
+    const error =
+      err instanceof SessionError ? err : new SessionError('STORE_UNAVAILABLE', String(err), { cause: err });
+    res.emit('sessionflow:commit-error', error);
+    this.#onError(error, res);
+  }
+}
+
+/**
+ * Holds the response's head until the session is committed (see {@link ResponseHold}): from
+ * now on, or, for a session whose commit would do nothing yet, from its first change.
+ */
 export function commitBeforeHeaders(
   manager: AnyManager,
   session: Session<object>,
@@ -209,82 +361,21 @@ export function commitBeforeHeaders(
   res: ServerResponse,
   onError: CommitErrorHandler = defaultCommitError,
 ): void {
-  const queue: Array<{ method: HeldMethod; args: unknown[] }> = [];
-  let started = false;
-  let pending: CommitOutcome | undefined;
-  const applyPending = () => {
-    if (pending && !res.headersSent) applyOutcome(res, pending, session, info);
-  };
-
-  const replay = () => {
-    let headApplied = false;
-    for (const { method, args } of queue) {
-      if (method === 'writeHead' && !headApplied) {
-        headApplied = true;
-        const [status, reasonOrHeaders, maybeHeaders] = args as [number, unknown, unknown];
-        const headers = (typeof reasonOrHeaders === 'string' ? maybeHeaders : reasonOrHeaders) as
-          | HeaderArg
-          | undefined;
-        applyWriteHeadHeaders(res, headers);
-        applyPending();
-        if (typeof reasonOrHeaders === 'string') originals.writeHead.call(res, status, reasonOrHeaders);
-        else originals.writeHead.call(res, status);
-        continue;
-      }
-      if (!headApplied) {
-        headApplied = true;
-        applyPending();
-      }
-      originals[method].apply(res, args);
-    }
-  };
-
-  const start = () => {
-    if (started) return;
-    started = true;
-    stateOf(session).responseStarted = true;
-    manager.commit(session, info).then(
-      (out) => {
-        pending = out;
-        release();
-        replay();
-      },
-      (err: unknown) => {
-        release();
-        for (const name of res.getHeaderNames()) res.removeHeader(name);
-        const error =
-          err instanceof SessionError
-            ? err
-            : new SessionError('STORE_UNAVAILABLE', String(err), { cause: err });
-        res.emit('sessionflow:commit-error', error);
-        onError(error, res);
-      },
-    );
-  };
-
-  let originals: Methods;
-  let release: () => void;
-  const hold = () => {
-    // A change made after the head went out cannot send a cookie any more: it is not
-    // committed (the commit starts when the head goes out), and the app is told so.
-    if (res.headersSent) {
-      const state = stateOf(session);
-      state.responseStarted = true;
-      state.lateChange();
-      return;
-    }
-    ({ originals, release } = intercept(res, (method, args) => {
-      queue.push({ method, args });
-      start();
-      return HELD_RESULT[method](res);
-    }));
-  };
-  // A session that has no record yet needs a commit only once it changes: hold the response
-  // from then on, so a visitor who never writes pays neither the hold nor a commit.
-  if (session.isNew) {
-    const state = stateOf(session);
-    state.onFirstChange = hold;
-    // A visitor's pre-session CSRF cookie needs no store: written at once, no hold needed.
+  const held = new ResponseHold(manager, session, info, res, onError);
+  // A session whose commit would do nothing yet (a visitor with no record, or a stored session
+  // with no touch or renewal due) needs one only once it changes: hold the response from then
+  // on, so a request that never writes pays neither the hold nor a commit.
+  const state = stateOf(session);
+  if (!session.isNew && !state.quiet(manager.options.now())) {
+    held.hold();
+    return;
+  }
+  // A stored session's responses show session state: not cacheable, unless the app says
+  // otherwise (its own Cache-Control, set later, replaces this one), as a commit would write.
+  if (!session.isNew && !res.hasHeader('Cache-Control')) res.setHeader('Cache-Control', 'no-store');
+  state.onFirstChange = () => held.hold();
+  // A visitor's pre-session CSRF cookie needs no store: written at once, no hold needed.
+  if (session.isNew)
     state.sendNow = (setCookie) => {
       if (res.headersSent || (manager.options.cookie.secure && !info.secure)) return false;
       applyOutcome(
@@ -295,5 +386,4 @@ export function commitBeforeHeaders(
       );
       return true;
     };
-  } else hold();
 }

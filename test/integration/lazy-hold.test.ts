@@ -9,14 +9,30 @@ const secret = 'lazy-hold-secret-0123456789abcdefghijklmnopq';
 describe('node:http: the response is held only for sessions that need a commit', () => {
   let server: Server;
   let url: string;
+  let clock = 1_800_000_000_000;
   const held: boolean[] = [];
+  const warnings: string[] = [];
+  const store = new CountingStore({ now: () => clock });
+  let lateWrite: Promise<void> | undefined;
   beforeAll(async () => {
-    const manager = new SessionManager({ secret, store: new MemoryStore(), cookie: { secure: false } });
+    const manager = new SessionManager({
+      secret,
+      store,
+      cookie: { secure: false },
+      touchInterval: 60_000,
+      renewal: { interval: 10 * 60_000, grace: 5_000 },
+      now: () => clock,
+      warn: (w) => warnings.push(w),
+    });
     server = createServer(async (req, res) => {
       const session = await attachSession(manager, req, res);
       const path = new URL(req.url ?? '/', 'http://x').pathname;
-      if (path === '/write') session.set('n', 1);
+      if (path === '/write') session.set('n', (session.get('n') ?? 0) + 1);
       held.push(Object.hasOwn(res, 'end'));
+      if (path === '/late') {
+        // A change after the head went out: not stored, and the app is told.
+        lateWrite = new Promise<void>((r) => res.once('finish', r)).then(() => session.set('n', 99));
+      }
       res.end(String(session.get('n') ?? 'none'));
     });
     server.listen(0, '127.0.0.1');
@@ -26,6 +42,7 @@ describe('node:http: the response is held only for sessions that need a commit',
   afterAll(() => new Promise((r) => server.close(r)));
 
   it('SM-59: an anonymous visitor who never writes gets no hold, no cookie; the first write holds and sets the cookie', async () => {
+    held.length = 0;
     const anonymous = await fetch(`${url}/read`);
     expect(await anonymous.text()).toBe('none');
     expect(anonymous.headers.getSetCookie()).toEqual([]);
@@ -34,7 +51,56 @@ describe('node:http: the response is held only for sessions that need a commit',
     expect(cookie).toMatch(/^id=/);
     const back = await fetch(`${url}/read`, { headers: { cookie: cookie! } });
     expect(await back.text()).toBe('1');
-    // Untouched new session: not held. First write: held. Existing session: held (touch, renewal).
-    expect(held).toEqual([false, true, true]);
+    // Untouched new session: not held. First write: held. A stored session with nothing due: not held.
+    expect(held).toEqual([false, true, false]);
+    // Its response still shows session state: not cacheable.
+    expect(back.headers.get('cache-control')).toBe('no-store');
+  });
+
+  it('SM-59: a stored session is held when its commit has work: a write, a due touch, a due renewal', async () => {
+    const first = await fetch(`${url}/write`);
+    let cookie = first.headers.getSetCookie()[0]!.split(';')[0]!;
+    held.length = 0;
+    await fetch(`${url}/write`, { headers: { cookie } });
+    clock += 61_000; // the idle timer's touch is due
+    store.calls.length = 0;
+    const touched = await fetch(`${url}/read`, { headers: { cookie } });
+    expect(await touched.text()).toBe('2');
+    expect(store.calls[0]).toBe('touch');
+    const after = store.calls.length;
+    await fetch(`${url}/read`, { headers: { cookie } }); // touched just now: nothing due
+    expect(store.calls).toHaveLength(after);
+    clock += 10 * 60_000; // the renewal is due: a new cookie on a read
+    const renewed = await fetch(`${url}/read`, { headers: { cookie } });
+    const next = renewed.headers.getSetCookie()[0]?.split(';')[0];
+    expect(next).toMatch(/^id=/);
+    expect(next).not.toBe(cookie);
+    cookie = next!;
+    expect(await (await fetch(`${url}/read`, { headers: { cookie } })).text()).toBe('2');
+    expect(held).toEqual([true, true, false, true, false]);
+  });
+
+  it('a change to a quiet stored session after its response started is dropped and reported', async () => {
+    const first = await fetch(`${url}/write`);
+    const cookie = first.headers.getSetCookie()[0]!.split(';')[0]!;
+    warnings.length = 0;
+    const late = await fetch(`${url}/late`, { headers: { cookie } });
+    expect(await late.text()).toBe('1');
+    await lateWrite;
+    expect(warnings).toEqual([expect.stringMatching(/changed after its response had started/)]);
+    expect(await (await fetch(`${url}/read`, { headers: { cookie } })).text()).toBe('1');
   });
 });
+
+/** A MemoryStore that records which writes reach it. */
+class CountingStore extends MemoryStore {
+  readonly calls: string[] = [];
+  override async touch(...args: Parameters<MemoryStore['touch']>) {
+    this.calls.push('touch');
+    return super.touch(...args);
+  }
+  override async commit(...args: Parameters<MemoryStore['commit']>) {
+    this.calls.push('commit');
+    return super.commit(...args);
+  }
+}

@@ -1,0 +1,43 @@
+import { serialize } from 'cookie';
+import { describe, expect, it } from 'vitest';
+import { CookieCodec } from '../../src/core/cookie-codec.js';
+import { newToken } from '../../src/crypto/ids.js';
+import { KeyRing } from '../../src/crypto/keyring.js';
+import { resolveOptions, type SessionManagerOptions } from '../../src/options.js';
+
+const secret = 'cookie-codec-test-secret-0123456789abcdef';
+
+describe('SM-04: the session cookie, written without the general serializer on the hot path', () => {
+  const shapes: SessionManagerOptions['cookie'][] = [
+    { secure: false },
+    { secure: true, sameSite: 'strict' },
+    { secure: true, sameSite: 'none', partitioned: true },
+    { secure: true, name: '__Secure-sid', domain: 'example.com', path: '/app', maxAge: 3_600_000 },
+    { secure: false, name: 'sid', maxAge: 90_500 },
+  ];
+  for (const cookie of shapes) {
+    it(`is byte for byte what the cookie package writes: ${JSON.stringify(cookie)}`, () => {
+      const options = resolveOptions({ secret, cookie });
+      const keys = new KeyRing([secret]);
+      const codec = new CookieCodec(keys, options);
+      const sid = newToken();
+      const token = newToken();
+      const now = 1_800_000_000_000;
+      const deadline = now + 7_200_000;
+      for (const maxAge of [undefined, 60_000, 10_000_000]) {
+        const c = options.cookie;
+        const lifetime = maxAge ?? c.maxAge;
+        const expected = serialize(c.name, keys.sign(c.name, `${sid}.${token}`), {
+          httpOnly: true,
+          secure: c.secure,
+          sameSite: c.sameSite,
+          path: c.path,
+          ...(c.domain === undefined ? {} : { domain: c.domain }),
+          ...(lifetime === undefined ? {} : { maxAge: Math.floor(Math.min(lifetime, deadline - now) / 1000) }),
+          ...(c.partitioned ? { partitioned: true } : {}),
+        });
+        expect(codec.issue(sid, token, deadline, now, maxAge)).toBe(expected);
+      }
+    });
+  }
+});
