@@ -23,6 +23,20 @@ describe('SM-59: lazy writes', () => {
     expect(session.isNew).toBe(true);
   });
 
+  it('a new visitor whose session is written costs exactly one store call: the create', async () => {
+    const { manager, store } = setup();
+    const browser = new Browser(manager);
+    await browser.request((s) => s.set('cart', ['apple']));
+    expect(store.ops()).toEqual(['create']);
+    store.reset();
+    // Signed in at once (a login form posted without a prior session): still one call.
+    await new Browser(manager).request(async (s) => {
+      await s.login('alice');
+      s.set('cart', ['pear']);
+    });
+    expect(store.ops()).toEqual(['create']);
+  });
+
   it('SM-12: 1,000 forged and 1,000 unknown-but-signed cookies create no record', async () => {
     const { manager, store } = setup();
     const ring = new KeyRing([SECRET]);
