@@ -33,12 +33,20 @@ interface Tracked {
  * class's. Encapsulated plugins derive their request class from it, so the whole chain is read.
  */
 function fastifyTrustsProxies(request: FastifyRequest): boolean {
-  let owners = 0;
-  for (let p = Object.getPrototypeOf(request); p && p !== Object.prototype; p = Object.getPrototypeOf(p)) {
-    if (Object.hasOwn(p, 'ip')) owners++;
+  const first = Object.getPrototypeOf(request) as object;
+  let trusts = trustByClass.get(first);
+  if (trusts === undefined) {
+    let owners = 0;
+    for (let p: object | null = first; p && p !== Object.prototype; p = Object.getPrototypeOf(p)) {
+      if (Object.hasOwn(p, 'ip')) owners++;
+    }
+    trusts = owners >= 2;
+    trustByClass.set(first, trusts);
   }
-  return owners >= 2;
+  return trusts;
 }
+/** The answer of `fastifyTrustsProxies` per request class (fixed once the app is built). */
+const trustByClass = new WeakMap<object, boolean>();
 
 /**
  * Facts about a Fastify request: with Fastify's `trustProxy` set, Fastify's own `request.ip`
@@ -67,6 +75,9 @@ export function sessionPlugin<D extends MountableSessionData>(manager: SessionMa
   const m: AnyManager = manager;
   async function plugin(app: FastifyInstance): Promise<void> {
     app.decorateRequest('session', null as unknown as Session);
+    // Declared, so every request object keeps one shape (Fastify's advice for per-request state).
+    app.decorateRequest(INFO as unknown as string, undefined);
+    app.decorateRequest(COMMITTED as unknown as string, false);
     app.addHook('onRequest', async (request: FastifyRequest) => {
       const info = fastifyRequestInfo(m, request);
       (request as unknown as Tracked)[INFO] = info;
