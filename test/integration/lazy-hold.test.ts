@@ -27,11 +27,13 @@ describe('node:http: the response is held only for sessions that need a commit',
     server = createServer(async (req, res) => {
       const session = await attachSession(manager, req, res);
       const path = new URL(req.url ?? '/', 'http://x').pathname;
-      if (path === '/write') session.set('n', (session.get('n') ?? 0) + 1);
+      if (path === '/write') session.set('n', Number(session.get('n') ?? 0) + 1);
       held.push(Object.hasOwn(res, 'end'));
       if (path === '/late') {
         // A change after the head went out: not stored, and the app is told.
-        lateWrite = new Promise<void>((r) => res.once('finish', r)).then(() => session.set('n', 99));
+        lateWrite = new Promise<void>((r) => res.once('finish', r)).then(() => {
+          session.set('n', 99);
+        });
       }
       res.end(String(session.get('n') ?? 'none'));
     });
