@@ -1,27 +1,52 @@
-import { createHash, randomBytes } from 'node:crypto';
-import {
+import { createHash, hash as digest, randomBytes } from 'node:crypto';
+import nodeFs, {
   close,
+  closeSync,
   constants,
+  type Dir,
   existsSync,
+  fdatasync,
   promises as fs,
   fstat,
+  fstatSync,
+  fsync,
+  ftruncateSync,
+  futimesSync,
+  link,
+  linkSync,
   lstatSync,
   mkdirSync,
   open,
+  opendir,
+  openSync,
   read,
   readdirSync,
   readFileSync,
   readlinkSync,
+  readSync,
   realpathSync,
+  rename,
+  renameSync,
   type Stats,
+  statfsSync,
   statSync,
+  unlink,
+  unlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { hostname, userInfo } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
 import { promisify } from 'node:util';
 import { SessionError } from '../errors.js';
-import { CorruptLog, checkStorageKey, decodeRecord, encodeRecord, isStorageKey } from './kit.js';
+import {
+  asMeta,
+  asValues,
+  CorruptLog,
+  checkStorageKey,
+  decodeRecord,
+  encodeRecord,
+  isStorageKey,
+} from './kit.js';
 import {
   applyDelta,
   type CommitGuard,
@@ -47,8 +72,36 @@ export interface FileStoreOptions {
   dir?: string;
   /** Create the directory if it is missing. `false` refuses a missing directory (read-only tools). @default true */
   create?: boolean;
-  /** fsync each file before it replaces the old one (survives power loss). @default true */
+  /**
+   * `true`: a change is durable before it is acknowledged, and survives a power cut or a kernel
+   * crash: the new version of the file is fdatasynced before it replaces the old one (rename),
+   * the directory is fsynced after the rename or removal (one directory fsync serves every change
+   * that waits for it, across sessions), and the index entries a change needs (user, expiry) are
+   * fsynced before the record that needs them. A logout (destroy) is durable too.
+   * `false`: a process crash loses nothing that was acknowledged and never leaves a torn record
+   * (every system call of a change has returned before it is acknowledged); a power cut or kernel
+   * crash can lose the changes of the last seconds to minutes (the kernel's writeback), which can
+   * roll a session back to an earlier version, bring back a session that was logged out, or leave
+   * its file unreadable (then treated as absent: its user signs in again).
+   * @default true
+   */
   fsync?: boolean;
+  /**
+   * `'auto'`: on a local file system (ext4, XFS, Btrfs, tmpfs, … on Linux), the calls that work on
+   * cached data (reads, the lock's link and unlink, and a write into the session's spare inode:
+   * the copy of its content, renames, link, timestamps) are made synchronously, a few
+   * microseconds each, instead of through libuv's thread pool, where each call costs far more
+   * in thread hand-offs than the system call itself. fsync and fdatasync, the creation of a file
+   * (a new session, an index entry) and everything gc does always go through the thread pool,
+   * and nothing is synchronous while gc runs. A synchronous call that holds the thread longer
+   * than 2 ms (a cold cache on a slow disk, a wait behind writeback; the time the scheduler ran
+   * other processes is not counted) sends the store to the thread pool for a second, for longer
+   * (up to a minute) while such calls keep coming.
+   * `'async'`: every call goes through the thread pool, for storage whose stalls must never hold
+   * up the event loop. A network or FUSE file system always gets `'async'`.
+   * @default 'auto'
+   */
+  io?: 'auto' | 'async';
   /**
    * A lock whose owner cannot be checked directly (a process in another PID namespace or on
    * another host, a lock file with no owner record) is broken once its owner has given no sign
@@ -67,22 +120,184 @@ export interface FileStoreOptions {
   now?: () => number;
 }
 
-/** A session file as read: the record (null if it does not decode), and its expiry (the mtime). */
+/**
+ * A session file as read: the record (null if it does not decode) and its expiry. `current`:
+ * written in the current format (checksummed, expiry inside), so its inode may be reused as the
+ * session's spare (see `#write`).
+ */
 interface FileRecord {
   record: StoredSession | null;
   expiresAt: number;
+  current: boolean;
 }
 
-// The callback fs functions, promisified, read a small file in about half the time of
-// fs.promises.readFile (measured in bench/README.md): this is on every request's path. One open
-// descriptor gives the content and the mtime (the expiry) of the same file, even if a writer
-// renames a new version over it meanwhile; it costs what the callback readFile costs (open,
-// fstat, read, close).
+const errno = (err: unknown): string | undefined => (err as NodeJS.ErrnoException | null)?.code;
+
+/** unlink(2) that finds nothing to remove is fine. */
+function removeSync(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (err) {
+    if (errno(err) !== 'ENOENT') throw err;
+  }
+}
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------------------------------------
+// The file format.
+//
+//   {"c":"<checksum>","x":<expiry, ms>,"meta":{…},"values":{…}}
+//
+// `c` is the first 22 base64url characters (132 bits) of SHA-256 over everything after `",`
+// (from `"x":` to the end): it tells a whole record from a torn read (a reader in another
+// process that opened an inode the store has since reused, see `#write`). The expiry is in the
+// content, so a read needs no fstat; the file's mtime is set to it too, for gc and for older
+// versions of sessionflow. Files of the previous format (`{"meta":…,"values":…}`, the expiry
+// only in the mtime) are read as before, and rewritten in this one at their next change.
+
+const HEAD = Buffer.from('{"c":"');
+const SUM_LENGTH = 22;
+/** Where the checksummed part starts: after `{"c":"<checksum>",`. */
+const BODY_AT = HEAD.length + SUM_LENGTH + 2;
+const checksum = (body: string | Uint8Array) => digest('sha256', body, 'base64url').slice(0, SUM_LENGTH);
+
+function encodeFile(record: StoredSession, expiresAt: number): Buffer {
+  const body = `"x":${expiresAt},${encodeRecord(record).slice(1)}`;
+  return Buffer.from(`{"c":"${checksum(body)}",${body}`);
+}
+
+/** A read that came back with a checksum that does not match: read again. */
+const TORN = Symbol('torn');
+
+/** Bytes of the file: `length` of `buffer`; `mtimeMs` only for a file of the previous format. */
+interface RawFile {
+  buffer: Buffer;
+  length: number;
+  mtimeMs: number;
+}
+
+function isCurrentFormat(buffer: Buffer, length: number): boolean {
+  return (
+    length > BODY_AT &&
+    buffer.compare(HEAD, 0, HEAD.length, 0, HEAD.length) === 0 &&
+    buffer[BODY_AT - 2] === 0x22 &&
+    buffer[BODY_AT - 1] === 0x2c
+  );
+}
+
+/**
+ * The record in a file's bytes. A checksum that does not match is TORN, unless `check` is false
+ * (a read under the session's lock, where no write runs: the file was edited outside the store,
+ * or damaged): the content is then taken as it parses, as files were before the checksum, and
+ * the inode is not reused (`current: false`).
+ */
+function decodeFile({ buffer, length, mtimeMs }: RawFile, check = true): FileRecord | typeof TORN {
+  if (!isCurrentFormat(buffer, length)) {
+    return {
+      record: decodeRecord(buffer.toString('utf8', 0, length)),
+      expiresAt: Math.round(mtimeMs),
+      current: false,
+    };
+  }
+  const whole =
+    checksum(buffer.subarray(BODY_AT, length)) === buffer.toString('latin1', HEAD.length, BODY_AT - 2);
+  if (!whole && check) return TORN;
+  let parsed: { x?: unknown; meta?: unknown; values?: unknown };
+  try {
+    parsed = JSON.parse(buffer.toString('utf8', 0, length));
+  } catch {
+    return { record: null, expiresAt: 0, current: false };
+  }
+  const meta = asMeta(parsed.meta);
+  const values = asValues(parsed.values);
+  const expiresAt = parsed.x;
+  if (!meta || !values || typeof expiresAt !== 'number' || !Number.isFinite(expiresAt))
+    return { record: null, expiresAt: 0, current: false };
+  return { record: { meta, values }, expiresAt, current: whole };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a file: synchronously (into one shared buffer) or through the thread pool.
+
+const READ_SIZE = 16_384;
+let shared = Buffer.allocUnsafeSlow(READ_SIZE);
+
+/** Fills `buffer` from `fd` to the end of the file (a short read is the end of a regular file). */
+function readAllSync(fd: number): { buffer: Buffer; length: number } {
+  let buffer = shared;
+  let length = 0;
+  for (;;) {
+    const got = readSync(fd, buffer, length, buffer.length - length, length);
+    length += got;
+    if (got === 0 || length < buffer.length) break;
+    const bigger = Buffer.allocUnsafeSlow(buffer.length * 2);
+    buffer.copy(bigger, 0, 0, length);
+    buffer = bigger;
+  }
+  if (buffer.length <= 1 << 20) shared = buffer;
+  return { buffer, length };
+}
+
+/** The file's bytes, read synchronously (open, read, close; fstat only for the previous format). */
+function readRawSync(path: string): RawFile | null {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return null;
+    throw err;
+  }
+  try {
+    const { buffer, length } = readAllSync(fd);
+    const mtimeMs = isCurrentFormat(buffer, length) ? 0 : fstatSync(fd).mtimeMs;
+    return { buffer, length, mtimeMs };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+// The callback fs functions, promisified, cost about half of what fs.promises costs (measured
+// in bench/README.md): a read is open, read, close (plus an fstat for a file of the previous
+// format), one descriptor, so the content and the mtime are of the same file even if a writer
+// renames a new version over it meanwhile.
 const openFd = promisify(open);
 const fstatFd = promisify(fstat);
 const readFd = promisify(read);
 const closeFd = promisify(close);
+const fsyncFd = promisify(fsync);
+const fdatasyncFd = promisify(fdatasync);
+const linkAsync = promisify(link);
+const unlinkAsync = promisify(unlink);
+const renameAsync = promisify(rename);
+const opendirAsync = promisify(opendir);
 
+async function readRaw(path: string): Promise<RawFile | null> {
+  let fd: number;
+  try {
+    fd = await openFd(path, 'r');
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return null;
+    throw err;
+  }
+  try {
+    let buffer = Buffer.allocUnsafe(READ_SIZE);
+    let length = 0;
+    for (;;) {
+      const { bytesRead } = await readFd(fd, buffer, length, buffer.length - length, length);
+      length += bytesRead;
+      if (bytesRead === 0 || length < buffer.length) break;
+      const bigger = Buffer.allocUnsafe(buffer.length * 2);
+      buffer.copy(bigger, 0, 0, length);
+      buffer = bigger;
+    }
+    const mtimeMs = isCurrentFormat(buffer, length) ? 0 : (await fstatFd(fd)).mtimeMs;
+    return { buffer, length, mtimeMs };
+  } finally {
+    await closeFd(fd);
+  }
+}
+
+/** A small file read whole with its stat, for lock and owner files. */
 async function readWithStat(file: string, limit = Number.POSITIVE_INFINITY) {
   let fd: number;
   try {
@@ -106,19 +321,161 @@ async function readWithStat(file: string, limit = Number.POSITIVE_INFINITY) {
   }
 }
 
-const errno = (err: unknown): string | undefined => (err as NodeJS.ErrnoException | null)?.code;
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+/** fsync of a directory, so that the names made or removed in it survive a power cut. */
+async function syncDirectory(dir: string): Promise<void> {
+  const fd = await openFd(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await fsyncFd(fd);
+  } finally {
+    await closeFd(fd);
+  }
+}
 
-const GC_BATCH = 64;
-/** Sessions gc handles at once (the default libuv thread pool has 4 threads). */
-const GC_PARALLEL = 4;
+// ---------------------------------------------------------------------------------------------
+// Synchronous or through the thread pool.
 
-/** For long loops: yields to the event loop every GC_BATCH steps or 5 ms, whichever comes first. */
+/** A synchronous step that kept the thread longer than this pauses the synchronous mode. */
+const SLOW_SYNC_MS = 2;
+/** How long a pause of the synchronous mode lasts at first; it doubles while slow calls keep coming. */
+const SYNC_PAUSE_MS = 1_000;
+/** The longest pause. */
+const SYNC_PAUSE_MAX_MS = 60_000;
+/** The thread's run-queue wait is sampled at most this often (see IoMode). */
+const SAMPLE_MS = 5;
+
+/**
+ * The calling thread's run-queue wait so far, in ms (Linux `/proc/thread-self/schedstat`, second
+ * field: time spent runnable but not running); undefined where it cannot be read. The file is
+ * opened once per thread (module state is per thread) and kept open.
+ */
+let schedstat: number | undefined;
+const schedBuffer = Buffer.alloc(96);
+function runQueueWaitMs(): number | undefined {
+  if (schedstat === undefined) {
+    try {
+      schedstat = openSync('/proc/thread-self/schedstat', 'r');
+    } catch {
+      schedstat = -1;
+    }
+  }
+  if (schedstat < 0) return undefined;
+  try {
+    const n = readSync(schedstat, schedBuffer, 0, schedBuffer.length, 0);
+    const wait = Number(schedBuffer.toString('latin1', 0, n).split(' ')[1]);
+    return Number.isFinite(wait) ? wait / 1e6 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * File systems on which a file operation on cached data is a matter of microseconds (statfs
+ * f_type): ext2/3/4, XFS, Btrfs, tmpfs, F2FS, ZFS, bcachefs, overlayfs, JFS, ReiserFS.
+ */
+const LOCAL_FS = new Set([
+  0xef53, 0x58465342, 0x9123683e, 0x01021994, 0xf2f52010, 0x2fc12fc1, 0xca451a4e, 0x794c7630, 0x3153464a,
+  0x52654973,
+]);
+
+function isLocalFileSystem(dir: string): boolean {
+  if (process.platform !== 'linux') return false;
+  try {
+    return LOCAL_FS.has(Number(statfsSync(dir).type));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Decides, call by call, whether a cheap file operation runs synchronously. A synchronous step
+ * costs the system call (a few µs on cached data); the same call through the thread pool costs
+ * two thread hand-offs on top (10 to 40 µs of CPU on a 2-core machine, measured in
+ * bench/file-store.ts). A step that holds the thread longer than SLOW_SYNC_MS (a read from a
+ * slow disk, a wait behind writeback or a directory lock) pauses the synchronous mode: for
+ * SYNC_PAUSE_MS, doubled (up to SYNC_PAUSE_MAX_MS) each time a slow step comes soon after the
+ * last pause ended (within ten pauses' length), so that a one-off costs a second of thread-pool
+ * calls and a slow disk is kept off the event loop. The time the scheduler gave the CPU to other
+ * processes meanwhile (the thread's run-queue wait) is not counted: the thread pool would not
+ * have avoided it. Where that wait cannot be read, any slow step pauses.
+ */
+class IoMode {
+  #allowed = false;
+  #pausedUntil = 0;
+  #pauseMs = SYNC_PAUSE_MS;
+  #resumedAt = Number.NEGATIVE_INFINITY;
+  /** While gc runs (`hold`), nothing is synchronous: see `FileStore.gc`. */
+  #held = 0;
+  /** The thread's run-queue wait as sampled at `#sampledAt`. */
+  #waited: number | undefined = 0;
+  #sampledAt = Number.NEGATIVE_INFINITY;
+
+  allow(allowed: boolean): void {
+    this.#allowed = allowed;
+  }
+
+  hold(): void {
+    this.#held++;
+  }
+
+  unhold(): void {
+    this.#held--;
+  }
+
+  get sync(): boolean {
+    if (!this.#allowed || this.#held > 0) return false;
+    if (this.#pausedUntil === 0) return true;
+    const now = performance.now();
+    if (now < this.#pausedUntil) return false;
+    this.#pausedUntil = 0;
+    this.#resumedAt = now;
+    return true;
+  }
+
+  /** Runs a synchronous step, timing it. */
+  run<T>(step: () => T): T {
+    const started = performance.now();
+    if (started - this.#sampledAt > SAMPLE_MS) {
+      this.#waited = runQueueWaitMs();
+      this.#sampledAt = started;
+    }
+    try {
+      return step();
+    } finally {
+      const ended = performance.now();
+      if (ended - started > SLOW_SYNC_MS) this.#slowStep(started, ended);
+    }
+  }
+
+  #slowStep(started: number, ended: number): void {
+    const before = this.#waited;
+    const after = runQueueWaitMs();
+    this.#waited = after;
+    this.#sampledAt = ended;
+    // Wait since the sample (taken at most SAMPLE_MS before the step) is counted as the step's.
+    const held =
+      before === undefined || after === undefined ? ended - started : ended - started - (after - before);
+    if (held <= SLOW_SYNC_MS) return;
+    const again = ended - this.#resumedAt < 10 * this.#pauseMs;
+    this.#pauseMs = again ? Math.min(this.#pauseMs * 2, SYNC_PAUSE_MAX_MS) : SYNC_PAUSE_MS;
+    this.#pausedUntil = ended + this.#pauseMs;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gc pacing.
+
+/** Expired sessions gc handles at once through the thread pool. */
+const GC_PARALLEL = 16;
+/** Directory entries gc reads from an expiry bucket at a time. */
+const GC_LIST = 256;
+/** gc yields to the event loop after this much work. */
+const GC_SLICE_MS = 2;
+
+/** For long loops: yields to the event loop once GC_SLICE_MS of work has gone by since the last yield. */
 function pacer(): () => Promise<void> {
-  let steps = 0;
   let since = performance.now();
   return async () => {
-    if (++steps % GC_BATCH !== 0 && performance.now() - since < 5) return;
+    if (performance.now() - since < GC_SLICE_MS) return;
     await new Promise((r) => setImmediate(r));
     since = performance.now();
   };
@@ -149,6 +506,12 @@ const NAMES = {
 };
 /** Subdirectories: the user index, the expiry index, the lock owners' files. */
 const SUBDIRS = ['users', 'expiry', 'owners'] as const;
+/**
+ * Where the spare inodes are (`users/.spare/<key>`: the inode of a session's previous version,
+ * reused by its next write). In a subdirectory the store already had, under a name no user index
+ * can take (those are base64url), so that the top of the directory holds the names it always did.
+ */
+const SPARES = join('users', '.spare');
 /** In `expiry/`: present once every session file has its expiry marker (see `gc`). */
 const INDEXED = '.indexed';
 /** Width of an expiry bucket: `expiry/<start>/` lists the sessions that expire in [start, start + this). */
@@ -335,7 +698,7 @@ function prepareDir(dir: string, options: { strict: boolean; create: boolean }):
     // Session files from before the expiry index: the first gc indexes them (a full scan).
     markAsOwn(dir, !names.some((name) => ownName(name) === 'session'));
   }
-  for (const sub of SUBDIRS) {
+  for (const sub of [...SUBDIRS, SPARES]) {
     try {
       mkdirSync(join(dir, sub), { mode: 0o700 });
     } catch (err) {
@@ -461,23 +824,70 @@ interface LockView {
   dead: boolean;
 }
 
+/** A commit waiting in its session's queue (see `#drain`: consecutive ones share one write). */
+interface CommitJob {
+  kind: 'commit';
+  delta: SessionDelta;
+  ttlMs: number;
+  guard: CommitGuard | undefined;
+  resolve: (result: CommitResult) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Any other step that needs the session's lock. */
+interface RunJob {
+  kind: 'run';
+  fn: () => Promise<unknown>;
+  /** gc: the lock is taken and released through the thread pool, whatever the io mode. */
+  background: boolean;
+  resolve: (value: unknown) => void;
+  reject: (err: unknown) => void;
+}
+
+type Job = CommitJob | RunJob;
+
+/** The commits at the head of a queue, in order, up to the first job that is not a commit. */
+function takeCommits(queue: Job[]): CommitJob[] {
+  const batch: CommitJob[] = [];
+  while (queue.length > 0 && queue[0]!.kind === 'commit') batch.push(queue.shift() as CommitJob);
+  return batch;
+}
+
+/** Reads tried before a record whose checksum keeps failing is reported as corrupt. */
+const READ_ATTEMPTS = 3;
+
 /**
  * One file per session (Phalcon's Stream adapter), the default store: no server needed.
  *
  * - Files are named by the record key, mode 0600, in a directory owned by the app's user and
- *   marked as the store's own (`.sessionflow-store`); the content is the shared record JSON
- *   (`encodeRecord`). A file that does not decode is reported and treated as absent.
- * - Writes go to a temp file, are fsynced, then renamed over the old file: a reader sees the
- *   old or the new record, never a torn one. A write that fails removes its temp file.
+ *   marked as the store's own (`.sessionflow-store`). The content is the shared record JSON with
+ *   a checksum and the expiry in front (see "The file format" above); the file's mtime is the
+ *   expiry too. A file that does not decode is reported and treated as absent.
+ * - A write goes to a temp file, which is fsynced (`fsync: true`), then renamed over the old
+ *   file: a reader sees the old or the new record, never a torn one. A write that fails removes
+ *   its temp file. The inode of the version a write replaces is kept as the session's spare
+ *   (`users/.spare/<key>`, a hard link made before the rename) and becomes the temp file of the next
+ *   write, so a steady write load neither allocates nor frees inodes (on ext4 without a journal,
+ *   allocating one can cost a millisecond of CPU once many were freed recently). A reader that
+ *   still holds such an inode open while it is rewritten sees a checksum that does not match and
+ *   reads again (after three such reads, once under the session's lock). Versions of sessionflow
+ *   from before the checksum do not check it: do not let them read a directory this one writes.
  * - A per-session lock (in-process queue + a lock file, so several processes can share the
  *   directory) makes each commit one step: read, check the guard, merge only the keys the
- *   request changed, write. The lock file is a hard link to the owner's record (pid, start time,
- *   boot and PID namespace), made with one `link(2)`, which is atomic and fails if the lock is
- *   held; a waiter that finds the owner dead takes the lock over at once (see `#acquire`).
- * - The file's mtime is its expiry (rounded to the millisecond when read). An expiry index
- *   (`expiry/<bucket start>/<key>` marker files, 5-minute buckets) lets `gc()` find the
- *   sessions that ended without looking at the live ones. gc removes only names of the store's
- *   own scheme and never touches the directory's mode.
+ *   request changed, write. Commits that queue for one session while a write is in progress are
+ *   committed together (group commit): one lock, one read, each delta applied in order with its
+ *   own guard checked against the record as merged so far, one write, one fsync, and each caller
+ *   gets its own answer. The lock file is a hard link to the owner's record (pid, start time, boot
+ *   and PID namespace), made with one `link(2)`, which is atomic and fails if the lock is held; a
+ *   waiter that finds the owner dead takes the lock over at once (see `#acquire`).
+ * - With `fsync: true` a change is acknowledged once it is durable: the new file is fsynced
+ *   before the rename, the directory after it (one directory fsync serves every change waiting
+ *   for one), and a new index entry (and a new index directory) before the record that needs it.
+ * - The calls that work on cached data run synchronously on a local file system (see the `io`
+ *   option), fsyncs and file creation through the thread pool; gc only through the thread pool.
+ * - An expiry index (`expiry/<bucket start>/<key>` marker files, 5-minute buckets) lets `gc()`
+ *   find the sessions that ended without looking at the live ones. gc removes only names of the
+ *   store's own scheme and never touches the directory's mode.
  * - A user index (`users/<hash>/<key>` marker files) serves `sessionsOf`.
  */
 export class FileStore implements SessionStore {
@@ -485,18 +895,25 @@ export class FileStore implements SessionStore {
   readonly dir: string;
   readonly #create: boolean;
   readonly #fsync: boolean;
+  readonly #ioOption: 'auto' | 'async';
+  readonly #io = new IoMode();
   readonly #staleLockMs: number;
   readonly #lockTimeoutMs: number;
   readonly #corrupt: CorruptLog;
   readonly #now: () => number;
-  readonly #queues = new Map<string, Promise<void>>();
+  /** Each session's waiting jobs, in order; present while its queue is being worked through. */
+  readonly #jobs = new Map<string, Job[]>();
   /** Expiry buckets known to exist (saves a mkdir per write). */
   readonly #buckets = new Set<number>();
   readonly #ownerId = randomBytes(8).toString('hex');
   readonly #ownerFile: string;
   #ownerReady: Promise<void> | undefined;
+  #ownerMade = false;
   #heartbeat: NodeJS.Timeout | undefined;
   #ready: Promise<void> | undefined;
+  #temps = 0;
+  /** Per directory: the fsync in flight, and the one queued to start when it ends (see `#syncDir`). */
+  readonly #dirSyncs = new Map<string, { running?: Promise<void>; next?: Promise<void> }>();
 
   constructor(options: FileStoreOptions = {}) {
     const given = options.dir;
@@ -506,11 +923,17 @@ export class FileStore implements SessionStore {
         'FileStore: `dir` must be a non-empty path (or left out for the default).',
       );
     }
+    const io = options.io ?? 'auto';
+    if (io !== 'auto' && io !== 'async') {
+      throw new SessionError('INVALID_OPTION', "FileStore: `io` must be 'auto' or 'async'.");
+    }
+    this.#ioOption = io;
     this.#create = options.create ?? true;
     if (given === undefined) {
       // The default directory is checked now, so that an unsafe one stops the app at start.
       this.dir = defaultSessionDir();
       prepareDir(this.dir, { strict: true, create: this.#create });
+      this.#io.allow(io === 'auto' && isLocalFileSystem(this.dir));
       this.#ready = Promise.resolve();
     } else {
       this.dir = given;
@@ -532,14 +955,15 @@ export class FileStore implements SessionStore {
   }
 
   #init(): Promise<void> {
-    this.#ready ??= (async () => prepareDir(this.dir, { strict: false, create: this.#create }))().catch(
-      (err: unknown) => {
-        // A directory that is not usable yet (mount not ready, wrong permissions, files to move
-        // out) may be fixed while the process runs: try again on the next request.
-        this.#ready = undefined;
-        throw err;
-      },
-    );
+    this.#ready ??= (async () => {
+      prepareDir(this.dir, { strict: false, create: this.#create });
+      this.#io.allow(this.#ioOption === 'auto' && isLocalFileSystem(this.dir));
+    })().catch((err: unknown) => {
+      // A directory that is not usable yet (mount not ready, wrong permissions, files to move
+      // out) may be fixed while the process runs: try again on the next request.
+      this.#ready = undefined;
+      throw err;
+    });
     return this.#ready;
   }
 
@@ -549,41 +973,282 @@ export class FileStore implements SessionStore {
     return join(this.dir, `${key}.json`);
   }
 
-  /** The file as it is: null if absent, `record: null` if it does not decode (nothing reported). */
-  async #inspect(key: string): Promise<FileRecord | null> {
-    const found = await readWithStat(this.#file(key));
-    if (!found) return null;
-    return { record: decodeRecord(found.text), expiresAt: Math.round(found.stat.mtimeMs) };
+  #spare(key: string): string {
+    return join(this.dir, SPARES, key);
   }
 
-  async #read(key: string): Promise<{ record: StoredSession; expiresAt: number } | null> {
-    const found = await this.#inspect(key);
+  // ------------------------------------------------------------------------------------------
+  // Small file operations: synchronous while the io mode allows it, else through the thread pool.
+
+  /** Removes `path`; false if it was not there. `sync`: see `#inspect`. */
+  async #remove(path: string, sync = this.#io.sync): Promise<boolean> {
+    try {
+      if (sync) this.#io.run(() => unlinkSync(path));
+      else await unlinkAsync(path);
+      return true;
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return false;
+      throw err;
+    }
+  }
+
+  /**
+   * The file as it is: null if absent, `record: null` if it does not decode (nothing reported).
+   * `sync`: synchronous system calls (the io mode's choice; gc always passes false).
+   * `unlocked`: the caller does not hold the session's lock (a load). Such a read can meet an
+   * inode that a writer in another process (or this one, through the thread pool) is rewriting,
+   * whose checksum then fails: it reads again, and after READ_ATTEMPTS such reads it reads once
+   * under the session's lock, where no write can run. Under the lock a failing checksum means a
+   * file edited outside the store (or damaged): it is read as it parses (see `decodeFile`).
+   * (Every caller but `load` holds the lock.)
+   */
+  async #inspect(key: string, sync = this.#io.sync, unlocked = false): Promise<FileRecord | null> {
+    const path = this.#file(key);
+    for (let attempt = 1; ; attempt++) {
+      const raw = sync ? this.#io.run(() => readRawSync(path)) : await readRaw(path);
+      if (!raw) return null;
+      // Decoded at once: a synchronous read lends a shared buffer.
+      // Under the lock no write runs: a checksum that fails there is not a torn read.
+      const found = decodeFile(raw, unlocked);
+      if (found !== TORN) return found;
+      if (attempt >= READ_ATTEMPTS) return this.#locked(key, () => this.#inspect(key));
+    }
+  }
+
+  async #read(
+    key: string,
+    unlocked = false,
+  ): Promise<{ record: StoredSession; expiresAt: number; current: boolean } | null> {
+    const found = await this.#inspect(key, this.#io.sync, unlocked);
     if (!found) return null;
     if (!found.record) {
       this.#corrupt.report('FileStore', this.#file(key), 'not a session record');
       return null;
     }
-    return { record: found.record, expiresAt: found.expiresAt };
+    return { record: found.record, expiresAt: found.expiresAt, current: found.current };
   }
 
-  async #write(key: string, record: StoredSession, expiresAt: number): Promise<void> {
+  /**
+   * Writes the file of `key` (under its lock): into the session's spare inode if it has one (see
+   * `#writeReused`), else into a new temp file, then renamed over the session file. `previous`:
+   * what is there now: 'none' (create), 'legacy' (a file of the previous format, or one that did
+   * not decode) or 'current'. Only an inode that held the current format becomes a spare, so a
+   * reader that meets a rewritten one always finds a checksum to check.
+   */
+  async #write(
+    key: string,
+    record: StoredSession,
+    expiresAt: number,
+    previous: 'none' | 'legacy' | 'current',
+    pending: Promise<void>[] = [],
+  ): Promise<void> {
     const file = this.#file(key);
-    const tmp = join(this.dir, `.tmp-${key}-${this.#ownerId}-${randomBytes(4).toString('hex')}`);
-    const handle = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    const spare = this.#spare(key);
+    this.#temps = (this.#temps + 1) >>> 0;
+    const tmp = join(this.dir, `.tmp-${key}-${this.#ownerId}-${this.#temps.toString(16).padStart(8, '0')}`);
+    const data = encodeFile(record, expiresAt);
+    const keep = previous === 'current';
+    let reused: { handle: fs.FileHandle; size: number } | null = null;
+    if (previous !== 'none') {
+      if (this.#io.sync) {
+        if (await this.#writeReused(file, spare, tmp, data, expiresAt, keep, pending)) return;
+      } else {
+        reused = await this.#takeSpare(spare, tmp);
+      }
+    }
+    const handle =
+      reused?.handle ??
+      (await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600));
     try {
       try {
-        await handle.writeFile(encodeRecord(record));
+        await handle.writeFile(data);
+        if (reused && reused.size > data.length) await handle.truncate(data.length);
+        // After the content (a write sets the mtime to now).
+        const expiry = expiresAt / 1000;
+        if (this.#io.sync) this.#io.run(() => futimesSync(handle.fd, expiry, expiry));
+        else await handle.utimes(expiry, expiry);
         if (this.#fsync) await handle.datasync();
       } finally {
         await handle.close();
       }
-      const expiry = expiresAt / 1000;
-      await fs.utimes(tmp, expiry, expiry);
+      if (keep) {
+        try {
+          if (this.#io.sync) this.#io.run(() => linkSync(file, spare));
+          else await linkAsync(file, spare);
+        } catch {}
+      }
+      await Promise.all(pending);
       await fs.rename(tmp, file);
+      if (this.#fsync) await this.#syncDir();
     } catch (err) {
       // Disk full, quota, I/O error: the half-written temp file goes at once, not at the next gc.
-      await fs.rm(tmp, { force: true }).catch(() => {});
+      await this.#remove(tmp).catch(() => {});
       throw err;
+    }
+  }
+
+  /**
+   * `#write` into the session's spare inode with every step but the fsyncs synchronous: the
+   * content is copied into pages of a file that exists, the renames and the link change names
+   * only (no inode is allocated or freed). The spare is renamed to `tmp` (so that a crash leaves
+   * a temp file of this owner, which gc removes), written, fsynced (`fsync`, through the thread
+   * pool), then the session file's current inode is linked as the next spare (`keep`) and `tmp`
+   * renamed over the session file. False, having changed nothing, when there is no usable spare.
+   *
+   * With fsync, the rename is made durable (directory fsync) before the lock is released: the next
+   * write reuses the inode this one replaced, which must no longer be the session file on disk
+   * by then, or a power cut during that write could leave a torn session file.
+   */
+  async #writeReused(
+    file: string,
+    spare: string,
+    tmp: string,
+    data: Buffer,
+    expiresAt: number,
+    keep: boolean,
+    pending: Promise<void>[],
+  ): Promise<boolean> {
+    const fd = this.#io.run(() => {
+      try {
+        renameSync(spare, tmp);
+      } catch (err) {
+        if (errno(err) === 'ENOENT') return -1;
+        throw err;
+      }
+      let fd = -1;
+      let size = 0;
+      try {
+        fd = openSync(tmp, constants.O_WRONLY);
+        const stat = fstatSync(fd);
+        // A spare that still has another name (a writer died between its link and its rename, so
+        // it is the session file too) is never written.
+        if (!stat.isFile() || stat.nlink !== 1) throw new Error('not a spare');
+        size = stat.size;
+      } catch {
+        try {
+          if (fd >= 0) closeSync(fd);
+          removeSync(tmp);
+        } catch {}
+        return -1;
+      }
+      try {
+        // Through the module object, so that a test can make it fail like a full disk.
+        for (let at = 0; at < data.length; ) at += nodeFs.writeSync(fd, data, at, data.length - at, at);
+        if (size > data.length) ftruncateSync(fd, data.length);
+        // After the content (a write sets the mtime to now).
+        futimesSync(fd, expiresAt / 1000, expiresAt / 1000);
+        return fd;
+      } catch (err) {
+        closeSync(fd);
+        removeSync(tmp);
+        throw err;
+      }
+    });
+    if (fd < 0) return false;
+    if (this.#fsync) {
+      try {
+        await fdatasyncFd(fd);
+      } catch (err) {
+        this.#io.run(() => {
+          closeSync(fd);
+          removeSync(tmp);
+        });
+        throw err;
+      }
+    }
+    try {
+      await Promise.all(pending);
+    } catch (err) {
+      this.#io.run(() => {
+        closeSync(fd);
+        removeSync(tmp);
+      });
+      throw err;
+    }
+    this.#io.run(() => {
+      closeSync(fd);
+      if (keep) {
+        try {
+          linkSync(file, spare);
+        } catch {}
+      }
+      try {
+        renameSync(tmp, file);
+      } catch (err) {
+        removeSync(tmp);
+        throw err;
+      }
+    });
+    if (this.#fsync) await this.#syncDir();
+    return true;
+  }
+
+  /**
+   * The session's spare inode, renamed to `tmp` and opened for writing (async io mode); null if
+   * there is none usable.
+   */
+  async #takeSpare(spare: string, tmp: string): Promise<{ handle: fs.FileHandle; size: number } | null> {
+    try {
+      await renameAsync(spare, tmp);
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return null;
+      throw err;
+    }
+    let handle: fs.FileHandle | undefined;
+    try {
+      handle = await fs.open(tmp, constants.O_WRONLY);
+      const stat = await handle.stat();
+      if (stat.isFile() && stat.nlink === 1) return { handle, size: stat.size };
+    } catch {}
+    await handle?.close().catch(() => {});
+    await this.#remove(tmp).catch(() => {});
+    return null;
+  }
+
+  /**
+   * Resolves once an fsync of `dir` that started after this call has ended: every name made or
+   * removed in it before the call is then durable. One fsync serves every caller that arrives
+   * while the one before it runs (group commit across sessions).
+   */
+  #syncDir(dir = this.dir): Promise<void> {
+    let state = this.#dirSyncs.get(dir);
+    if (!state) {
+      state = {};
+      this.#dirSyncs.set(dir, state);
+    }
+    if (state.next) return state.next;
+    if (!state.running) return this.#startDirSync(dir, state);
+    const queued = state;
+    const next = state.running
+      .catch(() => {})
+      .then(() => {
+        queued.next = undefined;
+        return this.#startDirSync(dir, queued);
+      });
+    state.next = next;
+    return next;
+  }
+
+  #startDirSync(dir: string, state: { running?: Promise<void>; next?: Promise<void> }): Promise<void> {
+    const running: Promise<void> = syncDirectory(dir).finally(() => {
+      if (state.running === running) state.running = undefined;
+      if (!state.running && !state.next && this.#dirSyncs.get(dir) === state) this.#dirSyncs.delete(dir);
+    });
+    state.running = running;
+    return running;
+  }
+
+  /**
+   * With fsync: the fsync of `dir` (and of its parent, if `dir` was just made), as a promise the
+   * record's write awaits before its rename, so that an index entry is durable before the record
+   * that needs it while its fsync overlaps the record's own write.
+   */
+  #durable(pending: Promise<void>[], dir: string, made: boolean): void {
+    if (!this.#fsync) return;
+    const started = [this.#syncDir(dir), ...(made ? [this.#syncDir(dirname(dir))] : [])];
+    for (const promise of started) {
+      promise.catch(() => {}); // awaited by the write; not unhandled if the write fails first
+      pending.push(promise);
     }
   }
 
@@ -591,37 +1256,46 @@ export class FileStore implements SessionStore {
     return join(this.dir, 'users', userDirName(userId), key);
   }
 
-  async #mark(key: string, userId: string): Promise<void> {
-    await fs.mkdir(join(this.dir, 'users', userDirName(userId)), { recursive: true, mode: 0o700 });
+  /** Files `key` under `userId` in the user index (its durability joins `pending`). */
+  async #mark(key: string, userId: string, pending: Promise<void>[]): Promise<void> {
+    const dir = join(this.dir, 'users', userDirName(userId));
+    const made = await fs.mkdir(dir, { recursive: true, mode: 0o700 });
     await fs.writeFile(this.#marker(key, userId), '', { mode: 0o600 });
+    // Durable before the record that names the user: a power cut must not leave a session that
+    // `sessionsOf` (and so revokeAll) cannot find.
+    this.#durable(pending, dir, made !== undefined);
   }
 
   async #unmark(key: string, userId: string): Promise<void> {
-    await fs.rm(this.#marker(key, userId), { force: true });
+    await this.#remove(this.#marker(key, userId));
   }
 
   /**
-   * Files `key` in the expiry index: an empty `expiry/<bucket start>/<key>`, made before the
-   * session file gets that expiry. Index markers are never removed on the write path, only by gc
-   * under the session's lock, so a session file always has a marker in the bucket of its expiry.
+   * Files `key` in the expiry index: an empty `expiry/<bucket start>/<key>`, made (with fsync,
+   * durably: see `pending`) before the session file gets that expiry. Index markers are never
+   * removed on the write path, only by gc under the session's lock, so a session file always has
+   * a marker in the bucket of its expiry.
    */
-  async #index(key: string, expiresAt: number): Promise<void> {
+  async #index(key: string, expiresAt: number, pending: Promise<void>[]): Promise<void> {
     const bucket = bucketOf(expiresAt);
     const dir = join(this.dir, 'expiry', String(bucket));
     for (let attempt = 0; ; attempt++) {
+      let made = false;
       if (!this.#buckets.has(bucket)) {
-        await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+        made = (await fs.mkdir(dir, { recursive: true, mode: 0o700 })) !== undefined;
         if (this.#buckets.size > 1000) this.#buckets.clear();
         this.#buckets.add(bucket);
       }
       try {
         await fs.writeFile(join(dir, key), '', { mode: 0o600 });
-        return;
       } catch (err) {
         // The bucket was emptied and removed by a gc meanwhile: make it again, once.
         this.#buckets.delete(bucket);
         if (errno(err) !== 'ENOENT' || attempt > 0) throw err;
+        continue;
       }
+      this.#durable(pending, dir, made);
+      return;
     }
   }
 
@@ -635,45 +1309,179 @@ export class FileStore implements SessionStore {
     key: string,
     record: StoredSession,
     expiresAt: number,
-    previous: { userId: string | undefined; expiresAt: number } | null,
+    previous: { userId: string | undefined; expiresAt: number; current: boolean } | null,
+    create = false,
   ) {
-    if (!previous || bucketOf(previous.expiresAt) !== bucketOf(expiresAt)) await this.#index(key, expiresAt);
+    const pending: Promise<void>[] = [];
+    if (!previous || bucketOf(previous.expiresAt) !== bucketOf(expiresAt))
+      await this.#index(key, expiresAt, pending);
     const previousUser = previous?.userId;
     const userId = record.meta.userId;
-    if (userId !== undefined && userId !== previousUser) await this.#mark(key, userId);
-    await this.#write(key, record, expiresAt);
+    if (userId !== undefined && userId !== previousUser) await this.#mark(key, userId, pending);
+    const mode = create ? 'none' : previous?.current ? 'current' : 'legacy';
+    await this.#write(key, record, expiresAt, mode, pending);
     if (previousUser !== undefined && previousUser !== userId) await this.#unmark(key, previousUser);
   }
 
-  async #unlink(key: string, record: StoredSession | null): Promise<void> {
-    await fs.rm(this.#file(key), { force: true });
-    if (record?.meta.userId !== undefined) await this.#unmark(key, record.meta.userId);
+  /** Deletes the session's file, its spare and its user marker; `durable`: fsyncs the directory (with fsync). */
+  async #unlink(
+    key: string,
+    userId: string | undefined,
+    durable = true,
+    sync = this.#io.sync,
+  ): Promise<void> {
+    const removed = await this.#remove(this.#file(key), sync);
+    await this.#remove(this.#spare(key), sync);
+    // A logout must not come back after a power cut.
+    if (removed && durable && this.#fsync) await this.#syncDir();
+    if (userId !== undefined) await this.#remove(this.#marker(key, userId), sync);
   }
 
-  /** Runs `fn` holding the session's lock: queued within this process, a lock file across processes. */
-  async #locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    await this.#init();
-    const previous = this.#queues.get(key) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((r) => {
-      release = r;
+  // ------------------------------------------------------------------------------------------
+  // Each session's queue. Jobs run one at a time, in the order they were asked for, each holding
+  // the session's lock file; consecutive commits at the head of the queue run as one batch.
+
+  /**
+   * Runs `fn` holding the session's lock: queued within this process, a lock file across
+   * processes. `background` (gc): no synchronous system call for the lock.
+   */
+  #locked<T>(key: string, fn: () => Promise<T>, background = false): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.#enqueue(key, {
+        kind: 'run',
+        fn,
+        background,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+      });
     });
-    const tail = previous.then(() => mine);
-    this.#queues.set(key, tail);
-    await previous;
-    const lock = `${this.#file(key)}.lock`;
+  }
+
+  #enqueue(key: string, job: Job): void {
+    const queue = this.#jobs.get(key);
+    if (queue) {
+      queue.push(job);
+      return;
+    }
+    const fresh = [job];
+    this.#jobs.set(key, fresh);
+    void this.#drain(key, fresh);
+  }
+
+  async #drain(key: string, queue: Job[]): Promise<void> {
     try {
-      await this.#acquire(lock);
+      // Also lets the callers of this very tick join the queue before the first batch is taken.
+      await this.#init();
+    } catch (err) {
+      this.#jobs.delete(key);
+      for (const job of queue.splice(0)) job.reject(err);
+      return;
+    }
+    const lock = `${this.#file(key)}.lock`;
+    while (queue.length > 0) {
+      const head = queue[0]!;
+      const sync = head.kind === 'run' && head.background ? false : undefined;
       try {
-        return await fn();
-      } finally {
+        await this.#acquire(lock, sync);
+      } catch (err) {
+        queue.shift();
+        head.reject(err);
+        continue;
+      }
+      // Taken once the lock is held, so that what queued while it was awaited joins the batch.
+      const batch: Job[] = head.kind === 'commit' ? takeCommits(queue) : [queue.shift()!];
+      let settle: () => void;
+      try {
+        settle =
+          head.kind === 'commit'
+            ? await this.#commitBatch(key, batch as CommitJob[])
+            : await this.#run(head as RunJob);
+      } catch (err) {
+        settle = () => {
+          for (const job of batch) job.reject(err);
+        };
+      }
+      try {
         // Only this process can remove its lock while it lives (a waiter takes over a lock only
         // from a dead owner), so removing by name removes this lock and no other.
-        await fs.rm(lock, { force: true });
+        if (sync ?? this.#io.sync) this.#io.run(() => unlinkSync(lock));
+        else await unlinkAsync(lock);
+      } catch (err) {
+        if (errno(err) !== 'ENOENT') {
+          settle = () => {
+            for (const job of batch) job.reject(err);
+          };
+        }
       }
-    } finally {
-      release();
-      if (this.#queues.get(key) === tail) this.#queues.delete(key);
+      // Answers go out once the lock is released, as a caller may ask again at once.
+      settle();
+    }
+    this.#jobs.delete(key);
+  }
+
+  async #run(job: RunJob): Promise<() => void> {
+    try {
+      const value = await job.fn();
+      return () => job.resolve(value);
+    } catch (err) {
+      return () => job.reject(err);
+    }
+  }
+
+  /**
+   * A batch of commits in one step under the lock: one read, each delta applied in order with its
+   * own guard checked against the record as merged so far, one write. If the write fails, the
+   * answers that depended on it (from the first commit that changed the record on) are that
+   * error; the ones before it stand (they answered from the file as it is).
+   */
+  async #commitBatch(key: string, batch: CommitJob[]): Promise<() => void> {
+    const results: CommitResult[] = [];
+    let firstChange = batch.length;
+    try {
+      const existing = await this.#read(key);
+      const now = this.#now();
+      if (!existing || existing.expiresAt <= now) {
+        if (existing) await this.#unlink(key, existing.record.meta.userId);
+        for (let i = 0; i < batch.length; i++) results.push('gone');
+      } else {
+        // Read before the merge, which changes the record in place.
+        const previous = {
+          userId: existing.record.meta.userId,
+          expiresAt: existing.expiresAt,
+          current: existing.current,
+        };
+        let record: StoredSession | null = existing.record;
+        let expiresAt = existing.expiresAt;
+        for (const [i, job] of batch.entries()) {
+          if (!record) {
+            results.push('gone');
+          } else if (!guardHolds(record.meta, job.guard)) {
+            results.push('conflict');
+          } else {
+            if (firstChange === batch.length) firstChange = i;
+            if (isLiveTtl(job.ttlMs)) {
+              record = applyDelta(record, job.delta);
+              expiresAt = now + job.ttlMs;
+              results.push('ok');
+            } else {
+              record = null;
+              results.push('gone');
+            }
+          }
+        }
+        if (!record) await this.#unlink(key, previous.userId);
+        else if (firstChange < batch.length) await this.#store(key, record, expiresAt, previous);
+      }
+      return () => {
+        for (const [i, job] of batch.entries()) job.resolve(results[i]!);
+      };
+    } catch (err) {
+      return () => {
+        for (const [i, job] of batch.entries()) {
+          if (i < firstChange && i < results.length) job.resolve(results[i]!);
+          else job.reject(err);
+        }
+      };
     }
   }
 
@@ -710,6 +1518,7 @@ export class FileStore implements SessionStore {
       } catch (err) {
         if (errno(err) !== 'EEXIST') throw err;
       }
+      this.#ownerMade = true;
       this.#startHeartbeat();
     })().catch((err: unknown) => {
       this.#ownerReady = undefined;
@@ -736,13 +1545,15 @@ export class FileStore implements SessionStore {
     clearInterval(this.#heartbeat);
     this.#heartbeat = undefined;
     this.#ownerReady = undefined;
+    this.#ownerMade = false;
   }
 
   /** Tries once to take the lock at `path`: true if taken, false if someone holds it. */
-  async #tryLock(path: string, retried = false): Promise<boolean> {
-    await this.#ensureOwner();
+  async #tryLock(path: string, sync = this.#io.sync, retried = false): Promise<boolean> {
+    if (!this.#ownerMade) await this.#ensureOwner();
     try {
-      await fs.link(this.#ownerFile, path);
+      if (sync) this.#io.run(() => linkSync(this.#ownerFile, path));
+      else await linkAsync(this.#ownerFile, path);
       return true;
     } catch (err) {
       const code = errno(err);
@@ -750,7 +1561,7 @@ export class FileStore implements SessionStore {
       if (code === 'ENOENT' && !retried) {
         // The owner file went away (see the heartbeat): make it again, once.
         this.#stopHeartbeat();
-        return this.#tryLock(path, true);
+        return this.#tryLock(path, sync, true);
       }
       // A file system without hard links (or too many of them): a lock file of its own, created
       // exclusively, then filled. A waiter that reads it empty waits, and breaks it only once old.
@@ -797,10 +1608,10 @@ export class FileStore implements SessionStore {
     return { tag, dead };
   }
 
-  async #acquire(lock: string): Promise<void> {
+  async #acquire(lock: string, sync?: boolean): Promise<void> {
     const started = Date.now();
     for (let delay = 1; ; ) {
-      if (await this.#tryLock(lock)) return;
+      if (await this.#tryLock(lock, sync ?? this.#io.sync)) return;
       const held = await this.#view(lock);
       // Released meanwhile, or its dead owner's lock removed: try again at once.
       if (!held || (held.dead && (await this.#break(lock, held.tag, 0)))) continue;
@@ -833,15 +1644,18 @@ export class FileStore implements SessionStore {
     }
   }
 
+  // ------------------------------------------------------------------------------------------
+  // The contract.
+
   async load(key: string): Promise<StoredSession | null> {
     checkStorageKey('FileStore', key);
     await this.#init();
-    const found = await this.#read(key);
+    const found = await this.#read(key, true);
     if (!found) return null;
     if (found.expiresAt <= this.#now()) {
       await this.#locked(key, async () => {
         const again = await this.#read(key);
-        if (again && again.expiresAt <= this.#now()) await this.#unlink(key, again.record);
+        if (again && again.expiresAt <= this.#now()) await this.#unlink(key, again.record.meta.userId);
       });
       return null;
     }
@@ -854,31 +1668,24 @@ export class FileStore implements SessionStore {
       const existing = await this.#read(key);
       if (existing && existing.expiresAt > this.#now()) return false;
       if (!isLiveTtl(ttlMs)) return true;
-      const previous = existing && { userId: existing.record.meta.userId, expiresAt: existing.expiresAt };
-      await this.#store(key, record, this.#now() + ttlMs, previous);
+      const previous = existing && {
+        userId: existing.record.meta.userId,
+        expiresAt: existing.expiresAt,
+        current: existing.current,
+      };
+      await this.#store(key, record, this.#now() + ttlMs, previous, true);
       return true;
     });
   }
 
-  /** Guard check, merge and write happen under the session's lock, on the record read under it. */
+  /**
+   * Guard check, merge and write happen under the session's lock, on the record read under it;
+   * commits queued together share that step (see `#commitBatch`).
+   */
   async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     checkStorageKey('FileStore', key);
-    return this.#locked(key, async () => {
-      const existing = await this.#read(key);
-      if (!existing) return 'gone';
-      if (existing.expiresAt <= this.#now()) {
-        await this.#unlink(key, existing.record);
-        return 'gone';
-      }
-      if (!guardHolds(existing.record.meta, guard)) return 'conflict';
-      if (!isLiveTtl(ttlMs)) {
-        await this.#unlink(key, existing.record);
-        return 'gone';
-      }
-      // Read before the merge, which may reuse the record it is given.
-      const previous = { userId: existing.record.meta.userId, expiresAt: existing.expiresAt };
-      await this.#store(key, applyDelta(existing.record, delta), this.#now() + ttlMs, previous);
-      return 'ok';
+    return new Promise<CommitResult>((resolve, reject) => {
+      this.#enqueue(key, { kind: 'commit', delta, ttlMs, guard, resolve, reject });
     });
   }
 
@@ -889,7 +1696,7 @@ export class FileStore implements SessionStore {
   async destroy(key: string): Promise<void> {
     checkStorageKey('FileStore', key);
     await this.#locked(key, async () => {
-      await this.#unlink(key, (await this.#read(key))?.record ?? null);
+      await this.#unlink(key, (await this.#read(key))?.record.meta.userId);
     });
   }
 
@@ -928,6 +1735,15 @@ export class FileStore implements SessionStore {
    */
   async gc(now = this.#now()): Promise<number> {
     await this.#init();
+    this.#io.hold();
+    try {
+      return await this.#gc(now);
+    } finally {
+      this.#io.unhold();
+    }
+  }
+
+  async #gc(now: number): Promise<number> {
     const pace = pacer();
     const owners = await this.#owners(pace);
     const indexed = await fs.stat(join(this.dir, 'expiry', INDEXED)).then(
@@ -954,6 +1770,11 @@ export class FileStore implements SessionStore {
     return { dead, live };
   }
 
+  /**
+   * The due buckets, each listed a few hundred names at a time (never the whole of a large one
+   * at once). A bucket whose whole span has passed holds only sessions that expired or moved on,
+   * so its sessions are not stat'ed first.
+   */
   async #gcIndexed(now: number, pace: () => Promise<void>): Promise<number> {
     const root = join(this.dir, 'expiry');
     const due = (await fs.readdir(root))
@@ -963,18 +1784,29 @@ export class FileStore implements SessionStore {
     let removed = 0;
     for (const bucket of due) {
       const dir = join(root, String(bucket));
-      const keys = (await fs.readdir(dir).catch(() => [] as string[])).filter(isStorageKey);
-      // A few sessions at a time (each one waits on the file system, not on the CPU).
-      let next = 0;
-      const worker = async () => {
-        while (next < keys.length) {
-          const key = keys[next++]!;
-          await pace();
-          if (await this.#gcFiled(key, bucket, now)) removed++;
+      const whole = bucket + BUCKET_MS <= now;
+      let listing: Dir;
+      try {
+        listing = await opendirAsync(dir, { bufferSize: GC_LIST });
+      } catch (err) {
+        if (errno(err) === 'ENOENT') continue;
+        throw err;
+      }
+      try {
+        for (;;) {
+          const keys: string[] = [];
+          while (keys.length < GC_LIST) {
+            const entry = await listing.read();
+            if (!entry) break;
+            if (isStorageKey(entry.name)) keys.push(entry.name);
+          }
+          if (keys.length === 0) break;
+          removed += await this.#gcKeys(keys, bucket, now, whole, pace);
         }
-      };
-      await Promise.all(Array.from({ length: GC_PARALLEL }, worker));
-      if (bucket + BUCKET_MS <= now) {
+      } finally {
+        await listing.close().catch(() => {});
+      }
+      if (whole) {
         // Every session filed here has expired: the bucket is empty now, unless a write raced in.
         this.#buckets.delete(bucket);
         await fs.rmdir(dir).catch(() => {});
@@ -983,39 +1815,73 @@ export class FileStore implements SessionStore {
     return removed;
   }
 
+  /** Markers of one bucket, GC_PARALLEL sessions at a time. */
+  async #gcKeys(
+    keys: string[],
+    bucket: number,
+    now: number,
+    whole: boolean,
+    pace: () => Promise<void>,
+  ): Promise<number> {
+    let removed = 0;
+    let next = 0;
+    const worker = async () => {
+      while (next < keys.length) {
+        const key = keys[next++]!;
+        if (await this.#gcFiled(key, bucket, now, whole)) removed++;
+        await pace();
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(GC_PARALLEL, keys.length) }, worker));
+    return removed;
+  }
+
   /** One marker of a due bucket: deletes the session if expired, drops the marker if stale. */
-  async #gcFiled(key: string, bucket: number, now: number): Promise<boolean> {
+  async #gcFiled(key: string, bucket: number, now: number, whole: boolean): Promise<boolean> {
     const marker = join(this.dir, 'expiry', String(bucket), key);
-    // Without the lock, the common case: live, and expiring in this very bucket (kept).
-    const stat = await fs.stat(this.#file(key)).catch(() => null);
-    const expiresAt = stat ? Math.round(stat.mtimeMs) : 0;
-    if (stat && expiresAt > now && bucketOf(expiresAt) === bucket) return false;
-    return this.#locked(key, async () => {
-      const found = await this.#inspect(key);
-      if (found && found.expiresAt > now && bucketOf(found.expiresAt) === bucket) return false;
-      const expired = found?.record && found.expiresAt <= now;
-      if (expired) await this.#unlink(key, found.record);
-      // Gone, expired, renewed into another bucket (filed there too), or not a session record.
-      await fs.rm(marker, { force: true });
-      return !!expired;
-    });
+    if (!whole) {
+      // Without the lock, the common case: live, and expiring in this very bucket (kept).
+      const stat = await fs.stat(this.#file(key)).catch(() => null);
+      const expiresAt = stat ? Math.round(stat.mtimeMs) : 0;
+      if (stat && expiresAt > now && bucketOf(expiresAt) === bucket) return false;
+    }
+    return this.#locked(
+      key,
+      async () => {
+        const found = await this.#inspect(key, false);
+        if (found && found.expiresAt > now && bucketOf(found.expiresAt) === bucket) return false;
+        const record = found?.record;
+        const expired = !!record && found.expiresAt <= now;
+        if (record && expired) await this.#unlink(key, record.meta.userId, false, false);
+        else if (!found) await this.#remove(this.#spare(key), false);
+        // Gone, expired, renewed into another bucket (filed there too), or not a session record.
+        await this.#remove(marker, false);
+        return expired;
+      },
+      true,
+    );
   }
 
   /** Deletes `key` if it is an expired session record (under its lock); true if it did. */
   async #gcSession(key: string, now: number): Promise<boolean> {
-    return this.#locked(key, async () => {
-      const found = await this.#inspect(key);
-      // Absent (removed meanwhile), renewed, or not a session record (not ours to delete).
-      if (!found?.record || found.expiresAt > now) return false;
-      await this.#unlink(key, found.record);
-      return true;
-    });
+    return this.#locked(
+      key,
+      async () => {
+        const found = await this.#inspect(key, false);
+        // Absent (removed meanwhile), renewed, or not a session record (not ours to delete).
+        if (!found?.record || found.expiresAt > now) return false;
+        await this.#unlink(key, found.record.meta.userId, false, false);
+        return true;
+      },
+      true,
+    );
   }
 
   /**
    * Lists the directory for what ended processes left: their temp files (at once; others' once
-   * older than staleLockMs) and dead locks. `full` (a directory from before the expiry index):
-   * also deletes expired sessions and files the live ones in the index.
+   * older than staleLockMs), dead locks, and spares whose session is gone. `full` (a directory
+   * from before the expiry index): also deletes expired sessions and files the live ones in the
+   * index.
    */
   async #sweep(
     now: number,
@@ -1035,8 +1901,11 @@ export class FileStore implements SessionStore {
         if (!stat) continue;
         const key = name.slice(0, -'.json'.length);
         const expiresAt = Math.round(stat.mtimeMs);
-        if (expiresAt > now) await this.#index(key, expiresAt);
-        else if (await this.#gcSession(key, now)) removed++;
+        if (expiresAt > now) {
+          const pending: Promise<void>[] = [];
+          await this.#index(key, expiresAt, pending);
+          await Promise.all(pending);
+        } else if (await this.#gcSession(key, now)) removed++;
       } else if (kind === 'temp') {
         const owner = NAMES.temp.exec(name)?.[1];
         if (owner && owners.dead.has(owner)) {
@@ -1051,6 +1920,17 @@ export class FileStore implements SessionStore {
         const held = await this.#view(path);
         if (held?.dead && depth < MAX_GUARDS) await this.#break(path, held.tag, depth);
       }
+    }
+    // Spares whose session is gone (deleted by a version of sessionflow from before spares): no
+    // write will take them. Without the lock: only a write of an existing session makes a spare.
+    for (const key of await fs.readdir(join(this.dir, SPARES)).catch(() => [] as string[])) {
+      await pace();
+      if (!isStorageKey(key)) continue;
+      const gone = await fs.stat(this.#file(key)).then(
+        () => false,
+        (err: unknown) => errno(err) === 'ENOENT',
+      );
+      if (gone) await this.#remove(this.#spare(key), false);
     }
     return removed;
   }

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import nodeFs, { promises as fsp, readlinkSync } from 'node:fs';
 import {
   chmod,
   chown,
@@ -20,6 +20,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { newToken, storageKey } from '../../src/crypto/ids.js';
 import { defaultSessionDir, FileStore } from '../../src/stores/file.js';
 import { decodeRecord } from '../../src/stores/kit.js';
+import type { CommitGuard, SessionDelta } from '../../src/stores/store.js';
 import { describeStoreConformance } from '../../src/testing/conformance.js';
 
 const dirs: string[] = [];
@@ -521,4 +522,224 @@ describe('FileStore: gc follows the sessions that ended, not the live ones', () 
     expect(left).not.toContain(legacy.slice(dir.length + 1));
     expect(await readdir(join(dir, 'owners'))).toEqual([id]);
   });
+});
+
+describeStoreConformance(
+  'FileStore (io: async, every call through the thread pool)',
+  async () => {
+    const dir = await tempDir();
+    return {
+      store: new FileStore({ dir, io: 'async' }),
+      cleanup: () => rm(dir, { recursive: true, force: true }),
+    };
+  },
+  { runner: { describe, it, beforeAll, afterAll } },
+);
+
+describe('FileStore: group commit (commits queued for one session share one write)', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  /**
+   * A store with one session (handle h0, anonymous), its lock held by "another store" of this
+   * process (a live owner), so that every commit asked for now waits for it. `release()` removes
+   * that lock: the commits that queued meanwhile then run, in order, as one batch.
+   */
+  async function held(extra: { userId?: string } = {}) {
+    const dir = await tempDir();
+    const store = new FileStore({ dir });
+    const key = storageKey(newToken());
+    await store.create(key, { meta: { ...meta(), h: 'h0', ...extra }, values: { 'v:base': '0' } }, 60_000);
+    const [id] = await readdir(join(dir, 'owners'));
+    const owner = JSON.parse(await readFile(join(dir, 'owners', id!), 'utf8'));
+    const lock = join(dir, `${key}.json.lock`);
+    await writeFile(lock, JSON.stringify({ ...owner, id: 'abcdef0123456789' }));
+    return { dir, store, key, release: () => rm(lock) };
+  }
+
+  it('each queued commit gets the answer its own guard gives against the record as merged so far; one write', async () => {
+    const { dir, store, key, release } = await held();
+    const commit = (delta: Partial<SessionDelta>, guard?: CommitGuard, ttl = 60_000) =>
+      store.commit(key, { set: {}, unset: [], ...delta }, ttl, guard);
+    const results = Promise.all([
+      commit({ set: { 'v:a': '1' }, meta: { h: 'h1', ph: 'h0' } }, { handle: 'h0' }), // ID change: wins
+      commit({ set: { 'v:lost': '1' }, meta: { h: 'h2' } }, { handle: 'h0' }), // same handle, too late
+      commit({ set: { 'v:b': '1' } }, { userId: null }), // a plain write, anonymous: holds
+      commit({ set: { 'v:c': '1' }, retain: ['v:a'], meta: { userId: 'alice' } }, { handle: 'h1' }), // login
+      commit({ set: { 'v:pre': '1' } }, { userId: null }), // loaded before the login: refused
+      commit({ set: { 'v:d': '1' }, unset: ['v:c'] }, { userId: 'alice' }), // after the login: holds
+      commit({ meta: { lastSeenAt: 42 } }), // unguarded (touch)
+    ]);
+    const rename = vi.spyOn(fsp, 'rename');
+    await release();
+    expect(await results).toEqual(['ok', 'conflict', 'ok', 'ok', 'conflict', 'ok', 'ok']);
+    expect(rename).toHaveBeenCalledTimes(1); // one write for the seven
+    const loaded = await store.load(key);
+    expect(loaded?.meta).toMatchObject({ h: 'h1', ph: 'h0', userId: 'alice', lastSeenAt: 42 });
+    expect({ ...loaded?.values }).toEqual({ 'v:a': '1', 'v:d': '1' });
+    expect((await store.sessionsOf('alice')).map((s) => s.key)).toEqual([key]);
+    expect((await readdir(dir)).filter((n) => n.endsWith('.lock') || n.startsWith('.tmp-'))).toEqual([]);
+  });
+
+  it('a commit with a non-positive TTL ends the session for the commits after it in the batch', async () => {
+    const { store, key, release } = await held({ userId: 'bob' });
+    const results = Promise.all([
+      store.commit(key, { set: { 'v:a': '1' }, unset: [] }, 60_000, { userId: 'bob' }),
+      store.commit(key, { set: {}, unset: [] }, 60_000, { userId: 'mallory' }), // conflict: nothing ends
+      store.commit(key, { set: {}, unset: [] }, 0, { userId: 'bob' }), // logout by TTL
+      store.commit(key, { set: { 'v:late': '1' }, unset: [] }, 60_000),
+      store.touch(key, { lastSeenAt: 1 }, 60_000),
+    ]);
+    await release();
+    expect(await results).toEqual(['ok', 'conflict', 'gone', 'gone', 'gone']);
+    expect(await store.load(key)).toBeNull();
+    expect(await store.sessionsOf('bob')).toEqual([]);
+  });
+
+  it('a batch whose write fails: answers given before the first change stand, the others are the error', async () => {
+    const { dir, store, key, release } = await held();
+    const open = fsp.open.bind(fsp);
+    vi.spyOn(fsp, 'open').mockImplementation((async (...args: Parameters<typeof fsp.open>) => {
+      const handle = await open(...args);
+      if (String(args[0]).includes('.tmp-')) {
+        handle.writeFile = async () => {
+          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        };
+      }
+      return handle;
+    }) as typeof fsp.open);
+    const results = [
+      store.commit(key, { set: { 'v:x': '1' }, unset: [] }, 60_000, { handle: 'nope' }),
+      store.commit(key, { set: { 'v:a': '1' }, unset: [] }, 60_000, { handle: 'h0' }),
+      store.commit(key, { set: { 'v:b': '1' }, unset: [] }, 60_000, { handle: 'nope' }),
+    ].map((p) =>
+      p.then(
+        (r) => r,
+        (err: NodeJS.ErrnoException) => err.code,
+      ),
+    );
+    await release();
+    expect(await Promise.all(results)).toEqual(['conflict', 'ENOSPC', 'ENOSPC']);
+    vi.restoreAllMocks();
+    expect({ ...(await store.load(key))?.values }).toEqual({ 'v:base': '0' });
+    expect((await readdir(dir)).filter((n) => n.endsWith('.lock') || n.startsWith('.tmp-'))).toEqual([]);
+  });
+});
+
+describe('FileStore: the file format and the spare inode', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  const inode = async (path: string) => (await stat(path)).ino;
+
+  it('a write reuses the inode of the version before the last one (no inode allocated or freed)', async () => {
+    const dir = await tempDir();
+    const store = new FileStore({ dir });
+    const key = storageKey(newToken());
+    const file = join(dir, `${key}.json`);
+    const spare = join(dir, 'users', '.spare', key);
+    await store.create(key, record({ 'v:n': '0' }), 60_000);
+    const first = await inode(file);
+    expect(await store.commit(key, { set: { 'v:n': '1' }, unset: [] }, 60_000)).toBe('ok');
+    const second = await inode(file);
+    expect(second).not.toBe(first);
+    expect(await inode(spare)).toBe(first); // the replaced version, kept as the spare
+    expect(
+      await store.commit(key, { set: { 'v:n': '2', 'v:long': 'x'.repeat(500) }, unset: [] }, 60_000),
+    ).toBe('ok');
+    expect(await inode(file)).toBe(first); // written into the spare
+    expect(await inode(spare)).toBe(second);
+    expect(await store.commit(key, { set: { 'v:n': '3' }, unset: ['v:long'] }, 60_000)).toBe('ok');
+    expect(await inode(file)).toBe(second);
+    // A shorter record in a reused inode: no bytes of the longer one are left over.
+    expect(decodeRecord(await readFile(file, 'utf8'))?.values).toEqual({ 'v:n': '3' });
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+    expect((await store.load(key))?.values).toEqual({ 'v:n': '3' });
+    await store.destroy(key);
+    expect((await readdir(dir)).filter((n) => n.includes(key))).toEqual([]);
+    expect(await readdir(join(dir, 'users', '.spare'))).toEqual([]);
+  });
+
+  it('gc removes an expired session with its spare', async () => {
+    const dir = await tempDir();
+    let now = Date.now();
+    const store = new FileStore({ dir, now: () => now });
+    const key = storageKey(newToken());
+    await store.create(key, record(), 60_000);
+    await store.commit(key, { set: { 'v:a': '1' }, unset: [] }, 60_000);
+    await store.commit(key, { set: { 'v:a': '2' }, unset: [] }, 60_000);
+    expect(await readdir(join(dir, 'users', '.spare'))).toEqual([key]);
+    now += 3_600_000;
+    expect(await store.gc()).toBe(1);
+    expect((await readdir(dir)).filter((n) => n.includes(key))).toEqual([]);
+    expect(await readdir(join(dir, 'users', '.spare'))).toEqual([]);
+  });
+
+  it('the file starts with a checksum of the rest; a file edited outside the store is read as it parses and its inode never reused', async () => {
+    const dir = await tempDir();
+    const reported: string[] = [];
+    const store = new FileStore({ dir, onCorrupt: (file) => reported.push(file) });
+    const key = storageKey(newToken());
+    await store.create(key, record({ 'v:role': '"user"' }), 60_000);
+    const file = join(dir, `${key}.json`);
+    const text = await readFile(file, 'utf8');
+    expect(text).toMatch(/^\{"c":"[A-Za-z0-9_-]{22}","x":\d+,"meta":/);
+    // Same length, valid JSON, one value changed: the checksum no longer matches. Not a torn read
+    // (it fails under the session's lock too): an edit, taken as it parses, as before checksums.
+    const edited = text.replace('user', 'root');
+    expect(edited).not.toBe(text);
+    await writeFile(file, edited);
+    expect((await store.load(key))?.values).toEqual({ 'v:role': '"root"' });
+    expect(reported).toEqual([]);
+    const editedInode = await inode(file);
+    expect(await store.commit(key, { set: { 'v:a': '1' }, unset: [] }, 60_000)).toBe('ok');
+    expect(await readdir(join(dir, 'users', '.spare'))).not.toContain(key);
+    expect(await inode(file)).not.toBe(editedInode);
+  });
+
+  it('a record of the previous format (expiry in the mtime) is read, and rewritten in the current one by its next commit', async () => {
+    const dir = await existingDir();
+    const key = storageKey(newToken());
+    await mkdir(join(dir, 'users'));
+    const file = join(dir, `${key}.json`);
+    await writeFile(file, JSON.stringify(record({ 'v:a': '1' })));
+    await utimes(file, new Date(), new Date(Date.now() + 60_000));
+    const store = new FileStore({ dir });
+    expect((await store.load(key))?.values).toEqual({ 'v:a': '1' });
+    const old = await inode(file);
+    expect(await store.commit(key, { set: { 'v:b': '1' }, unset: [] }, 60_000)).toBe('ok');
+    expect(await readFile(file, 'utf8')).toMatch(/^\{"c":"/);
+    expect((await store.load(key))?.values).toEqual({ 'v:a': '1', 'v:b': '1' });
+    // The inode of the previous format is not kept as a spare (its readers check no checksum).
+    expect(await readdir(join(dir, 'users', '.spare'))).not.toContain(key);
+    expect(await inode(file)).not.toBe(old);
+  });
+
+  it.skipIf(process.platform !== 'linux')(
+    'a write into the spare that fails (disk full) removes its temp file and keeps the old record',
+    async () => {
+      const dir = await tempDir();
+      const store = new FileStore({ dir });
+      const key = storageKey(newToken());
+      await store.create(key, record({ 'v:a': '1' }), 60_000);
+      await store.commit(key, { set: { 'v:a': '2' }, unset: [] }, 60_000); // now it has a spare
+      const write = nodeFs.writeSync.bind(nodeFs) as (...args: unknown[]) => number;
+      vi.spyOn(nodeFs, 'writeSync').mockImplementation(((fd: number, ...rest: unknown[]) => {
+        if (readlinkSync(`/proc/self/fd/${fd}`).includes('.tmp-'))
+          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        return write(fd, ...rest);
+      }) as typeof nodeFs.writeSync);
+      await expect(store.commit(key, { set: { 'v:a': '3' }, unset: [] }, 60_000)).rejects.toMatchObject({
+        code: 'ENOSPC',
+      });
+      vi.restoreAllMocks();
+      expect((await readdir(dir)).filter((n) => n.startsWith('.tmp-') || n.endsWith('.lock'))).toEqual([]);
+      expect((await store.load(key))?.values).toEqual({ 'v:a': '2' });
+      // The next commit works (without a spare: a new temp file).
+      expect(await store.commit(key, { set: { 'v:a': '4' }, unset: [] }, 60_000)).toBe('ok');
+      expect((await store.load(key))?.values).toEqual({ 'v:a': '4' });
+    },
+  );
 });
