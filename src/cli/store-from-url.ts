@@ -450,6 +450,22 @@ async function checkFileDir(dir: string, isDefault: boolean): Promise<'sessions'
   );
 }
 
+/**
+ * The metadata of a session file, read without the session's lock. FileStore rewrites a spare
+ * inode in place before renaming it over the session file, so a reader in another process can
+ * catch a version half written: it does not parse, and is read again (three tries).
+ */
+async function readFileMeta(path: string): Promise<SessionMeta | null> {
+  for (let attempt = 1; ; attempt++) {
+    const text = await fs.readFile(path, 'utf8');
+    try {
+      return asMeta((JSON.parse(text) as { meta?: unknown }).meta);
+    } catch (err) {
+      if (!(err instanceof SyntaxError) || attempt >= 3) throw err;
+    }
+  }
+}
+
 async function fileStats(dir: string, now: number, top: number): Promise<StoreStats> {
   const stats = new StatsBuilder();
   const names = await sessionFileNames(dir);
@@ -467,7 +483,7 @@ async function fileStats(dir: string, now: number, top: number): Promise<StoreSt
     let meta: SessionMeta | null = null;
     if (live) {
       try {
-        meta = asMeta((JSON.parse(await fs.readFile(path, 'utf8')) as { meta?: unknown }).meta);
+        meta = await readFileMeta(path);
       } catch (err) {
         if (errorCode(err) === 'ENOENT') return;
       }
@@ -491,7 +507,7 @@ async function fileSessionsOf(dir: string, userId: string, now: number): Promise
     try {
       const stat = await fs.stat(path);
       if (Math.round(stat.mtimeMs) <= now) continue; // expired: its mtime is its expiry
-      const meta = asMeta((JSON.parse(await fs.readFile(path, 'utf8')) as { meta?: unknown }).meta);
+      const meta = await readFileMeta(path);
       // A stray index entry (the session ended or changed user) is skipped, not pruned.
       if (meta && meta.userId === userId) out.push({ key, meta: { ...meta } });
     } catch (err) {
