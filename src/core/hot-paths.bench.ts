@@ -4,13 +4,13 @@
  * steadier). Not part of the package (excluded from the build).
  */
 import { bench, describe } from 'vitest';
-import { KeyRing } from '../crypto/keyring.js';
 import { newToken, storageKey } from '../crypto/ids.js';
-import { MemoryStore } from '../stores/memory.js';
-import { decodeRecord, encodeRecord } from '../stores/kit.js';
-import type { StoredSession } from '../stores/store.js';
+import { KeyRing } from '../crypto/keyring.js';
 import { SessionManager } from '../manager.js';
 import { resolveOptions } from '../options.js';
+import { decodeRecord, encodeRecord } from '../stores/kit.js';
+import { MemoryStore } from '../stores/memory.js';
+import type { StoredSession } from '../stores/store.js';
 import { CookieCodec } from './cookie-codec.js';
 import { recordCodec } from './record-codec.js';
 

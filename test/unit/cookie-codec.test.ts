@@ -33,7 +33,9 @@ describe('SM-04: the session cookie, written without the general serializer on t
           sameSite: c.sameSite,
           path: c.path,
           ...(c.domain === undefined ? {} : { domain: c.domain }),
-          ...(lifetime === undefined ? {} : { maxAge: Math.floor(Math.min(lifetime, deadline - now) / 1000) }),
+          ...(lifetime === undefined
+            ? {}
+            : { maxAge: Math.floor(Math.min(lifetime, deadline - now) / 1000) }),
           ...(c.partitioned ? { partitioned: true } : {}),
         });
         expect(codec.issue(sid, token, deadline, now, maxAge)).toBe(expected);
