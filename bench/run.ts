@@ -130,31 +130,22 @@ interface RowSpec {
   family: Family;
 }
 
+/** Read, write and create: the modes of the stores and peers measured for new visitors too. */
+const RWC: Mode[] = ['read', 'write', 'create'];
+
 /** Display order. Rows of one server run together, whatever their place here. */
 const ROWS: RowSpec[] = (
   [
     { id: 'bare', label: 'bare node:http (no session)', server: 'bare', mode: 'read', family: 'http' },
-    row('sf-http-memory', 'sessionflow + node:http + MemoryStore', 'sfHttpMemory', 'http', [
-      'read',
-      'write',
-      'create',
-    ]),
+    row('sf-http-memory', 'sessionflow + node:http + MemoryStore', 'sfHttpMemory', 'http', RWC),
     row('sf-http-file', 'sessionflow + node:http + FileStore', 'sfHttpFile', 'http', [
       'read',
       'write',
       'write1',
       'create',
     ]),
-    row('sf-http-redis', 'sessionflow + node:http + RedisStore', 'sfHttpRedis', 'http', [
-      'read',
-      'write',
-      'create',
-    ]),
-    row('sf-http-postgres', 'sessionflow + node:http + PostgresStore', 'sfHttpPostgres', 'http', [
-      'read',
-      'write',
-      'create',
-    ]),
+    row('sf-http-redis', 'sessionflow + node:http + RedisStore', 'sfHttpRedis', 'http', RWC),
+    row('sf-http-postgres', 'sessionflow + node:http + PostgresStore', 'sfHttpPostgres', 'http', RWC),
     {
       id: 'sf-http-anon',
       label: 'sessionflow anonymous visitor (node:http, memory)',
@@ -175,11 +166,7 @@ const ROWS: RowSpec[] = (
     row('sf-express-postgres', 'sessionflow + Express + PostgresStore', 'sfExpressPostgres', 'express', [
       'read',
     ]),
-    row('express-session-memory', 'express-session + MemoryStore', 'esMemory', 'express', [
-      'read',
-      'write',
-      'create',
-    ]),
+    row('express-session-memory', 'express-session + MemoryStore', 'esMemory', 'express', RWC),
     row('express-session-redis', 'express-session + connect-redis', 'esRedis', 'express'),
     row('express-session-file', 'express-session + session-file-store', 'esFile', 'express', [
       'read',
@@ -193,16 +180,8 @@ const ROWS: RowSpec[] = (
       mode: 'read',
       family: 'fastify',
     },
-    row('sf-fastify-memory', 'sessionflow + Fastify + MemoryStore', 'sfFastifyMemory', 'fastify', [
-      'read',
-      'write',
-      'create',
-    ]),
-    row('fastify-session', '@fastify/session + @fastify/cookie (memory)', 'fastifySession', 'fastify', [
-      'read',
-      'write',
-      'create',
-    ]),
+    row('sf-fastify-memory', 'sessionflow + Fastify + MemoryStore', 'sfFastifyMemory', 'fastify', RWC),
+    row('fastify-session', '@fastify/session + @fastify/cookie (memory)', 'fastifySession', 'fastify', RWC),
     row('iron-session', 'iron-session 8 (sealed cookie, node:http)', 'iron', 'http'),
   ] satisfies (RowSpec | RowSpec[])[]
 ).flat();
