@@ -2,25 +2,29 @@ import type { Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql
 import {
   type Bind,
   type Budget,
+  bindValues,
   type CommitDialect,
-  type Composed,
+  type CommitInput,
+  CommitStatements,
+  type Compiled,
   checkTable,
-  composeCommit,
-  composeDelete,
   DEFAULT_TABLE,
   decodeMeta,
+  deleteInput,
+  deleteShape,
   indexName,
   metaPatch,
   portableStatements,
   type SessionRow,
+  Shape,
   SqlSessionStore,
   type SqlStoreOptions,
   type StatementName,
   type UserSessionRow,
   valuesPatch,
-  withDeadline,
+  waitWithin,
 } from './sql-common.js';
-import { type CommitGuard, guardHolds, type SessionDelta, type StoredSession } from './store.js';
+import { type CommitGuard, guardHolds, type StoredSession } from './store.js';
 
 /**
  * Options of {@link MySqlStore}: the shared SQL store options.
@@ -56,8 +60,10 @@ export function mysqlSchema(table: string = DEFAULT_TABLE): string {
  * `user_id = ?` alone is not exact: utf8mb4_bin is a PAD SPACE collation, so 'alice ' would
  * equal 'alice'. The equality keeps the index usable, the byte length makes it exact.
  */
-const exactUser = (userId: string, bind: Bind) =>
-  `user_id = ${bind.add(userId)} AND OCTET_LENGTH(user_id) = OCTET_LENGTH(${bind.add(userId)})`;
+const exactUser = (bind: Bind) => {
+  const user = (c: CommitInput) => c.guard!.userId;
+  return `user_id = ${bind.add(user)} AND OCTET_LENGTH(user_id) = OCTET_LENGTH(${bind.add(user)})`;
+};
 
 /** One row per string of a JSON array (column `k`); callers compare them as bytes, never by collation. */
 const keysOf = (json: string) => `JSON_TABLE(${json}, '$[*]' COLUMNS (k LONGTEXT PATH '$'))`;
@@ -69,19 +75,24 @@ const keysOf = (json: string) => `JSON_TABLE(${json}, '$[*]' COLUMNS (k LONGTEXT
  */
 const dialect: CommitDialect = {
   numbered: false,
-  data(delta, bind) {
-    const dropped = delta.retain
-      ? `(SELECT COALESCE(JSON_OBJECTAGG(j.k, NULL), '{}') FROM ${keysOf('JSON_KEYS(data)')} AS j
-          WHERE CAST(j.k AS BINARY) NOT IN (SELECT CAST(r.k AS BINARY) FROM ${keysOf(bind.add(JSON.stringify(delta.retain)))} AS r)), `
-      : '';
-    return `JSON_MERGE_PATCH(data, ${dropped}${bind.add(valuesPatch(delta))})`;
+  data(shape, bind) {
+    const dropped =
+      shape & Shape.retain
+        ? `, (SELECT COALESCE(JSON_OBJECTAGG(j.k, NULL), '{}') FROM ${keysOf('JSON_KEYS(data)')} AS j
+          WHERE CAST(j.k AS BINARY) NOT IN (SELECT CAST(r.k AS BINARY) FROM ${keysOf(bind.add((c) => JSON.stringify(c.delta.retain)))} AS r))`
+        : '';
+    const patch = shape & (Shape.set | Shape.unset) ? `, ${bind.add((c) => valuesPatch(c.delta))}` : '';
+    return `JSON_MERGE_PATCH(data${dropped}${patch})`;
   },
-  meta: (meta, bind) => `JSON_MERGE_PATCH(meta, ${bind.add(metaPatch(meta))})`,
+  meta: (_shape, bind) => `JSON_MERGE_PATCH(meta, ${bind.add(metaPatch)})`,
   // JSON_UNQUOTE answers in the connection's collation, maybe case-insensitive: compare bytes.
-  handleIs: (handle, bind) =>
-    `CAST(JSON_UNQUOTE(JSON_EXTRACT(meta, '$.h')) AS BINARY) = CAST(${bind.add(handle)} AS BINARY)`,
+  handleIs: (bind) =>
+    `CAST(JSON_UNQUOTE(JSON_EXTRACT(meta, '$.h')) AS BINARY) = CAST(${bind.add((c) => c.guard!.handle)} AS BINARY)`,
   userIs: exactUser,
 };
+
+/** Keys per batched read: IN lists of 2, 4, ... 64 placeholders, so a handful of prepared texts. */
+const READ_BATCH_SIZES = [2, 4, 8, 16, 32, 64];
 
 /** "Rows matched: 1  Changed: 0  Warnings: 0", the server's info on an UPDATE. */
 const ROWS_MATCHED = /Rows matched:\s*(\d+)/;
@@ -133,12 +144,17 @@ const statementSeconds = (ms: number) => (Math.max(1, Math.ceil(ms / 100)) / 10)
 export class MySqlStore extends SqlSessionStore {
   readonly #pool: Pool;
   readonly #sql: Readonly<Record<StatementName, string>>;
+  /** `SELECT ... WHERE id IN (?, ...)` by the number of placeholders. */
+  readonly #selectMany = new Map<number, string>();
+  readonly #commits: CommitStatements<Compiled>;
   /** Whether the server is MariaDB (which bounds a statement with SET STATEMENT); asked once. */
   #mariadb: Promise<boolean> | undefined;
+  #isMariaDbKnown: boolean | undefined;
 
   constructor(pool: Pool, options: MySqlStoreOptions = {}) {
     super('MySqlStore', options);
     this.#pool = pool;
+    this.batchMax = READ_BATCH_SIZES.at(-1)!;
     const t = `\`${this.table}\``;
     this.#sql = {
       ...portableStatements(t, () => '?'),
@@ -146,8 +162,17 @@ export class MySqlStore extends SqlSessionStore {
       // Exact, as in the guard: see exactUser.
       byUser: `SELECT id, meta FROM ${t}
         WHERE user_id = ? AND OCTET_LENGTH(user_id) = OCTET_LENGTH(?) AND expires_at > ?`,
-      gc: `DELETE FROM ${t} WHERE expires_at <= ? LIMIT ?`,
+      // Oldest expiry first, through the expires_at index (the ORDER BY keeps it so whatever the
+      // optimizer's statistics say): the cost follows the expired rows, not the live ones.
+      gc: `DELETE FROM ${t} WHERE expires_at <= ? ORDER BY expires_at LIMIT ?`,
     };
+    for (const n of READ_BATCH_SIZES) {
+      this.#selectMany.set(
+        n,
+        `SELECT id, meta, data FROM ${t} WHERE id IN (${Array(n).fill('?').join(', ')}) AND expires_at > ?`,
+      );
+    }
+    this.#commits = new CommitStatements(t, dialect, (compiled) => compiled);
   }
 
   /** Creates the table with its indexes if missing (a single, idempotent statement). */
@@ -159,7 +184,7 @@ export class MySqlStore extends SqlSessionStore {
     if (!this.#mariadb) {
       const asked = conn
         .query<RowDataPacket[]>('SELECT VERSION() AS v')
-        .then(([rows]) => /mariadb/i.test(String(rows[0]?.v)));
+        .then(([rows]) => (this.#isMariaDbKnown = /mariadb/i.test(String(rows[0]?.v))));
       // Asked again on the next statement if the server did not answer.
       asked.catch(() => {
         if (this.#mariadb === asked) this.#mariadb = undefined;
@@ -172,7 +197,8 @@ export class MySqlStore extends SqlSessionStore {
   /**
    * One prepared statement on a pooled connection, within `budget`; a write (`lockBounded`) also
    * tells MariaDB to give up at the same time. A connection that arrives after the budget is
-   * handed straight back; one whose answer does not come in time is destroyed.
+   * handed straight back; one whose answer does not come in time is destroyed when the budget
+   * runs out. No timer of its own: every wait is on the operation's budget.
    */
   async #execute<T extends ResultSetHeader | RowDataPacket[]>(
     sql: string,
@@ -180,36 +206,43 @@ export class MySqlStore extends SqlSessionStore {
     budget: Budget = this.budget('query'),
     lockBounded = false,
   ): Promise<T> {
-    const conn = await withDeadline(
-      this.#pool.getConnection(),
-      budget.remaining(),
-      () => budget.error(),
-      (late) => late.release(),
-    );
+    // mysql2's pool has no bound of its own; a connection that comes after the deadline is
+    // handed straight back.
+    const conn = await waitWithin(this.#pool.getConnection(), budget, (late) => late.release());
     // mysql2 listens for a pooled connection's first error only.
     this.clientErrors.watch(conn.connection);
+    if (budget.remaining() === 0) {
+      conn.release();
+      throw budget.error();
+    }
     let broken = false;
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      if (broken) conn.destroy();
+      else conn.release();
+    };
+    const stop = budget.onExpire(() => {
+      broken = true;
+      finish();
+    });
     try {
-      if (budget.remaining() === 0) throw budget.error();
-      const work = (async () => {
-        const text =
-          lockBounded && (await this.#isMariaDb(conn))
-            ? `SET STATEMENT max_statement_time=${statementSeconds(budget.remaining())} FOR ${sql}`
-            : sql;
-        const [result] = await conn.execute<T>(text, values as (string | number)[]);
-        return result;
-      })();
-      return await withDeadline(work, budget.remaining(), () => {
-        broken = true;
-        return budget.error();
-      });
+      const mariadb =
+        lockBounded && (this.#isMariaDbKnown ?? (await waitWithin(this.#isMariaDb(conn), budget)));
+      const text = mariadb
+        ? `SET STATEMENT max_statement_time=${statementSeconds(budget.remaining())} FOR ${sql}`
+        : sql;
+      // A destroyed connection may never answer: the wait ends with the budget all the same.
+      const [result] = await waitWithin(conn.execute<T>(text, values as (string | number)[]), budget);
+      return result;
     } catch (err) {
       const errno = errnoOf(err);
       if (errno === ER_STATEMENT_TIMEOUT || errno === ER_LOCK_WAIT_TIMEOUT) throw budget.error(err);
       throw err;
     } finally {
-      if (broken) conn.destroy();
-      else conn.release();
+      stop();
+      finish();
     }
   }
 
@@ -220,6 +253,22 @@ export class MySqlStore extends SqlSessionStore {
   protected async selectLive(key: string, now: number, budget?: Budget): Promise<SessionRow | undefined> {
     const rows = await this.#execute<RowDataPacket[]>(this.#sql.select, [key, now], budget);
     return rows[0] as SessionRow | undefined;
+  }
+
+  protected override async selectLiveMany(
+    keys: string[],
+    now: number,
+    budget?: Budget,
+  ): Promise<Map<string, SessionRow>> {
+    // Padded with the first key up to the next prepared size.
+    const size = READ_BATCH_SIZES.find((n) => n >= keys.length) ?? keys.length;
+    const values: unknown[] = [...keys];
+    while (values.length < size) values.push(keys[0]);
+    values.push(now);
+    const rows = await this.#execute<RowDataPacket[]>(this.#selectMany.get(size)!, values, budget);
+    const byKey = new Map<string, SessionRow>();
+    for (const row of rows) byKey.set(String(row.id), row as SessionRow);
+    return byKey;
   }
 
   protected async deleteIfExpired(key: string, now: number, budget?: Budget): Promise<void> {
@@ -252,36 +301,22 @@ export class MySqlStore extends SqlSessionStore {
     }
   }
 
-  #run({ sql, values }: Composed, budget?: Budget): Promise<ResultSetHeader> {
-    return this.#execute<ResultSetHeader>(sql, values, budget, true);
-  }
-
-  protected async update(
-    key: string,
-    delta: SessionDelta,
-    guard: CommitGuard | undefined,
-    expiresAt: number,
-    now: number,
-    budget?: Budget,
-  ): Promise<boolean> {
-    const result = await this.#run(
-      composeCommit(`\`${this.table}\``, dialect, key, delta, guard, expiresAt, now),
-      budget,
-    );
+  protected async update(input: CommitInput, shape: number, budget?: Budget): Promise<boolean> {
+    const { sql, slots } = this.#commits.commit(shape);
+    const result = await this.#execute<ResultSetHeader>(sql, bindValues(slots, input), budget, true);
     // affectedRows counts matched rows under CLIENT_FOUND_ROWS (mysql2's default) but changed rows
     // on a pool without it, where an identical write reports 0: the server's info has the match.
     const matched = ROWS_MATCHED.exec(result.info ?? '');
     if (matched) return Number(matched[1]) > 0;
     if (result.affectedRows > 0) return true;
-    const row = await this.selectLive(key, now, budget);
+    const row = await this.selectLive(input.key, input.now, budget);
     const meta = row && decodeMeta(row.meta);
-    return !!meta && guardHolds(meta, guard);
+    return !!meta && guardHolds(meta, input.guard);
   }
 
   protected async deleteKey(key: string, guard?: CommitGuard, budget?: Budget): Promise<boolean> {
-    return (
-      (await this.#run(composeDelete(`\`${this.table}\``, dialect, key, guard), budget)).affectedRows > 0
-    );
+    const { sql, slots } = this.#commits.delete(deleteShape(guard));
+    return (await this.#write(sql, bindValues(slots, deleteInput(key, guard)), budget)) > 0;
   }
 
   protected async selectByUser(userId: string, now: number, budget?: Budget): Promise<UserSessionRow[]> {

@@ -84,29 +84,33 @@ export function indexName(table: string, suffix: string): string {
   return `${table.slice(0, MAX_IDENTIFIER - suffix.length - hash.length - 2)}_${hash}_${suffix}`;
 }
 
-function metaChanges(meta: Partial<SessionMeta> | undefined): {
+/** Metadata changes: fields to set, and fields to remove (set to `undefined`, as in applyDelta). */
+export function metaChanges(meta: Partial<SessionMeta> | undefined): {
   set: Record<string, unknown>;
   unset: string[];
 } {
   const set: Record<string, unknown> = {};
   const unset: string[] = [];
-  // `undefined` means "drop this field", as in applyDelta.
-  for (const [k, v] of Object.entries(meta ?? {})) {
-    if (v === undefined) unset.push(k);
-    else set[k] = v;
+  if (meta) {
+    for (const k in meta) {
+      if (!Object.hasOwn(meta, k)) continue;
+      const v = (meta as Record<string, unknown>)[k];
+      if (v === undefined) unset.push(k);
+      else set[k] = v;
+    }
   }
   return { set, unset };
 }
 
-/** Metadata changes split into fields to set (a JSON object) and fields to remove (jsonb operators). */
-export function splitMeta(meta: Partial<SessionMeta> | undefined): { set: string; unset: string[] } {
-  const { set, unset } = metaChanges(meta);
-  return { set: JSON.stringify(set), unset };
+/** True if `record` has an own enumerable key (without building the key list). */
+function hasKeys(record: object): boolean {
+  for (const k in record) if (Object.hasOwn(record, k)) return true;
+  return false;
 }
 
 /** Whether the values change at all: a touch leaves the data column unwritten. */
 export function changesValues(delta: SessionDelta): boolean {
-  return delta.retain !== undefined || Object.keys(delta.set).length > 0 || delta.unset.length > 0;
+  return delta.retain !== undefined || delta.unset.length > 0 || hasKeys(delta.set);
 }
 
 function patchOf(set: Record<string, unknown>, unset: Iterable<string>): string {
@@ -123,13 +127,15 @@ function patchOf(set: Record<string, unknown>, unset: Iterable<string>): string 
  * members, and `null` for each unset one. A field both unset and set ends up set, as in applyDelta.
  */
 export function valuesPatch(delta: SessionDelta): string {
-  return patchOf(delta.set, delta.unset);
+  // Nothing to remove (the common write): the set object is already the patch.
+  return delta.unset.length === 0 ? JSON.stringify(delta.set) : patchOf(delta.set, delta.unset);
 }
 
-/** The metadata changes as a merge patch: a field set to `undefined` becomes `null`, i.e. removed. */
-export function metaPatch(meta: Partial<SessionMeta> | undefined): string {
-  const { set, unset } = metaChanges(meta);
-  return patchOf(set, unset);
+/** The metadata changes of a commit as a merge patch: a removed field becomes `null`. */
+export function metaPatch(input: CommitInput): string {
+  return input.metaUnset.length === 0
+    ? JSON.stringify(input.metaSet)
+    : patchOf(input.metaSet, input.metaUnset);
 }
 
 function parseJson(value: unknown): unknown {
@@ -173,7 +179,7 @@ export interface UserSessionRow {
   meta: unknown;
 }
 
-/** The fixed statements each engine prepares (commits are composed per delta and guard). */
+/** The fixed statements each engine prepares (commits are compiled per shape, see {@link CommitStatements}). */
 export type StatementName = 'select' | 'purge' | 'insert' | 'byUser' | 'gc';
 
 /** Placeholder of the n-th parameter (1-based): `$n` in PostgreSQL, `?` elsewhere. */
@@ -206,9 +212,27 @@ export function upsertUnlessLive(table: string, p: Placeholder, json: (n: number
     WHERE s.expires_at <= ${p(5)}`;
 }
 
-/** Parameters collected while a statement is composed, in the order of their placeholders. */
+// ---- commit statements: compiled once per shape ------------------------------------------------
+
+/** Everything one commit (or guarded delete) binds; each parameter is read from here by a {@link Slot}. */
+export interface CommitInput {
+  key: string;
+  delta: SessionDelta;
+  guard: CommitGuard | undefined;
+  expiresAt: number;
+  now: number;
+  /** Metadata fields to set. */
+  metaSet: Record<string, unknown>;
+  /** Metadata fields to remove (set to `undefined` in the delta). */
+  metaUnset: string[];
+}
+
+/** Reads one parameter of a compiled statement from the commit it runs for. */
+export type Slot = (input: CommitInput) => unknown;
+
+/** Parameters of a statement being compiled, in the order of their placeholders. */
 export class Bind {
-  readonly values: unknown[] = [];
+  readonly slots: Slot[] = [];
   readonly #numbered: boolean;
 
   /** `numbered`: `$1, $2, ...` (PostgreSQL); otherwise `?`. */
@@ -216,31 +240,93 @@ export class Bind {
     this.#numbered = numbered;
   }
 
-  /** Binds `value` and returns its placeholder. */
-  add(value: unknown): string {
-    this.values.push(value);
-    return this.#numbered ? `$${this.values.length}` : '?';
+  /** Binds the parameter `slot` reads and returns its placeholder. */
+  add(slot: Slot): string {
+    this.slots.push(slot);
+    return this.#numbered ? `$${this.slots.length}` : '?';
   }
 }
 
-/** A composed statement: the text depends only on the shape of the delta and guard, never on data. */
-export interface Composed {
-  sql: string;
-  values: unknown[];
+/**
+ * The shape of a commit: the bits its statement text depends on. Its data never does, so a store
+ * has at most 2^9 commit statements (in practice a handful), each composed and prepared once.
+ */
+export const Shape = {
+  /** The values change (set, unset or retain); otherwise `data` is not assigned. */
+  data: 1,
+  retain: 2,
+  unset: 4,
+  set: 8,
+  metaSet: 16,
+  metaUnset: 32,
+  /** Guard: `meta.h` equals the handle. */
+  handle: 64,
+  /** Guard: no user. */
+  noUser: 128,
+  /** Guard: this user. */
+  user: 256,
+} as const;
+
+/** The shape bits of a commit's guard. */
+function guardShape(guard: CommitGuard | undefined): number {
+  if (!guard) return 0;
+  let shape = guard.handle !== undefined ? Shape.handle : 0;
+  if (guard.userId === null) shape |= Shape.noUser;
+  else if (guard.userId !== undefined) shape |= Shape.user;
+  return shape;
 }
 
-/** How an engine writes the parts of a guarded commit. */
+/** Reads a commit once: its input for the slots, and its shape. */
+export function commitInput(
+  key: string,
+  delta: SessionDelta,
+  guard: CommitGuard | undefined,
+  expiresAt: number,
+  now: number,
+): { input: CommitInput; shape: number } {
+  const meta = metaChanges(delta.meta);
+  let shape = guardShape(guard);
+  if (delta.retain !== undefined) shape |= Shape.retain | Shape.data;
+  if (delta.unset.length > 0) shape |= Shape.unset | Shape.data;
+  if (hasKeys(delta.set)) shape |= Shape.set | Shape.data;
+  if (hasKeys(meta.set)) shape |= Shape.metaSet;
+  if (meta.unset.length > 0) shape |= Shape.metaUnset;
+  return {
+    input: { key, delta, guard, expiresAt, now, metaSet: meta.set, metaUnset: meta.unset },
+    shape,
+  };
+}
+
+/** The shape of a guarded delete (a commit with a TTL <= 0): its guard bits. */
+export function deleteShape(guard: CommitGuard | undefined): number {
+  return guardShape(guard);
+}
+
+const NO_DELTA: SessionDelta = Object.freeze({ set: {}, unset: [] });
+
+/** What a guarded delete binds: the key and the guard (see {@link compileDelete}). */
+export function deleteInput(key: string, guard: CommitGuard | undefined): CommitInput {
+  return { key, delta: NO_DELTA, guard, expiresAt: 0, now: 0, metaSet: {}, metaUnset: [] };
+}
+
+/** How an engine writes the parts of a guarded commit, for a given shape. */
 export interface CommitDialect {
   /** `$n` placeholders (PostgreSQL) rather than `?`. */
   numbered: boolean;
-  /** The new `data` expression (retain, unset, set); only called when {@link changesValues}. */
-  data(delta: SessionDelta, bind: Bind): string;
-  /** The new `meta` expression (merge; fields set to undefined removed). */
-  meta(meta: Partial<SessionMeta> | undefined, bind: Bind): string;
-  /** Condition: `meta.h` equals `handle`, exactly. */
-  handleIs(handle: string, bind: Bind): string;
-  /** Condition: `user_id` equals `userId`, exactly (byte for byte). */
-  userIs(userId: string, bind: Bind): string;
+  /** The new `data` expression (retain, unset, set); only called when the shape has `data`. */
+  data(shape: number, bind: Bind): string;
+  /** The new `meta` expression; only called when the shape sets or removes metadata. */
+  meta(shape: number, bind: Bind): string;
+  /** Condition: `meta.h` equals `guard.handle`, exactly. */
+  handleIs(bind: Bind): string;
+  /** Condition: `user_id` equals `guard.userId`, exactly (byte for byte). */
+  userIs(bind: Bind): string;
+}
+
+/** A statement compiled for one shape: its text, and where each parameter comes from. */
+export interface Compiled {
+  sql: string;
+  slots: Slot[];
 }
 
 /** True if the guard checks anything. */
@@ -248,45 +334,74 @@ export function isGuarded(guard: CommitGuard | undefined): guard is CommitGuard 
   return guard !== undefined && (guard.handle !== undefined || guard.userId !== undefined);
 }
 
-function guardSql(dialect: CommitDialect, guard: CommitGuard | undefined, bind: Bind): string {
+function guardSql(dialect: CommitDialect, shape: number, bind: Bind): string {
   let sql = '';
-  if (guard?.handle !== undefined) sql += ` AND ${dialect.handleIs(guard.handle, bind)}`;
-  if (guard?.userId === null) sql += ' AND user_id IS NULL';
-  else if (guard?.userId !== undefined) sql += ` AND ${dialect.userIs(guard.userId, bind)}`;
+  if (shape & Shape.handle) sql += ` AND ${dialect.handleIs(bind)}`;
+  if (shape & Shape.noUser) sql += ' AND user_id IS NULL';
+  else if (shape & Shape.user) sql += ` AND ${dialect.userIs(bind)}`;
   return sql;
 }
 
 /**
- * The one UPDATE of a commit: the guard and the expiry predicate sit in its WHERE, so checking
- * the guard and writing the delta are one atomic step. 0 rows matched: gone or conflict.
+ * The one UPDATE of a commit of `shape`: the guard and the expiry predicate sit in its WHERE, so
+ * checking the guard and writing the delta are one atomic step. 0 rows matched: gone or conflict.
  */
-export function composeCommit(
-  table: string,
-  dialect: CommitDialect,
-  key: string,
-  delta: SessionDelta,
-  guard: CommitGuard | undefined,
-  expiresAt: number,
-  now: number,
-): Composed {
+export function compileCommit(table: string, dialect: CommitDialect, shape: number): Compiled {
   const bind = new Bind(dialect.numbered);
   // Without a value change `data` is not assigned: a touch does not rewrite a large session.
-  const data = changesValues(delta) ? `data = ${dialect.data(delta, bind)}, ` : '';
-  const sets = `${data}meta = ${dialect.meta(delta.meta, bind)}, expires_at = ${bind.add(expiresAt)}`;
-  const where = `id = ${bind.add(key)} AND expires_at > ${bind.add(now)}${guardSql(dialect, guard, bind)}`;
-  return { sql: `UPDATE ${table} SET ${sets} WHERE ${where}`, values: bind.values };
+  let sets = shape & Shape.data ? `data = ${dialect.data(shape, bind)}, ` : '';
+  if (shape & (Shape.metaSet | Shape.metaUnset)) sets += `meta = ${dialect.meta(shape, bind)}, `;
+  sets += `expires_at = ${bind.add((c) => c.expiresAt)}`;
+  const where = `id = ${bind.add((c) => c.key)} AND expires_at > ${bind.add((c) => c.now)}${guardSql(dialect, shape, bind)}`;
+  return { sql: `UPDATE ${table} SET ${sets} WHERE ${where}`, slots: bind.slots };
 }
 
-/** The DELETE of a commit with a TTL <= 0: the row goes only if the guard holds. */
-export function composeDelete(
-  table: string,
-  dialect: CommitDialect,
-  key: string,
-  guard: CommitGuard | undefined,
-): Composed {
+/** The DELETE of a commit with a TTL <= 0 (of guard shape `shape`): the row goes only if the guard holds. */
+export function compileDelete(table: string, dialect: CommitDialect, shape: number): Compiled {
   const bind = new Bind(dialect.numbered);
-  const where = `id = ${bind.add(key)}${guardSql(dialect, guard, bind)}`;
-  return { sql: `DELETE FROM ${table} WHERE ${where}`, values: bind.values };
+  const where = `id = ${bind.add((c) => c.key)}${guardSql(dialect, shape, bind)}`;
+  return { sql: `DELETE FROM ${table} WHERE ${where}`, slots: bind.slots };
+}
+
+/** The parameters of a compiled statement for one commit. */
+export function bindValues(slots: readonly Slot[], input: CommitInput): unknown[] {
+  const values = new Array<unknown>(slots.length);
+  for (let i = 0; i < slots.length; i++) values[i] = slots[i]!(input);
+  return values;
+}
+
+/**
+ * An engine's commit and delete statements by shape, each built (composed, and prepared by the
+ * engine) on first use and kept: there are at most 2^9 shapes, so the cache is bounded by design.
+ */
+export class CommitStatements<S> {
+  readonly #commits = new Map<number, S>();
+  readonly #deletes = new Map<number, S>();
+
+  /** `prepare` turns a compiled statement into the engine's own form (a name, a prepared statement). */
+  constructor(
+    readonly table: string,
+    readonly dialect: CommitDialect,
+    readonly prepare: (compiled: Compiled) => S,
+  ) {}
+
+  commit(shape: number): S {
+    let statement = this.#commits.get(shape);
+    if (statement === undefined) {
+      statement = this.prepare(compileCommit(this.table, this.dialect, shape));
+      this.#commits.set(shape, statement);
+    }
+    return statement;
+  }
+
+  delete(shape: number): S {
+    let statement = this.#deletes.get(shape);
+    if (statement === undefined) {
+      statement = this.prepare(compileDelete(this.table, this.dialect, shape));
+      this.#deletes.set(shape, statement);
+    }
+    return statement;
+  }
 }
 
 type Awaitable<T> = T | Promise<T>;
@@ -318,9 +433,17 @@ export function checkTimeout(storeName: string, value: unknown, fallback = DEFAU
   return value as number;
 }
 
-/** The time one store operation has left; every wait inside it (pool, lock, answer) draws on it. */
+/**
+ * The time one store operation has left; every wait inside it (pool, lock, answer) draws on it.
+ * One timer per operation at most: the stages of an operation register what to do when the time
+ * is up ({@link Budget.onExpire}) instead of starting timers of their own.
+ */
 export class Budget {
   readonly #end: number;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #expired = false;
+  #settled = false;
+  #listeners: (() => void)[] | undefined;
 
   /** `store` and `operation` name the failure; `ms` is the whole budget. */
   constructor(
@@ -333,7 +456,49 @@ export class Budget {
 
   /** Milliseconds left, rounded up; 0 once spent. */
   remaining(): number {
+    if (this.#expired) return 0;
     return Math.max(0, Math.ceil(this.#end - performance.now()));
+  }
+
+  /** True once the time is up (the timer fired). */
+  get expired(): boolean {
+    return this.#expired;
+  }
+
+  /**
+   * Calls `listener` once, when the time is up (at once if it already is), unless the operation
+   * settles first; starts the operation's one timer if it is not running yet. Returns a function
+   * that removes the listener.
+   */
+  onExpire(listener: () => void): () => void {
+    if (this.#expired) {
+      listener();
+      return noop;
+    }
+    if (this.#settled) return noop;
+    let listeners = this.#listeners;
+    if (!listeners) {
+      listeners = this.#listeners = [];
+      this.#timer = setTimeout(() => this.#expire(), Math.max(0, this.#end - performance.now()));
+    }
+    const index = listeners.push(listener) - 1;
+    return () => {
+      if (this.#listeners === listeners) listeners[index] = noop;
+    };
+  }
+
+  /** The operation is over: no listener runs any more, and the timer stops. */
+  settle(): void {
+    this.#settled = true;
+    this.#listeners = undefined;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+  }
+
+  #expire(): void {
+    this.#expired = true;
+    const listeners = this.#listeners;
+    this.#listeners = undefined;
+    if (listeners) for (const listener of listeners) listener();
   }
 
   /**
@@ -348,6 +513,8 @@ export class Budget {
     );
   }
 }
+
+function noop(): void {}
 
 /**
  * Waits for `work` at most `ms` milliseconds, then rejects with `error()`. The work itself goes
@@ -384,15 +551,38 @@ export function withDeadline<T>(
   });
 }
 
-/** Runs one operation on `budget`: rejects with its error once spent (the work is not cancelled). */
+/**
+ * Runs one operation on `budget`: rejects with its error once spent (the work is not cancelled;
+ * its stages see {@link Budget.expired} and the listeners they registered run). The budget's one
+ * timer is the only one of the operation.
+ */
 export function bounded<T>(budget: Budget, work: (budget: Budget) => Awaitable<T>): Promise<T> {
-  let promise: Promise<T>;
-  try {
-    promise = Promise.resolve(work(budget));
-  } catch (err) {
-    return Promise.reject(err);
-  }
-  return withDeadline(promise, budget.ms, () => budget.error());
+  return new Promise<T>((resolve, reject) => {
+    budget.onExpire(() => reject(budget.error()));
+    let result: Awaitable<T>;
+    try {
+      result = work(budget);
+    } catch (err) {
+      budget.settle();
+      reject(err);
+      return;
+    }
+    if (!(result instanceof Promise)) {
+      budget.settle();
+      resolve(result);
+      return;
+    }
+    result.then(
+      (value) => {
+        budget.settle();
+        resolve(value);
+      },
+      (err: unknown) => {
+        budget.settle();
+        reject(err);
+      },
+    );
+  });
 }
 
 /** At most one report per this many milliseconds per store; the others are counted. */
@@ -505,7 +695,7 @@ class KeyQueue {
     const tail = previous ? previous.then(() => mine) : mine;
     this.#tails.set(key, tail);
     try {
-      if (previous) await withDeadline(previous, budget.remaining(), () => budget.error());
+      if (previous) await waitWithin(previous, budget);
       return await fn();
     } finally {
       release();
@@ -515,12 +705,187 @@ class KeyQueue {
 }
 
 /**
+ * Waits for `work` until `budget` is spent, then rejects with its error: {@link withDeadline} on
+ * the budget's one timer instead of a timer of its own. The work goes on: `late` receives a
+ * result that arrives afterwards (to hand a pooled connection back), and a late failure is ignored.
+ */
+export function waitWithin<T>(work: Promise<T>, budget: Budget, late?: (value: T) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false;
+    const off = budget.onExpire(() => {
+      settled = true;
+      reject(budget.error());
+    });
+    work.then(
+      (value) => {
+        if (settled) {
+          late?.(value);
+          return;
+        }
+        settled = true;
+        off();
+        resolve(value);
+      },
+      (err: unknown) => {
+        if (settled) return;
+        settled = true;
+        off();
+        reject(err);
+      },
+    );
+  });
+}
+
+/** An operation waiting for the next batch of its kind. */
+interface Waiting<I, R> {
+  item: I;
+  budget: Budget;
+  resolve(result: R): void;
+  reject(err: unknown): void;
+}
+
+/**
+ * Statements of one kind (reads, or commits) one store has out at a time. Two: a lone operation
+ * goes out at once, and a second one beside it too; those that arrive while both are out wait
+ * for the next batch.
+ */
+const BATCHES_IN_FLIGHT = 2;
+
+/**
+ * Batching under load: at most {@link BATCHES_IN_FLIGHT} statements out at a time; operations
+ * that arrive meanwhile wait here, in memory, and as soon as one statement comes back they go out
+ * together as one statement (at most `max` of them). A lone operation goes out at once and alone.
+ * Each operation keeps its own budget: one that gives up while it waits is not sent.
+ */
+class Batcher<I, R> {
+  #out = 0;
+  #waiting: Waiting<I, R>[] = [];
+
+  /**
+   * `one` sends a single operation within its own budget; `many` sends several as one statement
+   * and answers in their order, within `ms`: the time the last of them has left, so a statement
+   * never outlives every operation it serves.
+   */
+  constructor(
+    readonly max: number,
+    readonly one: (item: I, budget: Budget) => Awaitable<R>,
+    readonly many: (items: I[], ms: number) => Promise<R[]>,
+  ) {}
+
+  run(item: I, budget: Budget): Promise<R> {
+    if (this.#out < BATCHES_IN_FLIGHT) {
+      this.#out++;
+      return this.#one(item, budget);
+    }
+    return new Promise<R>((resolve, reject) => {
+      this.#waiting.push({ item, budget, resolve, reject });
+    });
+  }
+
+  async #one(item: I, budget: Budget): Promise<R> {
+    try {
+      return await this.#alone(item, budget);
+    } finally {
+      this.#done();
+    }
+  }
+
+  /**
+   * One operation by itself, settled at the latest when its budget runs out: a driver whose
+   * abandoned statement never settles (a destroyed mysql2 connection) must not keep its place
+   * among the statements out for good.
+   */
+  #alone(item: I, budget: Budget): Promise<R> {
+    const sent = this.one(item, budget);
+    return sent instanceof Promise ? waitWithin(sent, budget) : Promise.resolve(sent);
+  }
+
+  #done(): void {
+    this.#out--;
+    while (this.#out < BATCHES_IN_FLIGHT && this.#waiting.length > 0) {
+      let batch = this.#waiting;
+      if (batch.length > this.max) {
+        this.#waiting = batch.slice(this.max);
+        batch = batch.slice(0, this.max);
+      } else this.#waiting = [];
+      // An operation that gave up meanwhile (its own timeoutMs) is not sent.
+      const live = batch.filter((waiting) => {
+        if (!waiting.budget.expired) return true;
+        waiting.reject(waiting.budget.error());
+        return false;
+      });
+      if (live.length === 0) continue;
+      this.#out++;
+      void this.#many(live);
+    }
+  }
+
+  async #many(batch: Waiting<I, R>[]): Promise<void> {
+    try {
+      if (batch.length === 1) {
+        const only = batch[0]!;
+        only.resolve(await this.#alone(only.item, only.budget));
+        return;
+      }
+      let ms = 1;
+      for (const waiting of batch) ms = Math.max(ms, waiting.budget.remaining());
+      const results = await this.many(
+        batch.map((waiting) => waiting.item),
+        ms,
+      );
+      for (let i = 0; i < batch.length; i++) batch[i]!.resolve(results[i]!);
+    } catch (err) {
+      for (const waiting of batch) waiting.reject(err);
+    } finally {
+      this.#done();
+    }
+  }
+}
+
+/** A commit as the batcher holds it. */
+interface CommitItem {
+  input: CommitInput;
+  shape: number;
+}
+
+/** A create as the batcher holds it. */
+export interface InsertItem {
+  key: string;
+  record: StoredSession;
+  expiresAt: number;
+  now: number;
+}
+
+/** Shapes a batched commit statement cannot take: they go out alone. */
+const UNBATCHED_SHAPES = Shape.retain | Shape.unset | Shape.metaUnset;
+
+/** True if an engine error is the server refusing the statement (SQLSTATE): nothing was written. */
+function isStatementError(err: unknown): boolean {
+  const e = err as { code?: unknown; severity?: unknown } | null;
+  return typeof e?.severity === 'string' && typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code);
+}
+
+/** The longest a gc batch of a server engine should take, as a share of `timeoutMs`. */
+const GC_BATCH_SHARE_OF_TIMEOUT = 0.25;
+
+/**
  * The store contract on top of a handful of engine statements. Every statement an engine supplies
  * binds keys, values and times as parameters; only the validated table name is part of the text.
  *
  * Every operation runs within `timeoutMs` (a {@link Budget} handed to each engine statement, which
  * bounds its wait for a connection, for a locked row and for the answer), and writes to one
  * session key go one at a time from this store (see {@link KeyQueue}).
+ *
+ * Under load, reads and commits are batched, for an engine that supplies `selectLiveMany` and
+ * `updateMany` (see {@link Batcher}): at most two statements of each kind are out at a time; the
+ * operations that arrive meanwhile wait in memory and, as soon as one comes back, go out together
+ * as one statement, each still within its own `timeoutMs`. A lone operation costs one statement,
+ * as before, and waits for nothing. On the Node side a round trip (a write to the socket, a read,
+ * waking the server process) costs more CPU than everything else an operation does, so under load
+ * one round trip now serves many requests. Nothing of the contract changes: a batched read goes
+ * out after every load in it began, so each sees every write that finished before it began; a
+ * batched commit applies each delta with its own guard, row by row, never waits for a row another
+ * transaction holds, and a commit it did not apply is sent alone, exactly as without batching.
  */
 export abstract class SqlSessionStore implements SessionStore {
   readonly capabilities = { listByUser: true, gc: true, nativeTtl: false } as const;
@@ -533,8 +898,19 @@ export abstract class SqlSessionStore implements SessionStore {
   readonly #gcBatch: number;
   readonly #corrupt: CorruptLog;
   readonly #keys = new KeyQueue();
+  #reads: Batcher<{ key: string; now: number }, SessionRow | undefined> | undefined;
+  #commits: Batcher<CommitItem, boolean> | undefined;
+  #inserts: Batcher<InsertItem, boolean> | undefined;
   /** Where the driver's `'error'` events are reported (see {@link ClientErrorLog}). */
   protected readonly clientErrors: ClientErrorLog;
+  /**
+   * The longest one gc batch should take, in milliseconds: the next batch is sized from the time
+   * the last one took (never above `gcBatchSize`). SQLite lowers it, since its statements block
+   * the event loop.
+   */
+  protected gcBatchMs: number;
+  /** Operations per batched statement (see the class comment). */
+  protected batchMax = 100;
 
   /** `storeName` names the store in errors and corrupt-row reports. */
   protected constructor(storeName: string, options: SqlStoreOptions = {}) {
@@ -546,6 +922,7 @@ export abstract class SqlSessionStore implements SessionStore {
       throw new SessionError('INVALID_OPTION', 'SQL store gcBatchSize must be a positive integer.');
     }
     this.timeoutMs = checkTimeout(storeName, options.timeoutMs);
+    this.gcBatchMs = this.timeoutMs * GC_BATCH_SHARE_OF_TIMEOUT;
     this.#corrupt = new CorruptLog(options.onCorrupt);
     this.clientErrors = new ClientErrorLog(storeName);
   }
@@ -558,6 +935,26 @@ export abstract class SqlSessionStore implements SessionStore {
 
   /** The row of `key` if it has not expired at `now`. */
   protected abstract selectLive(key: string, now: number, budget?: Budget): Awaitable<SessionRow | undefined>;
+  /**
+   * The live rows of several keys in one statement, by key (optional: an engine that supplies it
+   * gets its reads batched under load, see the class comment).
+   */
+  protected selectLiveMany?(keys: string[], now: number, budget?: Budget): Promise<Map<string, SessionRow>>;
+  /**
+   * Several commits in one statement (optional: an engine that supplies it gets its commits
+   * batched under load). Only shapes without `retain` and without removals (of values or
+   * metadata) are handed over. The statement must never wait for a row another transaction
+   * holds (`FOR UPDATE SKIP LOCKED`): a commit it did not apply, for that or any other reason,
+   * answers false and is then sent alone, as if there were no batching.
+   */
+  protected updateMany?(items: readonly CommitInput[], budget?: Budget): Promise<boolean[]>;
+  /**
+   * Several creates in one statement (optional: an engine that supplies it gets its creates
+   * batched under load): inserts each row whose key is free and answers true for it. A row
+   * whose key is taken (live, or an expired leftover) is left alone and answers false; that
+   * create is then sent alone, as if there were no batching.
+   */
+  protected insertMany?(items: readonly InsertItem[], budget?: Budget): Promise<boolean[]>;
   /** Deletes the row of `key` only if it has expired at `now`. */
   protected abstract deleteIfExpired(key: string, now: number, budget?: Budget): Awaitable<void>;
   /** Inserts a row, replacing an expired one; false if a live row holds the key. */
@@ -570,16 +967,9 @@ export abstract class SqlSessionStore implements SessionStore {
   ): Awaitable<boolean>;
   /**
    * Merges the delta into the live row if the guard holds, in one atomic statement (see
-   * {@link composeCommit}); false if no row matched (gone, or the guard failed).
+   * {@link compileCommit}; `shape` picks it); false if no row matched (gone, or the guard failed).
    */
-  protected abstract update(
-    key: string,
-    delta: SessionDelta,
-    guard: CommitGuard | undefined,
-    expiresAt: number,
-    now: number,
-    budget?: Budget,
-  ): Awaitable<boolean>;
+  protected abstract update(input: CommitInput, shape: number, budget?: Budget): Awaitable<boolean>;
   /** Deletes the row of `key`, live or not, if the guard holds; true if a row was deleted. */
   protected abstract deleteKey(key: string, guard?: CommitGuard, budget?: Budget): Awaitable<boolean>;
   /** Live rows of one user, found through the user_id index. */
@@ -596,8 +986,12 @@ export abstract class SqlSessionStore implements SessionStore {
    * Runs one operation within `timeoutMs`: it rejects with STORE_UNAVAILABLE once the budget is
    * spent. An engine whose statements never wait on the event loop (SQLite) bounds them itself.
    */
-  protected within<T>(operation: string, fn: (budget: Budget) => Awaitable<T>): Promise<T> {
-    return bounded(this.budget(operation), fn);
+  protected within<T>(
+    operation: string,
+    fn: (budget: Budget) => Awaitable<T>,
+    ms = this.timeoutMs,
+  ): Promise<T> {
+    return bounded(new Budget(this.#name, operation, ms), fn);
   }
 
   /** Runs a write on `key` after the previous write on it from this store (see {@link KeyQueue}). */
@@ -620,11 +1014,94 @@ export abstract class SqlSessionStore implements SessionStore {
     this.#corrupt.report(this.#name, `${this.table}:${key}`, reason);
   }
 
+  // ---- batching ----
+
+  /** The live row of `key`: at once if few reads are out, else with the next batch. */
+  #readLive(key: string, now: number, budget: Budget): Awaitable<SessionRow | undefined> {
+    const many = this.selectLiveMany;
+    if (many === undefined) return this.selectLive(key, now, budget);
+    this.#reads ??= new Batcher(
+      this.batchMax,
+      (read, own) => this.selectLive(read.key, read.now, own),
+      (reads, ms) => {
+        // Read after every load of the batch began: a row expired by then is not returned.
+        const at = this.#clock();
+        const keys = reads.map((read) => read.key);
+        return this.within(
+          'load',
+          async (batch) => {
+            const rows = await many.call(this, keys, at, batch);
+            return reads.map((read) => rows.get(read.key));
+          },
+          ms,
+        );
+      },
+    );
+    return this.#reads.run({ key, now }, budget);
+  }
+
+  /**
+   * A commit's one UPDATE: with the next batch if the engine batches this shape, else alone. A
+   * commit the batch did not apply (its row held by another transaction, gone, or its guard
+   * failed) is sent alone, so it waits for a held row and answers exactly as without batching.
+   */
+  async #update(input: CommitInput, shape: number, budget: Budget): Promise<boolean> {
+    const many = this.updateMany;
+    if (many === undefined || (shape & UNBATCHED_SHAPES) !== 0) return this.update(input, shape, budget);
+    this.#commits ??= new Batcher(
+      this.batchMax,
+      // Alone, too, through the statement that does not wait for a held row: a held row never
+      // keeps one of the two statements out (and everyone else's commits) waiting.
+      async (item, own) => (await many.call(this, [item.input], own))[0]!,
+      (items, ms) => {
+        const inputs = items.map((item) => item.input);
+        return this.within('commit', (batch) => many.call(this, inputs, batch), ms);
+      },
+    );
+    return this.#batched(this.#commits, { input, shape }, budget, () => this.update(input, shape, budget));
+  }
+
+  /** A create's insert: with the next batch if the engine batches creates, else alone. */
+  #insert(item: InsertItem, budget: Budget): Awaitable<boolean> {
+    const many = this.insertMany;
+    const alone = () => this.insert(item.key, item.record, item.expiresAt, item.now, budget);
+    if (many === undefined) return alone();
+    this.#inserts ??= new Batcher(
+      this.batchMax,
+      async (one, own) => (await many.call(this, [one], own))[0]!,
+      (items, ms) => this.within('create', (batch) => many.call(this, items, batch), ms),
+    );
+    return this.#batched(this.#inserts, item, budget, alone);
+  }
+
+  /**
+   * Runs `item` with the next batch of `batcher`; if the batch did not apply it (or the server
+   * refused the whole statement, which then wrote nothing: one item of it may be what it
+   * refused), `alone` sends it by itself and gives its own answer.
+   */
+  async #batched<I>(
+    batcher: Batcher<I, boolean>,
+    item: I,
+    budget: Budget,
+    alone: () => Awaitable<boolean>,
+  ): Promise<boolean> {
+    let applied: boolean;
+    try {
+      applied = await batcher.run(item, budget);
+    } catch (err) {
+      if (!isStatementError(err)) throw err;
+      applied = false;
+    }
+    return applied || alone();
+  }
+
+  // ---- the contract ----
+
   async load(key: string): Promise<StoredSession | null> {
     checkStorageKey(this.#name, key);
     return this.within('load', async (budget) => {
       const now = this.#clock();
-      const row = await this.selectLive(key, now, budget);
+      const row = await this.#readLive(key, now, budget);
       if (row) {
         const record = decodeRow(row.meta, row.data);
         if (typeof record !== 'string') return record;
@@ -642,7 +1119,8 @@ export abstract class SqlSessionStore implements SessionStore {
     return this.within('create', async (budget) => {
       const now = this.#clock();
       if (!isLiveTtl(ttlMs)) return (await this.selectLive(key, now, budget)) === undefined;
-      return this.serial(key, budget, () => this.insert(key, record, Math.ceil(now + ttlMs), now, budget));
+      const item = { key, record, expiresAt: Math.ceil(now + ttlMs), now };
+      return this.serial(key, budget, () => this.#insert(item, budget));
     });
   }
 
@@ -652,7 +1130,8 @@ export abstract class SqlSessionStore implements SessionStore {
       this.serial(key, budget, async (): Promise<CommitResult> => {
         const now = this.#clock();
         if (isLiveTtl(ttlMs)) {
-          if (await this.update(key, delta, guard, Math.ceil(now + ttlMs), now, budget)) return 'ok';
+          const { input, shape } = commitInput(key, delta, guard, Math.ceil(now + ttlMs), now);
+          if (await this.#update(input, shape, budget)) return 'ok';
         } else if ((await this.deleteKey(key, guard, budget)) || !isGuarded(guard)) {
           // A non-positive TTL ends the session: the row goes (if the guard holds) and the answer is 'gone'.
           return 'gone';
@@ -691,17 +1170,31 @@ export abstract class SqlSessionStore implements SessionStore {
   }
 
   /**
-   * Deletes expired rows in bounded batches, yielding between them; returns how many. Each batch
-   * has its own `timeoutMs`, so a large backlog is not cut short, but a stalled server is.
+   * Deletes expired rows in batches, oldest expiry first through the `expires_at` index, yielding
+   * to the event loop between them; returns how many. Each batch has its own `timeoutMs`, so a
+   * large backlog is not cut short, but a stalled server is. A batch holds at most `gcBatchSize`
+   * rows, fewer when the last one took longer than a quarter of `timeoutMs` (SQLite: 8 ms; the
+   * next batch is sized from the time per row just measured), so a slow disk or a busy server
+   * gets short statements.
    */
   async gc(now: number = this.#clock()): Promise<number> {
     const at = Math.floor(now);
     let removed = 0;
+    let limit = this.#gcBatch;
     for (;;) {
-      const n = await this.within('gc', (budget) => this.deleteExpiredBatch(at, this.#gcBatch, budget));
+      const started = performance.now();
+      const n = await this.within('gc', (budget) => this.deleteExpiredBatch(at, limit, budget));
       removed += n;
-      if (n < this.#gcBatch) return removed;
+      if (n < limit) return removed;
+      limit = this.#nextGcBatch(limit, performance.now() - started);
       await yieldToEventLoop();
     }
+  }
+
+  /** The size of the next gc batch: what fits in `gcBatchMs` at the last batch's pace. */
+  #nextGcBatch(limit: number, tookMs: number): number {
+    const fits = Math.floor((limit * this.gcBatchMs) / Math.max(tookMs, 0.01));
+    // Grow at most twofold a batch (one fast batch proves little), never above gcBatchSize.
+    return Math.max(1, Math.min(this.#gcBatch, 2 * limit, fits));
   }
 }

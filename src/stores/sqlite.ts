@@ -1,16 +1,20 @@
 import type BetterSqlite3 from 'better-sqlite3';
 import {
   type Budget,
+  bindValues,
   type CommitDialect,
-  type Composed,
+  type CommitInput,
+  CommitStatements,
   checkTable,
-  composeCommit,
-  composeDelete,
   DEFAULT_TABLE,
+  deleteInput,
+  deleteShape,
   indexName,
   metaPatch,
   portableStatements,
   type SessionRow,
+  Shape,
+  type Slot,
   SqlSessionStore,
   type SqlStoreOptions,
   type StatementName,
@@ -18,7 +22,7 @@ import {
   upsertUnlessLive,
   valuesPatch,
 } from './sql-common.js';
-import type { CommitGuard, SessionDelta, StoredSession } from './store.js';
+import type { CommitGuard, StoredSession } from './store.js';
 
 /**
  * Options of {@link SqliteStore}: the shared SQL store options.
@@ -52,20 +56,26 @@ CREATE INDEX IF NOT EXISTS "${indexName(t, 'expires_at_idx')}" ON "${t}" (expire
  */
 const dialect: CommitDialect = {
   numbered: false,
-  data(delta, bind) {
-    const kept = delta.retain
-      ? `json_patch(data, (SELECT json_group_object(key, NULL) FROM json_each(data)
-          WHERE key NOT IN (SELECT value FROM json_each(${bind.add(JSON.stringify(delta.retain))}))))`
-      : 'data';
-    return `json_patch(${kept}, ${bind.add(valuesPatch(delta))})`;
+  data(shape, bind) {
+    const kept =
+      shape & Shape.retain
+        ? `json_patch(data, (SELECT json_group_object(key, NULL) FROM json_each(data)
+          WHERE key NOT IN (SELECT value FROM json_each(${bind.add((c) => JSON.stringify(c.delta.retain))}))))`
+        : 'data';
+    return shape & (Shape.set | Shape.unset)
+      ? `json_patch(${kept}, ${bind.add((c) => valuesPatch(c.delta))})`
+      : kept;
   },
-  meta: (meta, bind) => `json_patch(meta, ${bind.add(metaPatch(meta))})`,
-  handleIs: (handle, bind) => `json_extract(meta, '$.h') = ${bind.add(handle)}`,
-  userIs: (userId, bind) => `user_id = ${bind.add(userId)}`,
+  meta: (_shape, bind) => `json_patch(meta, ${bind.add(metaPatch)})`,
+  handleIs: (bind) => `json_extract(meta, '$.h') = ${bind.add((c) => c.guard!.handle)}`,
+  userIs: (bind) => `user_id = ${bind.add((c) => c.guard!.userId)}`,
 };
 
-/** Composed statements differ only by the shape of delta and guard: a handful, prepared once each. */
-const MAX_CACHED = 64;
+/**
+ * The longest one gc batch may block the event loop, in milliseconds: better-sqlite3 runs every
+ * statement synchronously, so the next batch is sized to fit (see `gcBatchMs`).
+ */
+const GC_BATCH_MS = 8;
 
 type Statement = BetterSqlite3.Statement<unknown[], unknown>;
 type Statements = Record<StatementName, Statement>;
@@ -96,13 +106,19 @@ type Statements = Record<StatementName, Statement>;
 export class SqliteStore extends SqlSessionStore {
   readonly #db: BetterSqlite3.Database;
   #statements: Statements | undefined;
-  readonly #composed = new Map<string, Statement>();
+  /** Commit statements by shape, prepared once each (prepared lazily: the table may not exist yet). */
+  readonly #commits: CommitStatements<{ statement: Statement; slots: readonly Slot[] }>;
 
   #busy: { read: Statement; lower: Statement; restore: Map<number, Statement> } | undefined;
 
   constructor(db: BetterSqlite3.Database, options: SqliteStoreOptions = {}) {
     super('SqliteStore', options);
     this.#db = db;
+    this.gcBatchMs = Math.min(GC_BATCH_MS, this.timeoutMs);
+    this.#commits = new CommitStatements(`"${this.table}"`, dialect, ({ sql, slots }) => ({
+      statement: this.#db.prepare<unknown[], unknown>(sql),
+      slots,
+    }));
   }
 
   // Statements run synchronously, so there is no wait on the event loop to bound with a timer,
@@ -161,7 +177,9 @@ export class SqliteStore extends SqlSessionStore {
     const text: Record<StatementName, string> = {
       ...portableStatements(t, p),
       insert: upsertUnlessLive(t, p, p),
-      gc: `DELETE FROM ${t} WHERE rowid IN (SELECT rowid FROM ${t} WHERE expires_at <= ? LIMIT ?)`,
+      // Oldest expiry first, through the expires_at index (the ORDER BY keeps it so whatever the
+      // planner's statistics say), as on the server engines.
+      gc: `DELETE FROM ${t} WHERE rowid IN (SELECT rowid FROM ${t} WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)`,
     };
     const prepared = {} as Statements;
     for (const [name, sql] of Object.entries(text) as [StatementName, string][]) {
@@ -184,29 +202,16 @@ export class SqliteStore extends SqlSessionStore {
     return this.#bounded(() => this.#sql.insert.run(...values)).changes === 1;
   }
 
-  #run({ sql, values }: Composed): number {
-    let statement = this.#composed.get(sql);
-    if (!statement) {
-      if (this.#composed.size >= MAX_CACHED) this.#composed.clear();
-      statement = this.#db.prepare<unknown[], unknown>(sql);
-      this.#composed.set(sql, statement);
-    }
-    const prepared = statement;
-    return this.#bounded(() => prepared.run(...values)).changes;
-  }
-
-  protected update(
-    key: string,
-    delta: SessionDelta,
-    guard: CommitGuard | undefined,
-    expiresAt: number,
-    now: number,
-  ): boolean {
-    return this.#run(composeCommit(`"${this.table}"`, dialect, key, delta, guard, expiresAt, now)) === 1;
+  protected update(input: CommitInput, shape: number): boolean {
+    const { statement, slots } = this.#commits.commit(shape);
+    const values = bindValues(slots, input);
+    return this.#bounded(() => statement.run(...values)).changes === 1;
   }
 
   protected deleteKey(key: string, guard?: CommitGuard): boolean {
-    return this.#run(composeDelete(`"${this.table}"`, dialect, key, guard)) > 0;
+    const { statement, slots } = this.#commits.delete(deleteShape(guard));
+    const values = bindValues(slots, deleteInput(key, guard));
+    return this.#bounded(() => statement.run(...values)).changes > 0;
   }
 
   protected selectByUser(userId: string, now: number): UserSessionRow[] {

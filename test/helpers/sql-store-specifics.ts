@@ -54,6 +54,8 @@ export interface SqlEngineHooks<C, S extends SqlSessionStore = SqlSessionStore> 
    * four instances migrate a fresh table together.
    */
   migrate?: { title: string; concurrently(suite: SqlSuite<C, S>): Promise<unknown> };
+  /** Which operations the engine sends in batches under load (none: SQLite, whose reads cost no round trip). */
+  batches?: { loads: boolean; commits: boolean; creates: boolean };
 }
 
 /** The state of one `<Store> specifics` suite, for the engine-only tests. */
@@ -349,7 +351,154 @@ export function describeSqlStoreSpecifics<C, S extends SqlSessionStore>(
       const missing = factory(conn, { table: uniqueTable() });
       await expect(missing.load(key())).rejects.toThrow(engine.missingTable);
       await expect(missing.commit(key(), { set: {}, unset: [] }, HOUR)).rejects.toThrow(engine.missingTable);
+      // Also when the operations go out in batches.
+      const many = Array.from({ length: 8 }, key);
+      for (const outcome of await Promise.allSettled([
+        ...many.map((k) => missing.load(k)),
+        ...many.map((k) => missing.commit(k, { set: { 'v:a': '1' }, unset: [] }, HOUR)),
+        ...many.map((k) => missing.create(k, rec(), HOUR)),
+      ])) {
+        expect(outcome).toMatchObject({ status: 'rejected', reason: expect.objectContaining({}) });
+        expect(String((outcome as PromiseRejectedResult).reason)).toMatch(engine.missingTable);
+      }
     });
+
+    it('many operations at once (batched under load where the engine batches) each answer as if alone', async () => {
+      const n = 40;
+      const user = (i: number) => (i % 3 === 0 ? `u-batch-${i}` : undefined);
+      const recordOf = (i: number) => {
+        const r = rec({ 'v:i': String(i) }, user(i));
+        r.meta.h = `h-${i}`;
+        return r;
+      };
+      const taken = key();
+      await store.create(taken, rec({ 'v:a': 'live' }), HOUR);
+      const leftover = key();
+      const expired = key();
+      await store.create(leftover, rec({ 'v:a': 'old' }), 1_000);
+      await store.create(expired, rec({ 'v:a': 'old' }), 1_000);
+      suite.clock += 1_001;
+
+      // Creates: fresh keys, a live key (refused), an expired leftover (replaced).
+      const fresh = Array.from({ length: n }, key);
+      const created = await Promise.all([
+        ...fresh.map((k, i) => store.create(k, recordOf(i), HOUR)),
+        store.create(taken, rec({ 'v:a': 'other' }), HOUR),
+        store.create(leftover, rec({ 'v:a': 'new' }), HOUR),
+      ]);
+      expect(created).toEqual([...fresh.map(() => true), false, true]);
+
+      // Loads: every fresh one, the same key twice, an unknown key, an expired row (removed).
+      const unknown = key();
+      const loaded = await Promise.all([
+        ...fresh.map((k) => store.load(k)),
+        store.load(fresh[0]!),
+        store.load(unknown),
+        store.load(expired),
+        store.load(taken),
+        store.load(leftover),
+      ]);
+      expect(loaded.slice(0, n).map((r) => r?.values['v:i'])).toEqual(fresh.map((_, i) => String(i)));
+      expect(loaded.slice(0, n).map((r) => r?.meta.userId)).toEqual(fresh.map((_, i) => user(i)));
+      expect(loaded[n]).toEqual(loaded[0]);
+      expect(loaded[n]).not.toBe(loaded[0]);
+      expect(loaded.slice(n + 1, n + 3)).toEqual([null, null]);
+      expect(loaded[n + 3]?.values['v:a']).toBe('live');
+      expect(loaded[n + 4]?.values['v:a']).toBe('new');
+      expect(await engine.countId(conn, table, expired)).toBe(0);
+
+      // Commits of every shape and guard, at once: applied, refused by the guard, gone.
+      const write = (k: string, i: number) => {
+        const userId = user(i) ?? null;
+        switch (i % 10) {
+          case 0:
+          case 5:
+            return store.commit(k, { set: { 'v:w': 'x' }, unset: [], meta: { lastSeenAt: 7 } }, HOUR, {
+              userId,
+            });
+          case 1:
+          case 6:
+            return store.commit(k, { set: { 'v:w': 'x' }, unset: [] }, HOUR, { userId: 'someone-else' });
+          case 2:
+          case 7:
+            return store.commit(k, { set: {}, unset: [], meta: { lastSeenAt: 9 } }, HOUR);
+          case 3:
+          case 8:
+            return store.commit(k, { set: { 'v:w': 'y' }, unset: ['v:i'] }, HOUR, { userId });
+          case 4:
+            return store.commit(k, { set: {}, unset: [], meta: { h: 'next' } }, HOUR, { handle: 'h-wrong' });
+          default:
+            return store.commit(k, { set: { 'v:w': 'z' }, unset: [], meta: { h: 'next' } }, HOUR, {
+              handle: `h-${i}`,
+              userId,
+            });
+        }
+      };
+      const expected = ['ok', 'conflict', 'ok', 'ok', 'conflict', 'ok', 'conflict', 'ok', 'ok', 'ok'];
+      const committed = await Promise.all([
+        ...fresh.map(write),
+        store.commit(unknown, { set: { 'v:a': '1' }, unset: [] }, HOUR),
+        store.commit(unknown, { set: { 'v:a': '1' }, unset: [] }, HOUR, { userId: null }),
+        store.commit(expired, { set: {}, unset: [], meta: { lastSeenAt: 1 } }, HOUR),
+      ]);
+      expect(committed).toEqual([...fresh.map((_, i) => expected[i % 10]), 'gone', 'gone', 'gone']);
+      const after = await Promise.all(fresh.map((k) => store.load(k)));
+      for (const [i, r] of after.entries()) {
+        const values = { ...r?.values };
+        const meta = r?.meta;
+        switch (i % 10) {
+          case 0:
+          case 5:
+            expect([values, meta?.lastSeenAt]).toEqual([{ 'v:i': String(i), 'v:w': 'x' }, 7]);
+            break;
+          case 2:
+          case 7:
+            expect([values, meta?.lastSeenAt]).toEqual([{ 'v:i': String(i) }, 9]);
+            break;
+          case 3:
+          case 8:
+            expect(values).toEqual({ 'v:w': 'y' });
+            break;
+          case 9:
+            expect([values, meta?.h]).toEqual([{ 'v:i': String(i), 'v:w': 'z' }, 'next']);
+            break;
+          default:
+            expect([values, meta?.h, meta?.lastSeenAt]).toEqual([{ 'v:i': String(i) }, `h-${i}`, 1]);
+        }
+      }
+      expect(await engine.countId(conn, table, unknown)).toBe(0);
+    });
+
+    it.skipIf(!engine.batches?.loads)(
+      '50 loads at once go out as a handful of statements, not 50',
+      async () => {
+        const keys = Array.from({ length: 50 }, key);
+        await Promise.all(keys.map((k, i) => store.create(k, rec({ 'v:i': String(i) }), HOUR)));
+        const statements = countStatements(store, ['selectLive', 'selectLiveMany']);
+        const loaded = await Promise.all(keys.map((k) => store.load(k)));
+        expect(loaded.map((r) => r?.values['v:i'])).toEqual(keys.map((_, i) => String(i)));
+        // Two go out at once; the other 48 wait for the first to come back and go out together.
+        expect(statements.selectLive! + statements.selectLiveMany!).toBeLessThanOrEqual(3);
+        if (engine.batches?.commits) {
+          const writes = countStatements(store, ['update', 'updateMany']);
+          const results = await Promise.all(
+            keys.map((k) => store.commit(k, { set: { 'v:w': '1' }, unset: [] }, HOUR)),
+          );
+          expect(results.every((r) => r === 'ok')).toBe(true);
+          expect(writes.update).toBe(0);
+          expect(writes.updateMany).toBeLessThanOrEqual(3);
+        }
+        if (engine.batches?.creates) {
+          const inserts = countStatements(store, ['insert', 'insertMany']);
+          const more = Array.from({ length: 50 }, key);
+          expect(await Promise.all(more.map((k) => store.create(k, rec(), HOUR)))).toEqual(
+            more.map(() => true),
+          );
+          expect(inserts.insert).toBe(0);
+          expect(inserts.insertMany).toBeLessThanOrEqual(3);
+        }
+      },
+    );
 
     engineOnly(suite);
   });
@@ -371,4 +520,22 @@ export function countGcBatches(store: SqlSessionStore): number[] {
     return n;
   };
   return batches;
+}
+
+/**
+ * Counts the calls of some of the store's own statement methods (protected), wrapped on the one
+ * instance: how many statements a burst of operations sent.
+ */
+export function countStatements(store: SqlSessionStore, names: string[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  const target = store as unknown as Record<string, (...args: unknown[]) => unknown>;
+  for (const name of names) {
+    counts[name] = 0;
+    const statement = target[name]!.bind(store);
+    target[name] = (...args: unknown[]) => {
+      counts[name]!++;
+      return statement(...args);
+    };
+  }
+  return counts;
 }

@@ -40,6 +40,7 @@ const mariadb: SqlEngineHooks<Pool, MySqlStore> = {
     title: 'quotes, backslashes, dots, paths, unicode',
     keys: ['we"ird\\key', 'a.b', '$[0]', '$.x', '*', 'é🍪', 'tab\tnl\n', '\u0001', '\u2028', ' ', ''],
   },
+  batches: { loads: true, commits: false, creates: false },
   missingTable: /doesn't exist/,
 };
 const factory: SqlStoreFactory<Pool, MySqlStore> = (pool, options) => new MySqlStore(pool, options);

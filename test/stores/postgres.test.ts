@@ -37,6 +37,7 @@ const postgres: SqlEngineHooks<pg.Pool, PostgresStore> = {
     title: 'quotes, backslashes, dots, braces, unicode',
     keys: ['we"ird\\key', 'a.b', '{a,b}', 'NULL', '$[0]', 'é🍪', 'tab\tnl\n', '\u2028', ' ', ''],
   },
+  batches: { loads: true, commits: true, creates: true },
   missingTable: /does not exist/,
 };
 const factory: SqlStoreFactory<pg.Pool, PostgresStore> = (pool, options) => new PostgresStore(pool, options);
@@ -66,6 +67,57 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
     for (const k of live) expect((await a.load(k))?.values['v:live']).toBe('1');
   });
 
+  it('a batched commit never waits for a row another transaction holds: the others land at once, that one alone after', async () => {
+    const { conn: pool } = suite;
+    // A long budget: the held commit waits for the lock until the others have all landed.
+    const store = new PostgresStore(pool, { table: suite.table, now: () => suite.clock, timeoutMs: 10_000 });
+    const keys = Array.from({ length: 12 }, key);
+    await Promise.all(keys.map((k) => store.create(k, rec({ 'v:a': '0' }), HOUR)));
+    const held = keys[5]!;
+    const other = await pool.connect();
+    try {
+      await other.query('BEGIN');
+      await other.query(`SELECT 1 FROM "${suite.table}" WHERE id = $1 FOR UPDATE`, [held]);
+      const settled = new Set<string>();
+      const commits = keys.map((k) =>
+        store.commit(k, { set: { 'v:a': '1' }, unset: [] }, HOUR, { userId: null }).then((r) => {
+          settled.add(k);
+          return r;
+        }),
+      );
+      for (let waited = 0; settled.size < keys.length - 1 && waited < 5_000; waited += 20) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      expect([...settled].sort()).toEqual(keys.filter((k) => k !== held).sort());
+      await other.query('COMMIT');
+      expect(await Promise.all(commits)).toEqual(keys.map(() => 'ok'));
+    } finally {
+      other.release();
+    }
+    for (const r of await Promise.all(keys.map((k) => store.load(k)))) expect(r?.values['v:a']).toBe('1');
+  });
+
+  it('a batch the server refuses (a field name jsonb cannot hold) fails only the operation at fault', async () => {
+    const { store } = suite;
+    const keys = Array.from({ length: 10 }, key);
+    const bad = 'v:nul\u0000name';
+    const created = await Promise.allSettled(
+      keys.map((k, i) => store.create(k, rec(i === 3 ? { [bad]: '1' } : { 'v:a': '0' }), HOUR)),
+    );
+    expect(created.map((c) => c.status)).toEqual(keys.map((_, i) => (i === 3 ? 'rejected' : 'fulfilled')));
+    const live = keys.filter((_, i) => i !== 3);
+    const committed = await Promise.allSettled(
+      live.map((k, i) =>
+        store.commit(k, { set: i === 4 ? { [bad]: '1' } : { 'v:a': '1' }, unset: [] }, HOUR),
+      ),
+    );
+    expect(committed.map((c) => (c.status === 'fulfilled' ? c.value : 'rejected'))).toEqual(
+      live.map((_, i) => (i === 4 ? 'rejected' : 'ok')),
+    );
+    const values = await Promise.all(live.map(async (k) => (await store.load(k))?.values['v:a']));
+    expect(values).toEqual(live.map((_, i) => (i === 4 ? '0' : '1')));
+  });
+
   it('SM-37: user_id is indexed (partial, anonymous rows left out), expires_at too', async () => {
     const { rows: defs } = await suite.conn.query<{ indexdef: string }>(
       'SELECT indexdef FROM pg_indexes WHERE tablename = $1',
@@ -75,6 +127,48 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
     expect(all.some((d) => /\(user_id\) WHERE \(user_id IS NOT NULL\)/.test(d))).toBe(true);
     expect(all.some((d) => d.includes('(expires_at)'))).toBe(true);
     expect(all.some((d) => /UNIQUE INDEX .*\(id\)/.test(d))).toBe(true);
+  });
+
+  it('a load stays an index lookup as a young table grows (no generic plan from its empty days)', async () => {
+    // One connection, so the plan the loads run with is the one this connection cached.
+    const pool = new pg.Pool({ connectionString: PG_URL, max: 1 });
+    const seqScans = async (table: string) => {
+      await pool.query('SELECT pg_stat_force_next_flush()');
+      const { rows } = await pool.query<{ n: string }>(
+        'SELECT seq_scan::text AS n FROM pg_stat_user_tables WHERE relname = $1',
+        [table],
+      );
+      return Number(rows[0]?.n ?? 0);
+    };
+    try {
+      const scansAfterGrowth = async (prepare: boolean) => {
+        const table = suite.scratchTable();
+        const store = new PostgresStore(pool, { table, now: () => suite.clock, prepare });
+        await store.migrate();
+        const keys = Array.from({ length: 50 }, () => key());
+        for (const k of keys) await store.create(k, rec({ 'v:a': '1' }), HOUR);
+        await pool.query(`ANALYZE "${table}"`); // what autovacuum does once a new table has 50 rows
+        // Loads under load go out batched (id = ANY(...)): the statement a generic plan hurts.
+        const burst = async () => {
+          const found = await Promise.all(keys.slice(0, 8).map((k) => store.load(k)));
+          expect(found.every((r) => r !== null)).toBe(true);
+        };
+        for (let i = 0; i < 10; i++) await burst(); // planned while the table is tiny
+        await pool.query(
+          `INSERT INTO "${table}" (id, meta, data, expires_at)
+           SELECT 'filler' || g, '{}', '{}', $1 FROM generate_series(1, 20000) AS g`,
+          [suite.clock + HOUR],
+        );
+        const before = await seqScans(table);
+        for (let i = 0; i < 5; i++) await burst();
+        return (await seqScans(table)) - before;
+      };
+      expect(await scansAfterGrowth(false)).toBe(0);
+      // What the default avoids: a prepared statement keeps the sequential scan it got when tiny.
+      expect(await scansAfterGrowth(true)).toBeGreaterThan(0);
+    } finally {
+      await pool.end();
+    }
   });
 
   it('a 63-character table name still gets two distinct indexes (PostgreSQL truncates identifiers)', async () => {
