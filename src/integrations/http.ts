@@ -351,7 +351,7 @@ class ResponseHold {
 }
 
 /**
- * Holds the response's head until the session is committed (see {@link ResponseHold}): from
+ * Holds the response's head until the session is committed (see `ResponseHold`): from
  * now on, or, for a session whose commit would do nothing yet, from its first change.
  */
 export function commitBeforeHeaders(
