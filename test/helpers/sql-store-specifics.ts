@@ -469,7 +469,8 @@ export function describeSqlStoreSpecifics<C, S extends SqlSessionStore>(
       expect(await engine.countId(conn, table, unknown)).toBe(0);
     });
 
-    it.skipIf(!engine.batches?.loads)(
+    // Only for engines that batch loads (SQLite answers each at once: nothing to batch).
+    (engine.batches?.loads ? it : () => undefined)(
       '50 loads at once go out as a handful of statements, not 50',
       async () => {
         const keys = Array.from({ length: 50 }, key);
