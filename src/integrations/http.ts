@@ -361,19 +361,19 @@ export function commitBeforeHeaders(
   res: ServerResponse,
   onError: CommitErrorHandler = defaultCommitError,
 ): void {
-  const held = new ResponseHold(manager, session, info, res, onError);
+  const hold = () => new ResponseHold(manager, session, info, res, onError).hold();
   // A session whose commit would do nothing yet (a visitor with no record, or a stored session
   // with no touch or renewal due) needs one only once it changes: hold the response from then
   // on, so a request that never writes pays neither the hold nor a commit.
   const state = stateOf(session);
   if (!session.isNew && !state.quiet(manager.options.now())) {
-    held.hold();
+    hold();
     return;
   }
   // A stored session's responses show session state: not cacheable, unless the app says
   // otherwise (its own Cache-Control, set later, replaces this one), as a commit would write.
   if (!session.isNew && !res.hasHeader('Cache-Control')) res.setHeader('Cache-Control', 'no-store');
-  state.onFirstChange = () => held.hold();
+  state.onFirstChange = hold;
   // A visitor's pre-session CSRF cookie needs no store: written at once, no hold needed.
   if (session.isNew)
     state.sendNow = (setCookie) => {

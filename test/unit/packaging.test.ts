@@ -1,17 +1,16 @@
-import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type * as nodeTest from 'node:test';
 import { pathToFileURL } from 'node:url';
-import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   describeSessionInvariants,
   describeStoreConformance,
   type TestRunner,
 } from '../../src/testing/index.js';
+import { runNodeTest } from '../helpers/node-test.js';
 
 /** Compile-time: node:test's own functions are a TestRunner as they are (vitest's: the call sites). */
 type NodeTestIsARunner =
@@ -124,17 +123,7 @@ ${body}
   async function nodeTest(name: string, body: string) {
     const file = join(await scratch, `${name}.test.ts`);
     await writeFile(file, suiteFile(body));
-    const run = promisify(execFile)(
-      process.execPath,
-      ['--import', 'tsx', '--test', '--test-reporter=tap', file],
-      { cwd: root, env: { ...process.env, NODE_OPTIONS: '' }, maxBuffer: 16 * 1024 * 1024 },
-    );
-    const { stdout, code } = await run.then(
-      (r) => ({ stdout: r.stdout, code: 0 }),
-      (e: { stdout?: string; code?: number }) => ({ stdout: e.stdout ?? '', code: e.code ?? -1 }),
-    );
-    const count = (what: string) => Number(stdout.match(new RegExp(`^# ${what} (\\d+)$`, 'm'))?.[1] ?? NaN);
-    return { code, stdout, pass: count('pass'), fail: count('fail'), skipped: count('skipped') };
+    return runNodeTest(file, root);
   }
 
   it('node --test runs the memory store conformance and invariants, all passing', async () => {

@@ -1,14 +1,6 @@
-/**
- * `sessionflow/testing`'s helpers for application tests, proved on real apps (Express over HTTP,
- * Fastify through `inject`, a node:http handler): each test starts with a seeded session, the
- * handler changes it, and the test reads it back through the manager; then the idle and absolute
- * timeouts on a TestClock. The same helpers run under `node --test` (test/node/).
- */
-import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +9,7 @@ import { csrfProtection, session } from '../../src/integrations/express.js';
 import { sessionPlugin } from '../../src/integrations/fastify.js';
 import { withSession } from '../../src/integrations/node.js';
 import { cookieHeader, readSession, seedSession, sessionCookie, TestClock } from '../../src/testing/index.js';
+import { runNodeTest } from '../helpers/node-test.js';
 import { listen, SECRET } from '../helpers/session-kit.js';
 
 /** An app's session data, as an interface (a declared type, not a record). */
@@ -357,19 +350,12 @@ describe('helpers', () => {
 
 describe('the same helpers under node --test', () => {
   it('test/node/testing-helpers.node.ts passes with node:test and node:assert', async () => {
-    const file = join(root, 'test/node/testing-helpers.node.ts');
-    const run = promisify(execFile)(
-      process.execPath,
-      ['--import', 'tsx', '--test', '--test-reporter=tap', file],
-      { cwd: root, env: { ...process.env, NODE_OPTIONS: '' }, maxBuffer: 16 * 1024 * 1024 },
+    const { stdout, code, fail, pass } = await runNodeTest(
+      join(root, 'test/node/testing-helpers.node.ts'),
+      root,
     );
-    const { stdout, code } = await run.then(
-      (r) => ({ stdout: r.stdout, code: 0 }),
-      (e: { stdout?: string; code?: number }) => ({ stdout: e.stdout ?? '', code: e.code ?? -1 }),
-    );
-    const count = (what: string) => Number(stdout.match(new RegExp(`^# ${what} (\\d+)$`, 'm'))?.[1] ?? NaN);
-    expect(count('fail'), stdout).toBe(0);
+    expect(fail, stdout).toBe(0);
     expect(code, stdout).toBe(0);
-    expect(count('pass'), stdout).toBe(5);
+    expect(pass, stdout).toBe(5);
   });
 });
