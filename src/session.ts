@@ -49,6 +49,11 @@ async function tracked<T>(state: SessionState, run: () => Promise<T>): Promise<T
  */
 export class Session<D extends object = DefaultSessionData> {
   readonly #state: SessionState;
+  // Views made on first use, kept on the session itself: a WeakMap entry per request would cost
+  // more (its ephemeron is traced at every young-generation GC) than these three fields.
+  #bags: Map<string, SessionBag> | undefined;
+  #flash: Flash | undefined;
+  #csrf: Csrf | undefined;
 
   static {
     readState = (session) => {
@@ -163,12 +168,11 @@ export class Session<D extends object = DefaultSessionData> {
 
   /** A scoped group of keys (Phalcon's Session\Bag). */
   bag<T extends Record<string, unknown> = Record<string, unknown>>(name: string): SessionBag<T> {
-    const s = this.#state;
-    const bags = (bagCache.get(s) ?? new Map<string, SessionBag>()) as Map<string, SessionBag>;
-    bagCache.set(s, bags);
+    this.#bags ??= new Map<string, SessionBag>();
+    const bags = this.#bags;
     let bag = bags.get(name);
     if (!bag) {
-      bag = new SessionBag(s, name);
+      bag = new SessionBag(this.#state, name);
       bags.set(name, bag);
     }
     return bag as unknown as SessionBag<T>;
@@ -176,24 +180,15 @@ export class Session<D extends object = DefaultSessionData> {
 
   /** Flash messages: set now, shown on the next page, then gone. */
   get flash(): Flash {
-    const s = this.#state;
-    let flash = flashCache.get(s);
-    if (!flash) {
-      flash = new Flash(s);
-      flashCache.set(s, flash);
-    }
-    return flash;
+    this.#flash ??= new Flash(this.#state);
+    return this.#flash;
   }
 
   /** The session's CSRF synchronizer token. */
   get csrf(): Csrf {
     const s = this.#state;
-    let csrf = csrfCache.get(s);
-    if (!csrf) {
-      csrf = new Csrf(s, s.driver.options.csrf.field);
-      csrfCache.set(s, csrf);
-    }
-    return csrf;
+    this.#csrf ??= new Csrf(s, s.driver.options.csrf.field);
+    return this.#csrf;
   }
 
   // ---- lifecycle -------------------------------------------------------------------------
@@ -300,14 +295,10 @@ export class Session<D extends object = DefaultSessionData> {
       const sid = s.record !== null ? s.sid : null;
       if (sid !== null) await s.driver.destroy(sid);
       s.reset(sid !== null);
-      bagCache.delete(s);
+      this.#bags = undefined;
     });
   }
 }
-
-const bagCache = new WeakMap<SessionState, Map<string, SessionBag>>();
-const flashCache = new WeakMap<SessionState, Flash>();
-const csrfCache = new WeakMap<SessionState, Csrf>();
 
 /** A new ID gets a new CSRF token, if the session had one. */
 function rotateCsrf(session: object, s: SessionState): void {

@@ -100,6 +100,12 @@ export class SessionState implements BagHost {
    * changed. Set by the integrations; a change from then on cannot be stored and is reported.
    */
   responseStarted = false;
+  /**
+   * Per-request data of the framework integration that loaded this session (the Express
+   * compatibility surface keeps its request and its state here). A field rather than a WeakMap
+   * keyed by the session: an entry per request there costs more than the rest of a read.
+   */
+  integration: object | undefined = undefined;
 
   constructor(driver: SessionDriver, init: StateInit) {
     this.driver = driver;

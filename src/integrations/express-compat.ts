@@ -77,7 +77,17 @@ interface CompatState {
   loadedUser: boolean | undefined;
   /** Objects handed out per key: their last JSON, to tell a mutation outside the surface. */
   roots: Map<string, { root: object; json: string }>;
-  views: WeakMap<object, object>;
+  views: Map<object, object>;
+}
+
+/** What the surface keeps on a session's state (`SessionState.integration`) for its request. */
+interface CompatSlot {
+  req: Request;
+  compat: CompatState | undefined;
+}
+
+function slotOf(s: object): CompatSlot {
+  return stateOf(s).integration as CompatSlot;
 }
 
 const METHODS = ['regenerate', 'save', 'reload', 'destroy', 'touch', 'cookie', 'id'];
@@ -132,14 +142,12 @@ export function compatInstaller(
     }
   }
   const userIdOf = options.userId ?? defaultUserId;
-  const states = new WeakMap<object, CompatState>();
-  const requests = new WeakMap<object, Request>();
-
   const stateFor = (s: AnySession): CompatState => {
-    let c = states.get(s);
+    const slot = slotOf(s);
+    let c = slot.compat;
     if (!c) {
-      c = { loadedUser: undefined, roots: new Map(), views: new WeakMap() };
-      states.set(s, c);
+      c = { loadedUser: undefined, roots: new Map(), views: new Map() };
+      slot.compat = c;
     }
     // Captured before any change made through the surface: a logout is the loss of this user.
     c.loadedUser ??= hasUser(s.get(passportKey));
@@ -268,7 +276,7 @@ export function compatInstaller(
 
   const reload = async (s: AnySession): Promise<void> => {
     const st = stateOf(s);
-    const req = requests.get(s);
+    const req = slotOf(s).req;
     if (st.record === null || !req) {
       throw new SessionError(
         'NOT_SUPPORTED',
@@ -281,7 +289,7 @@ export function compatInstaller(
     }
     st.record = fresh.record;
     st.changes.clear(); // this request's unsaved value changes; metadata and a pending ID change stay
-    states.delete(s);
+    slotOf(s).compat = undefined;
   };
 
   const now = (s: AnySession) => stateOf(s).driver.options.now();
@@ -348,7 +356,7 @@ export function compatInstaller(
       configurable: true,
       value(this: AnySession, cb?: Callback) {
         const run = nativeDestroy.call(this).then(() => {
-          states.delete(this);
+          slotOf(this).compat = undefined;
         });
         return settle(run, cb);
       },
@@ -384,7 +392,7 @@ export function compatInstaller(
   const proto = Object.create(Session.prototype, descriptors) as object;
   return (req, session) => {
     Object.setPrototypeOf(session, proto);
-    requests.set(session, req);
+    stateOf(session).integration = { req, compat: undefined } satisfies CompatSlot;
     defineSessionId(req);
   };
 }
