@@ -5,7 +5,6 @@ import { type Session, stateOf } from '../session.js';
 import {
   csrfGuard,
   errorResponseText,
-  hostnameOf,
   resolveRequest,
   warnAboutTransport,
   writeSessionHeaders,
@@ -53,7 +52,7 @@ export function fetchRequestInfo(
     peer,
     encrypted,
     header: (name) => request.headers.get(name) ?? undefined,
-    hostname: hostnameOf(url.host),
+    host: url.host,
   });
 }
 

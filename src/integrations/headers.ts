@@ -43,8 +43,11 @@ export interface RequestFacts {
   encrypted: boolean;
   /** A request header by lower-case name (the first value of a repeated one). */
   header(name: string): string | undefined;
-  /** The host name the request was sent to (Host header, or the URL's), for `secure: 'auto'`. */
-  hostname: string | undefined;
+  /**
+   * The host the request was sent to (Host header, or the URL's `host`), for `secure: 'auto'`;
+   * parsed into a host name only when that setting needs it.
+   */
+  host: string | undefined;
   /**
    * What the framework concluded from its own trust-proxy setting, when the app configured one
    * (Express `trust proxy`, Fastify `trustProxy`), so that the session sees the client the app
@@ -109,7 +112,8 @@ function isLoopbackHostname(hostname: string): boolean {
  * production traffic does not qualify.
  */
 function isDirectLocal(facts: RequestFacts): boolean {
-  if (facts.hostname === undefined || !isLoopbackHostname(facts.hostname)) return false;
+  const hostname = hostnameOf(facts.host);
+  if (hostname === undefined || !isLoopbackHostname(hostname)) return false;
   if (facts.peer !== undefined && facts.peer !== '' && !isLoopbackAddress(facts.peer)) return false;
   return FORWARDING_HEADERS.every((name) => facts.header(name) === undefined);
 }

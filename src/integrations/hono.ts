@@ -5,7 +5,7 @@ import { type CsrfPolicy, isSafeMethod } from '../features/csrf.js';
 import type { RequestInfo, SessionManager } from '../manager.js';
 import { type DefaultSessionData, type Session, stateOf } from '../session.js';
 import { withSessionHeaders } from './fetch.js';
-import { csrfGuard, errorResponseText, hostnameOf, resolveRequest, warnAboutTransport } from './headers.js';
+import { csrfGuard, errorResponseText, resolveRequest, warnAboutTransport } from './headers.js';
 
 export { CsrfError, type CsrfRefusal } from '../features/csrf.js';
 
@@ -79,7 +79,7 @@ export function honoRequestInfo(
     peer: options.peerAddress ? options.peerAddress(c) : socket?.remoteAddress,
     encrypted: socket ? socket.encrypted === true : url.protocol === 'https:',
     header: (name) => raw.get(name) ?? undefined,
-    hostname: hostnameOf(raw.get('host') ?? url.host),
+    host: raw.get('host') ?? url.host,
   });
 }
 

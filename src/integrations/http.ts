@@ -3,13 +3,7 @@ import type { TLSSocket } from 'node:tls';
 import { SessionError } from '../errors.js';
 import type { CommitOutcome, RequestInfo, SessionManager } from '../manager.js';
 import { type Session, stateOf } from '../session.js';
-import {
-  errorResponseText,
-  hostnameOf,
-  type RequestFacts,
-  resolveRequest,
-  writeSessionHeaders,
-} from './headers.js';
+import { errorResponseText, type RequestFacts, resolveRequest, writeSessionHeaders } from './headers.js';
 
 /** A manager of any session data type. */
 type AnyManager = SessionManager<object>;
@@ -63,7 +57,7 @@ export function nodeRequestFacts(
     peer: req.socket.remoteAddress,
     encrypted: (req.socket as TLSSocket).encrypted === true,
     header: (name) => firstHeader(headers[name]),
-    hostname: hostnameOf(firstHeader(headers.host)),
+    host: firstHeader(headers.host),
     framework,
   };
 }

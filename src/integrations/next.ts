@@ -8,7 +8,6 @@ import {
   csrfGuard,
   errorResponseText,
   type HeaderTarget,
-  hostnameOf,
   isLocalHttp,
   resolveRequest,
   transportSecure,
@@ -117,7 +116,7 @@ export function nextRequestInfo(
     peer: undefined,
     encrypted: false,
     header: (name) => (name === 'cookie' && cookies !== undefined ? cookieHeader : header(name)),
-    hostname: hostnameOf(host),
+    host,
   });
 }
 
