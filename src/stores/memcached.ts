@@ -142,6 +142,8 @@ const MAX_RELATIVE_SECONDS = 60 * 60 * 24 * 30;
 const BACKOFF_CAP_MS = 200;
 /** memcached's "never expires": the user item must outlive every session it governs. */
 const NO_EXPIRY = 0;
+/** Users whose last seen generation a store remembers, as the stamp a signed-in `create` tries first. */
+const GENERATION_CACHE = 4096;
 
 /**
  * The expiration to send for a TTL. One second is added because memcached's clock ticks once a
@@ -226,6 +228,12 @@ export class MemcachedStore implements SessionStore {
   /** With a custom `onCorrupt` the storage key is handed over; logs get its audit tag. */
   readonly #customCorrupt: boolean;
   readonly #now: () => number;
+  /**
+   * The last generation this store read or wrote per user (bounded, oldest dropped first). Only
+   * a guess: a signed-in `create` stamps it, then keeps it only if the generation read in the
+   * same round trip is equal (see `create`). Missing means 0, the generation of a user never revoked.
+   */
+  readonly #generations = new Map<string, number>();
 
   constructor(client: MemcachedClient, options: MemcachedStoreOptions = {}) {
     if (!client || typeof client.gets !== 'function' || typeof client.cas !== 'function') {
@@ -438,7 +446,16 @@ export class MemcachedStore implements SessionStore {
    */
   async #user(userId: string, budget: Budget): Promise<UserRecord> {
     const got = await this.#gets(this.#userItemKey(userId), budget);
-    return (got && this.#decodeUser(userId, got.raw)) ?? { gen: 0 };
+    const user = (got && this.#decodeUser(userId, got.raw)) ?? { gen: 0 };
+    this.#remember(userId, user.gen);
+    return user;
+  }
+
+  #remember(userId: string, gen: number): void {
+    const cache = this.#generations;
+    cache.delete(userId);
+    if (gen !== 0) cache.set(userId, gen);
+    if (cache.size > GENERATION_CACHE) cache.delete(cache.keys().next().value as string);
   }
 
   #add(itemKey: string, body: string, lifetime: number, budget: Budget): Promise<boolean> {
@@ -507,6 +524,15 @@ export class MemcachedStore implements SessionStore {
     return { meta: found.record.meta, values: found.record.values };
   }
 
+  /**
+   * `add`, which never overwrites. A session created signed in is stamped with its user's
+   * generation; to cost one round trip, the `gets` of the user item and the `add` of the session
+   * are sent together, the `add` stamped with the generation this store last saw for the user
+   * (0 if none). The stamp is kept only if it equals the generation read: the outcome is then
+   * the one of reading first and writing after (the session is unreachable until `create`
+   * returns, so when it landed between the two cannot be observed). Otherwise the session is
+   * stamped again with the generation read (`gets` + `cas`), before `create` returns.
+   */
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     const itemKey = this.#itemKey(key);
     const budget = this.#budget('create');
@@ -515,20 +541,83 @@ export class MemcachedStore implements SessionStore {
       const found = await this.#fetch(key, itemKey, budget);
       return !(found?.record && found.record.expiresAt > this.#now());
     }
-    // A session created authenticated is stamped with the user's generation, read before the
-    // write: a revokeUser landing in between leaves it with the old one, and dead (fail closed).
-    const userId = record.meta.userId;
-    const ug = typeof userId === 'string' ? (await this.#user(userId, budget)).gen : undefined;
     const now = this.#now();
-    const body = this.#encode(record, now + ttlMs, ug);
+    const expiresAt = now + ttlMs;
     const lifetime = memcachedExpiration(ttlMs, now);
+    const userId = record.meta.userId;
+    if (typeof userId !== 'string') {
+      return this.#insert(key, itemKey, this.#encode(record, expiresAt, undefined), lifetime, budget, true);
+    }
+    const guess = this.#generations.get(userId) ?? 0;
+    const guessed = this.#encode(record, expiresAt, guess);
+    const [read, added] = await Promise.allSettled([
+      this.#user(userId, budget),
+      this.#add(itemKey, guessed, lifetime, budget),
+    ]);
+    if (read.status === 'rejected') {
+      // The stamp is unchecked: the session must not stay (nobody knows its key yet).
+      if (added.status === 'fulfilled' && added.value) await this.#del(itemKey, budget).catch(() => {});
+      throw read.reason;
+    }
+    if (added.status === 'rejected') throw added.reason;
+    const gen = read.value.gen;
+    if (added.value && gen === guess) return true;
+    let body: string;
+    try {
+      body = gen === guess ? guessed : this.#encode(record, expiresAt, gen);
+    } catch (err) {
+      if (added.value) await this.#del(itemKey, budget).catch(() => {});
+      throw err;
+    }
+    // A wrong stamp (a generation that changed since this store last saw it, or a user item that
+    // was lost): a stamp below the generation read would kill a valid login, one above would let
+    // the session outlive a later revokeUser. Stamped again, only if the item is still ours.
+    if (added.value) return this.#restamp(itemKey, guessed, body, lifetime, budget);
+    return this.#insert(key, itemKey, body, lifetime, budget, false);
+  }
+
+  /**
+   * Writes a new session item without ever overwriting a live one: `add`; if the key is held by
+   * an item that is expired or unreadable but not yet dropped, `gets` + `cas` over it.
+   * `addFirst` false: an `add` was just refused, start with the read.
+   */
+  async #insert(
+    key: string,
+    itemKey: string,
+    body: string,
+    lifetime: number,
+    budget: Budget,
+    addFirst: boolean,
+  ): Promise<boolean> {
     for (let attempt = 0; attempt < this.#casAttempts; attempt++) {
-      if (await this.#add(itemKey, body, lifetime, budget)) return true;
+      if ((addFirst || attempt > 0) && (await this.#add(itemKey, body, lifetime, budget))) return true;
       const found = await this.#fetch(key, itemKey, budget);
       if (!found) continue; // deleted between the add and the read: add again
       if (found.record && found.record.expiresAt > this.#now()) return false;
       // An expired or unreadable item memcached has not dropped yet: replace it, atomically.
       if (await this.#cas(itemKey, body, found.cas, lifetime, budget)) return true;
+    }
+    throw this.#contention('create');
+  }
+
+  /** Replaces the item this `create` just added (`written`) with `body`, if it is still that item. */
+  async #restamp(
+    itemKey: string,
+    written: string,
+    body: string,
+    lifetime: number,
+    budget: Budget,
+  ): Promise<boolean> {
+    for (let attempt = 0; attempt < this.#casAttempts; attempt++) {
+      const got = await this.#gets(itemKey, budget);
+      // Gone (evicted) before anyone knew its key: written again, `add` still never overwrites.
+      if (!got) {
+        if (await this.#add(itemKey, body, lifetime, budget)) return true;
+        continue;
+      }
+      // Another item took the key (ours expired first): the key is taken, as for a refused `add`.
+      if (got.raw !== written) return false;
+      if (await this.#cas(itemKey, body, got.cas, lifetime, budget)) return true;
     }
     throw this.#contention('create');
   }
@@ -606,14 +695,17 @@ export class MemcachedStore implements SessionStore {
       if (attempt > 0) await this.#backoff(attempt - 1, budget);
       const got = await this.#gets(itemKey, budget);
       const old = (got && this.#decodeUser(userId, got.raw)) ?? { gen: 0 };
-      const body = JSON.stringify(nextRevocation(old, except, this.#now()));
+      const next = nextRevocation(old, except, this.#now());
+      const body = JSON.stringify(next);
       // An unreadable item is replaced too: the clock-based generation outranks what it held.
       if (
         got
           ? await this.#cas(itemKey, body, got.cas, NO_EXPIRY, budget)
           : await this.#add(itemKey, body, NO_EXPIRY, budget)
-      )
+      ) {
+        this.#remember(userId, next.gen);
         return;
+      }
     }
     throw this.#contention('revokeUser');
   }

@@ -115,8 +115,10 @@ const META_FIELD = 'meta';
 const VALUE_PREFIX = '.';
 
 // ---- Lua ------------------------------------------------------------------------------------
-// Every script touches exactly one key (KEYS[1]), so it runs on the node that owns that key's
-// slot and is atomic there, on Cluster as on a single server.
+// Every script but CREATE_INDEXED touches exactly one key (KEYS[1]), so it runs on the node that
+// owns that key's slot and is atomic there, on Cluster as on a single server. CREATE_INDEXED
+// touches a session and its user index, which lie in different slots: it is used only where one
+// server holds every key (standalone, Sentinel, pool), never on Cluster.
 
 // Numbers go through string.format: tostring() and cjson keep only 14 significant digits.
 const LUA_HELPERS = `
@@ -265,21 +267,44 @@ return ''
 // pruned it meanwhile. A pending score never equals a settled one, and INDEX_PRUNE removes only
 // unchanged scores, so no reader's stale view can drop an entry that a writer is working on.
 // The integer part (the expiry bound) never decreases.
+const LUA_INDEX_ADD = `
+local function indexAdd(index, member, boundArg, state, trim, skew)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. trim)
+  local bound = tonumber(boundArg)
+  local current = redis.call('ZSCORE', index, member)
+  if current then
+    local base = math.floor(tonumber(current))
+    if base > bound then bound = base end
+  end
+  local score = num(bound)
+  if state == 'pending' then score = score .. '.5' end
+  redis.call('ZADD', index, score, member)
+  local top = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', index, num(math.ceil(tonumber(top[2])) + tonumber(skew)))
+end
+`;
+
 // ARGV: member, bound (integer ms), 'pending' | 'settled', trim-before (ms), skew (ms).
 const INDEX_ADD = script(
-  `
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
-local bound = tonumber(ARGV[2])
-local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if current then
-  local base = math.floor(tonumber(current))
-  if base > bound then bound = base end
-end
-local score = num(bound)
-if ARGV[3] == 'pending' then score = score .. '.5' end
-redis.call('ZADD', KEYS[1], score, ARGV[1])
-local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], num(math.ceil(tonumber(top[2])) + tonumber(ARGV[5])))
+  `${LUA_INDEX_ADD}
+indexAdd(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+return 1
+`,
+  true,
+);
+
+// A signed-in create in one atomic step, where one server holds both keys. KEYS: the session,
+// its user's index. ARGV: ttl, meta JSON, member (storage key), bound, trim-before, skew, then
+// field/value pairs. The index entry is written first: a script that failed half-way would leave
+// a stale entry (pruned by readers), never a live session missing from its user's index.
+const CREATE_INDEXED = script(
+  `${LUA_INDEX_ADD}
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if tonumber(ARGV[1]) <= 0 then return 1 end
+indexAdd(KEYS[2], ARGV[3], ARGV[4], 'settled', ARGV[5], ARGV[6])
+redis.call('HSET', KEYS[1], '${META_FIELD}', ARGV[2])
+each('HSET', 7, #ARGV)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 `,
   true,
@@ -310,11 +335,25 @@ return removed
  * With `signal`, a command is not sent once it has fired (the operation has run out of time).
  */
 interface Driver {
-  /** EVALSHA (EVAL on NOSCRIPT); with `wait`, then WAIT on the same connection. */
-  run(s: Script, key: string, args: string[], wait?: RedisDurability, signal?: AbortSignal): Promise<unknown>;
+  /**
+   * EVALSHA (EVAL on NOSCRIPT); with `wait`, then WAIT on the same connection. `key` is the
+   * script's one key, or its keys (routed by the first: only where `oneServer`).
+   */
+  run(
+    s: Script,
+    key: string | readonly string[],
+    args: string[],
+    wait?: RedisDurability,
+    signal?: AbortSignal,
+  ): Promise<unknown>;
   /** A single-key write command. */
   write(key: string, args: string[], signal?: AbortSignal): Promise<unknown>;
+  /** One server holds every key (not a Cluster): a script may touch keys of different slots. */
+  readonly oneServer: boolean;
 }
+
+const keysOf = (key: string | readonly string[]): readonly string[] =>
+  typeof key === 'string' ? [key] : key;
 
 type Send = (args: string[], signal?: AbortSignal) => Promise<unknown>;
 
@@ -339,16 +378,17 @@ function checkAcks(acked: unknown, wait: RedisDurability): void {
 async function evalOn(
   send: Send,
   s: Script,
-  key: string,
+  key: string | readonly string[],
   args: string[],
   signal?: AbortSignal,
 ): Promise<unknown> {
+  const keys = keysOf(key);
   try {
-    return await send(['EVALSHA', s.sha, '1', key, ...args], signal);
+    return await send(['EVALSHA', s.sha, String(keys.length), ...keys, ...args], signal);
   } catch (err) {
     // Script caches are per node and empty after a restart or failover: send the source once.
     if (!isNoScript(err)) throw err;
-    return send(['EVAL', s.source, '1', key, ...args], signal);
+    return send(['EVAL', s.source, String(keys.length), ...keys, ...args], signal);
   }
 }
 
@@ -359,11 +399,14 @@ async function evalOn(
 function nodeRedisDriver(
   route: (key: string) => Send,
   pinned: <T>(key: string, fn: (send: Send) => Promise<T>) => Promise<T>,
+  oneServer: boolean,
 ): Driver {
   return {
+    oneServer,
     run(s, key, args, wait, signal) {
-      if (!wait) return evalOn(route(key), s, key, args, signal);
-      return pinned(key, async (send) => {
+      const first = keysOf(key)[0]!;
+      if (!wait) return evalOn(route(first), s, key, args, signal);
+      return pinned(first, async (send) => {
         const reply = await evalOn(send, s, key, args, signal);
         // No signal: once the script is sent, its WAIT must follow on the same connection.
         checkAcks(await send(['WAIT', String(wait.replicas), String(wait.timeoutMs)]), wait);
@@ -388,13 +431,14 @@ function ioRedisDriver(client: IoRedisLike): Driver {
   const pipelined = async (
     command: string,
     body: string,
-    key: string,
+    key: string | readonly string[],
     args: string[],
     wait: RedisDurability,
   ) => {
+    const keys = keysOf(key);
     const results = await client
       .pipeline()
-      .call(command, body, '1', key, ...args)
+      .call(command, body, String(keys.length), ...keys, ...args)
       .call('WAIT', wait.replicas, wait.timeoutMs)
       .exec();
     if (results?.length !== 2) throw new Error('ioredis returned no pipeline results');
@@ -408,6 +452,7 @@ function ioRedisDriver(client: IoRedisLike): Driver {
     return reply;
   };
   return {
+    oneServer: !client.isCluster,
     async run(s, key, args, wait, signal) {
       if (!wait) return evalOn(send, s, key, args, signal);
       if (signal?.aborted) throw notSent();
@@ -446,7 +491,7 @@ function driverFor(client: RedisClientLike): Driver {
         (key: string): Send =>
         (args, signal) =>
           cluster.sendCommand(key, false, args, commandOptions(signal));
-      return nodeRedisDriver(route, (key, fn) => fn(route(key)));
+      return nodeRedisDriver(route, (key, fn) => fn(route(key)), false);
     }
     if (has(client, 'getMasterNode') && has(client, 'use')) {
       const sentinel = client as NodeRedisSentinelLike;
@@ -457,6 +502,7 @@ function driverFor(client: RedisClientLike): Driver {
           sentinel.use((leased) =>
             fn((args, signal) => leased.sendCommand(false, args, commandOptions(signal))),
           ),
+        true,
       );
     }
     if (has(client, 'execute') && has(client, 'totalClients', 'any')) {
@@ -468,6 +514,7 @@ function driverFor(client: RedisClientLike): Driver {
         () => send,
         (_key, fn) =>
           pool.execute((leased) => fn((args, signal) => leased.sendCommand(args, commandOptions(signal)))),
+        true,
       );
     }
     const single = client as NodeRedisClientLike;
@@ -475,6 +522,7 @@ function driverFor(client: RedisClientLike): Driver {
     return nodeRedisDriver(
       () => send,
       (_key, fn) => fn(send),
+      true,
     );
   }
   throw new SessionError(
@@ -708,11 +756,28 @@ export class RedisStore implements SessionStore {
     return meta;
   }
 
-  /** Creates the session unless the key exists (false then); indexes its user afterwards. */
+  /**
+   * Creates the session unless the key exists (false then). With a user: where one server holds
+   * every key, the record and its user index entry are written by one script (one round trip);
+   * on Cluster, where they lie in different slots, the record first, then the index entry.
+   */
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     const redisKey = this.#hashKey(key);
     const ttl = ttlArg(ttlMs);
+    const userId = record.meta.userId;
     const args = [ttl, JSON.stringify(record.meta)];
+    if (userId !== undefined && this.#driver.oneServer) {
+      const bound = this.#bound(ttl, record.meta.deadline);
+      const trim = this.#now() - INDEX_SKEW_MS;
+      args.push(key, String(bound), String(trim), String(INDEX_SKEW_MS));
+      for (const [field, value] of Object.entries(record.values)) args.push(VALUE_PREFIX + field, value);
+      const keys = [redisKey, this.#indexKey(userId)];
+      return this.#within(
+        'create',
+        async (signal) =>
+          Number(await this.#driver.run(CREATE_INDEXED, keys, args, this.#durability, signal)) === 1,
+      );
+    }
     for (const [field, value] of Object.entries(record.values)) args.push(VALUE_PREFIX + field, value);
     return this.#within('create', (signal) => this.#create(key, redisKey, record, ttl, args, signal));
   }
@@ -728,8 +793,9 @@ export class RedisStore implements SessionStore {
     const created = Number(await this.#driver.run(CREATE, redisKey, args, this.#durability, signal)) === 1;
     const userId = record.meta.userId;
     if (created && ttl !== '0' && userId !== undefined) {
-      // Indexed after the record exists: until create returns no cookie carries this session,
-      // so a crash in between leaves nothing that needs revoking.
+      // Cluster: the index lies in another slot. Indexed after the record exists (never before:
+      // a reader could prune an entry whose record is not written yet). Until create returns no
+      // cookie carries this session, so a crash in between leaves nothing that needs revoking.
       try {
         await this.#indexAdd(userId, key, this.#bound(ttl, record.meta.deadline), 'settled');
       } catch (err) {

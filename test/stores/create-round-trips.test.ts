@@ -1,0 +1,519 @@
+/**
+ * A signed-in `create` (a `create` whose record has a user id, e.g. `login()` on a request without
+ * a stored session) costs one round trip on Redis (standalone) and Memcached, as an anonymous one
+ * does; and the races around it keep every revocation guarantee.
+ *
+ * Round trips are counted as waves: a request sent before any earlier request of the operation
+ * has answered is in the same wave (they travel together); one sent after an answer arrived
+ * starts the next wave. The clients are real, wrapped only to count and to hold one request.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { Cluster, Redis } from 'ioredis';
+import Memcached from 'memcached';
+import { createClient, createCluster } from 'redis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newToken, storageKey } from '../../src/crypto/ids.js';
+import {
+  type MemcachedClient,
+  MemcachedStore,
+  recommendedMemcachedOptions,
+} from '../../src/stores/memcached.js';
+import { type RedisClientLike, RedisStore } from '../../src/stores/redis.js';
+import type { SessionMeta, StoredSession } from '../../src/stores/store.js';
+import { serverAvailable } from '../helpers/servers.js';
+
+const HOUR = 3_600_000;
+const newKey = () => storageKey(newToken());
+const newUser = () => `u-${randomBytes(5).toString('hex')}`;
+const record = (extra: Partial<SessionMeta> = {}): StoredSession => {
+  const now = Date.now();
+  return {
+    meta: { createdAt: now, lastSeenAt: now, deadline: now + HOUR, ...extra },
+    values: { 'v:a': '1' },
+  };
+};
+
+/** Counts the waves of requests of one operation (reset before it). */
+class Waves {
+  #answered = 0;
+  count = 0;
+  reset(): void {
+    this.#answered = 0;
+    this.count = 0;
+  }
+  /** Call when a request is sent; call the returned function when its answer arrives. */
+  sent(): () => void {
+    const wave = this.#answered + 1;
+    this.count = Math.max(this.count, wave);
+    return () => {
+      this.#answered = Math.max(this.#answered, wave);
+    };
+  }
+  track<T>(p: Promise<T>, done: () => void): Promise<T> {
+    return p.finally(done);
+  }
+}
+
+/** A client object whose methods are the real ones, bound, except those in `override`. */
+function wrap<T extends object>(target: T, override: Record<string, unknown>): T {
+  return new Proxy(target, {
+    get(t, prop) {
+      if (typeof prop === 'string' && Object.hasOwn(override, prop)) return override[prop];
+      const value = Reflect.get(t, prop, t);
+      return typeof value === 'function' ? value.bind(t) : value;
+    },
+  });
+}
+
+// ---- Redis ------------------------------------------------------------------------------------
+
+const REDIS = { host: '127.0.0.1', port: Number(process.env.REDIS_PORT ?? 6379) };
+const CLUSTER = (
+  process.env.REDIS_CLUSTER_NODES ??
+  '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104,127.0.0.1:7105,127.0.0.1:7106'
+)
+  .split(',')
+  .map((entry) => {
+    const [host = '', port = ''] = entry.trim().split(':');
+    return { host, port: Number(port) };
+  });
+
+type Kind = 'node-redis' | 'ioredis';
+interface Counted {
+  client: RedisClientLike;
+  waves: Waves;
+  close: () => Promise<void>;
+}
+
+async function redisClient(kind: Kind, cluster: boolean): Promise<Counted> {
+  const waves = new Waves();
+  if (kind === 'node-redis') {
+    if (cluster) {
+      const c = createCluster({ rootNodes: CLUSTER.map((n) => ({ socket: n })) });
+      c.on('error', () => undefined);
+      await c.connect();
+      const send = c.sendCommand.bind(c) as (...args: unknown[]) => Promise<unknown>;
+      const client = wrap(c, {
+        sendCommand: (...args: unknown[]) => waves.track(send(...args), waves.sent()),
+      }) as unknown as RedisClientLike;
+      return { client, waves, close: () => c.close() };
+    }
+    const c = await createClient({ socket: REDIS }).connect();
+    const send = c.sendCommand.bind(c) as (...args: unknown[]) => Promise<unknown>;
+    const client = wrap(c, {
+      sendCommand: (...args: unknown[]) => waves.track(send(...args), waves.sent()),
+    }) as unknown as RedisClientLike;
+    return { client, waves, close: () => c.close() };
+  }
+  const c = cluster
+    ? new Cluster(CLUSTER, { lazyConnect: true })
+    : new Redis({ ...REDIS, lazyConnect: true });
+  c.on('error', () => undefined);
+  await c.connect();
+  const call = c.call.bind(c) as (...args: unknown[]) => Promise<unknown>;
+  const client = wrap(c, {
+    call: (...args: unknown[]) => waves.track(call(...args), waves.sent()),
+  }) as unknown as RedisClientLike;
+  return {
+    client,
+    waves,
+    close: async () => {
+      await c.quit();
+    },
+  };
+}
+
+const redisSkip = await serverAvailable(`Redis at ${REDIS.host}:${REDIS.port}`, async () => {
+  const c = createClient({ socket: { ...REDIS, reconnectStrategy: false, connectTimeout: 2_000 } });
+  c.on('error', () => undefined);
+  await c.connect();
+  c.destroy();
+});
+const clusterSkip = await serverAvailable('Redis Cluster', async () => {
+  const c = createCluster({
+    rootNodes: CLUSTER.map((n) => ({ socket: { ...n, reconnectStrategy: false } })),
+  });
+  c.on('error', () => undefined);
+  await c.connect();
+  await c.close();
+});
+
+async function deleteRedisKeys(prefix: string, cluster: boolean): Promise<void> {
+  const nodes = cluster ? CLUSTER : [REDIS];
+  for (const n of nodes) {
+    const c = createClient({ socket: n });
+    c.on('error', () => undefined);
+    try {
+      await c.connect();
+      for await (const keys of c.scanIterator({ MATCH: `${prefix}*`, COUNT: 500 }))
+        for (const k of keys) await c.unlink(k).catch(() => undefined); // a replica refuses: its master has it
+    } catch {
+      // a node that is down holds nothing to clean
+    } finally {
+      c.destroy();
+    }
+  }
+}
+
+for (const [topology, cluster, skip] of [
+  ['standalone', false, redisSkip],
+  ['Cluster', true, clusterSkip],
+] as const) {
+  for (const kind of ['node-redis', 'ioredis'] as const) {
+    describe.skipIf(skip)(`RedisStore create round trips (${kind}, ${topology})`, () => {
+      const prefix = `sftest:rt-${kind}-${cluster ? 'c' : 's'}:${randomBytes(6).toString('hex')}:`;
+      let conn: Counted;
+      let store: RedisStore;
+      beforeAll(async () => {
+        conn = await redisClient(kind, cluster);
+        store = new RedisStore({ client: conn.client, prefix });
+        // Scripts cached on every node from here on (a NOSCRIPT retry would be one more trip).
+        for (let i = 0; i < 20; i++) {
+          await store.create(newKey(), record(), HOUR);
+          await store.create(newKey(), record({ userId: newUser() }), HOUR);
+        }
+      });
+      afterAll(async () => {
+        await conn?.close();
+        await deleteRedisKeys(prefix, cluster);
+      });
+
+      it('anonymous create: one round trip', async () => {
+        conn.waves.reset();
+        expect(await store.create(newKey(), record(), HOUR)).toBe(true);
+        expect(conn.waves.count).toBe(1);
+      });
+
+      it(`signed-in create: ${cluster ? 'two round trips (record and index lie in different slots)' : 'one round trip, record and user index together'}`, async () => {
+        const user = newUser();
+        const keys = [newKey(), newKey()];
+        for (const k of keys) {
+          conn.waves.reset();
+          expect(await store.create(k, record({ userId: user }), HOUR)).toBe(true);
+          expect(conn.waves.count).toBe(cluster ? 2 : 1);
+        }
+        expect((await store.sessionsOf(user)).map((s) => s.key).sort()).toEqual([...keys].sort());
+        // The key exists: false, nothing written, the index unchanged.
+        conn.waves.reset();
+        expect(await store.create(keys[0]!, record({ userId: newUser() }), HOUR)).toBe(false);
+        expect(conn.waves.count).toBe(1);
+        expect((await store.load(keys[0]!))?.meta.userId).toBe(user);
+      });
+
+      it('signed-in creates racing sessionsOf and revocations: every acknowledged session is listed, every revoked one is gone', async () => {
+        const user = newUser();
+        const created: string[] = [];
+        let stop = false;
+        const reader = (async () => {
+          while (!stop) await store.sessionsOf(user); // prunes what it cannot match
+        })();
+        for (let round = 0; round < 5; round++) {
+          const batch = Array.from({ length: 20 }, newKey);
+          const acked = await Promise.all(
+            batch.map(async (k) => ((await store.create(k, record({ userId: user }), HOUR)) ? k : null)),
+          );
+          for (const k of acked) if (k) created.push(k);
+          // Every acknowledged creation is in the index, whatever the concurrent reader pruned.
+          expect((await store.sessionsOf(user)).map((s) => s.key).sort()).toEqual([...created].sort());
+        }
+        stop = true;
+        await reader;
+        // revokeAll as the manager runs it: list, then destroy each.
+        for (const s of await store.sessionsOf(user)) await store.destroy(s.key);
+        for (const k of created) expect(await store.load(k)).toBeNull();
+        expect(await store.sessionsOf(user)).toEqual([]);
+      });
+
+      it('a TTL <= 0 signed-in create writes neither the record nor the index', async () => {
+        const user = newUser();
+        const k = newKey();
+        expect(await store.create(k, record({ userId: user }), 0)).toBe(true);
+        expect(await store.load(k)).toBeNull();
+        expect(await store.sessionsOf(user)).toEqual([]);
+      });
+    });
+  }
+}
+
+describe.skipIf(redisSkip)('RedisStore signed-in create on one server (MONITOR)', () => {
+  it('one EVALSHA from the client; HSET, PEXPIRE and ZADD run inside it on both keys', async () => {
+    const prefix = `sftest:rt-mon:${randomBytes(6).toString('hex')}:`;
+    const client = await createClient({ socket: REDIS }).connect();
+    const store = new RedisStore({ client, prefix });
+    await store.create(newKey(), record({ userId: newUser() }), HOUR); // script cached
+    const monitor = await createClient({ socket: REDIS }).connect();
+    const seen: string[] = [];
+    await monitor.monitor((line) => {
+      seen.push(String(line));
+    });
+    const k = newKey();
+    const user = newUser();
+    await store.create(k, record({ userId: user }), HOUR);
+    await store.load(k); // a marker that the create's lines have all arrived
+    for (let i = 0; i < 100 && !seen.some((l) => l.includes('HGETALL')); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    monitor.destroy();
+    const mine = seen.filter((l) => l.includes(`${prefix}{${k}}`) || l.includes(`${prefix}u:{`));
+    const sent = mine.filter((l) => !l.includes(' lua] '));
+    // The create (EVALSHA with 2 keys) and the marker load.
+    expect(sent).toHaveLength(2);
+    expect(sent[0]).toMatch(/"EVALSHA" "[0-9a-f]{40}" "2"/);
+    const inside = mine.filter((l) => l.includes(' lua] '));
+    for (const command of ['"HSET"', '"PEXPIRE"', '"ZADD"'])
+      expect(inside.some((l) => l.includes(command))).toBe(true);
+    await client.close();
+    await deleteRedisKeys(prefix, false);
+  });
+});
+
+// ---- Memcached --------------------------------------------------------------------------------
+
+const SERVERS = (process.env.MEMCACHED_SERVERS ?? '127.0.0.1:11211,127.0.0.1:11212')
+  .split(',')
+  .map((s) => s.trim())
+  .filter(Boolean);
+const RUN = `sf-rt-${process.pid}-${Date.now().toString(36)}:`;
+
+const memcachedClients: Memcached[] = [];
+function realMemcached(): Memcached {
+  const c = new Memcached(SERVERS, { ...recommendedMemcachedOptions });
+  memcachedClients.push(c);
+  return c;
+}
+afterAll(() => {
+  for (const c of memcachedClients) c.end();
+});
+
+type Op = 'gets' | 'add' | 'cas' | 'del';
+/** A hold on one request: `before` delays sending it, `after` delays handing over its answer. */
+interface Hold {
+  op: Op;
+  key: string;
+  before?: () => Promise<void>;
+  after?: () => Promise<void>;
+}
+
+/** A real client that counts waves, logs requests, and applies one-shot holds. */
+function counted(real: Memcached): { client: MemcachedClient; waves: Waves; log: string[]; holds: Hold[] } {
+  const waves = new Waves();
+  const log: string[] = [];
+  const holds: Hold[] = [];
+  const run = (
+    op: Op,
+    key: string,
+    send: (cb: (err: unknown, data: unknown) => void) => void,
+    cb: (err: unknown, data: unknown) => void,
+  ) => {
+    const i = holds.findIndex((h) => h.op === op && h.key === key);
+    const hold = i >= 0 ? holds.splice(i, 1)[0] : undefined;
+    const go = () => {
+      log.push(`${op} ${key}`);
+      const done = waves.sent();
+      send((err, data) => {
+        done();
+        if (hold?.after)
+          hold.after().then(
+            () => cb(err, data),
+            (e) => cb(e, undefined),
+          );
+        else cb(err, data);
+      });
+    };
+    if (hold?.before) hold.before().then(go, (e) => cb(e, undefined));
+    else go();
+  };
+  const client: MemcachedClient = {
+    gets: (k, cb) => run('gets', k, (done) => real.gets(k, done), cb),
+    add: (k, v, l, cb) => run('add', k, (done) => real.add(k, v, l, done), cb as never),
+    cas: (k, v, c, l, cb) => run('cas', k, (done) => real.cas(k, v, c, l, done), cb as never),
+    del: (k, cb) => run('del', k, (done) => real.del(k, done), cb as never),
+  };
+  return { client, waves, log, holds };
+}
+
+const memcachedSkip = await serverAvailable(`memcached at ${SERVERS.join(', ')}`, async () => {
+  const c = new Memcached(SERVERS, { ...recommendedMemcachedOptions, timeout: 1000 });
+  try {
+    await new Promise<void>((resolve, reject) => c.version((err) => (err ? reject(err) : resolve())));
+  } finally {
+    c.end();
+  }
+});
+
+const userItem = (userId: string) => `${RUN}u:${createHash('sha256').update(userId).digest('base64url')}`;
+
+/** True if memcached holds the item (read without the store, which would delete a dead one). */
+function held(itemKey: string): Promise<boolean> {
+  return new Promise((resolve, reject) =>
+    realMemcached().get(itemKey, (err, data) =>
+      err ? reject(err) : resolve(data !== undefined && data !== false),
+    ),
+  );
+}
+
+describe.skipIf(memcachedSkip)('MemcachedStore create round trips and races', () => {
+  let other: MemcachedStore; // another app server: its own client, its own generation cache
+  beforeAll(() => {
+    other = new MemcachedStore(realMemcached(), { prefix: RUN });
+  });
+
+  it('anonymous and signed-in creates: one round trip; a user revoked elsewhere: three, then one', async () => {
+    const c = counted(realMemcached());
+    const store = new MemcachedStore(c.client, { prefix: RUN });
+    c.waves.reset();
+    expect(await store.create(newKey(), record(), HOUR)).toBe(true);
+    expect(c.waves.count).toBe(1);
+
+    const user = newUser(); // never revoked: generation 0, the default guess
+    const k = newKey();
+    c.waves.reset();
+    c.log.length = 0;
+    expect(await store.create(k, record({ userId: user, authAt: 1 }), HOUR)).toBe(true);
+    expect(c.waves.count).toBe(1);
+    expect(c.log.sort()).toEqual([`add ${RUN}${k}`, `gets ${userItem(user)}`].sort());
+
+    // Revoked by another app server: this store's guess is stale, the create stamps again.
+    await other.revokeUser(user);
+    expect(await store.load(k)).toBeNull();
+    const again = newKey();
+    const cold = counted(realMemcached());
+    const coldStore = new MemcachedStore(cold.client, { prefix: RUN });
+    cold.waves.reset();
+    expect(await coldStore.create(again, record({ userId: user, authAt: 2 }), HOUR)).toBe(true);
+    expect(cold.waves.count).toBe(3); // gets user + add, then gets + cas of the item
+    expect(await other.load(again)).not.toBeNull();
+    // Now this store knows the generation: one round trip again.
+    cold.waves.reset();
+    const third = newKey();
+    expect(await coldStore.create(third, record({ userId: user, authAt: 3 }), HOUR)).toBe(true);
+    expect(cold.waves.count).toBe(1);
+    await other.revokeUser(user);
+    expect(await other.load(again)).toBeNull();
+    expect(await other.load(third)).toBeNull();
+  });
+
+  it('race: the generation is read, then a revokeUser completes, then create returns: the session is dead (fails closed)', async () => {
+    const user = newUser();
+    await other.revokeUser(user);
+    for (const warm of [false, true]) {
+      const c = counted(realMemcached());
+      const store = new MemcachedStore(c.client, { prefix: RUN });
+      if (warm) await store.revokeUser(user); // its guess is now the current generation
+      const k = newKey();
+      let addLanded = false;
+      c.holds.push(
+        {
+          op: 'add',
+          key: `${RUN}${k}`,
+          after: async () => {
+            addLanded = true;
+          },
+        },
+        { op: 'gets', key: userItem(user), after: () => other.revokeUser(user) },
+      );
+      expect(await store.create(k, record({ userId: user, authAt: 1 }), HOUR)).toBe(true);
+      expect(addLanded).toBe(true);
+      expect(c.holds).toEqual([]);
+      expect(await other.load(k)).toBeNull();
+      expect(await store.load(k)).toBeNull();
+    }
+  });
+
+  it('race: the add lands, a revokeUser completes, then the generation is read: the session lives (created after it), and the next revokeUser ends it', async () => {
+    const user = newUser();
+    for (const revokedBefore of [false, true]) {
+      if (revokedBefore) await other.revokeUser(user);
+      const c = counted(realMemcached());
+      const store = new MemcachedStore(c.client, { prefix: RUN });
+      const k = newKey();
+      let itemBeforeRevoke = false;
+      c.holds.push({
+        op: 'gets',
+        key: userItem(user),
+        before: async () => {
+          // The add has been sent; wait until memcached holds the item, then revoke.
+          for (let i = 0; i < 200 && !(await held(`${RUN}${k}`)); i++)
+            await new Promise((r) => setTimeout(r, 5));
+          itemBeforeRevoke = await held(`${RUN}${k}`);
+          await other.revokeUser(user);
+        },
+      });
+      expect(await store.create(k, record({ userId: user, authAt: 1 }), HOUR)).toBe(true);
+      expect(itemBeforeRevoke).toBe(true);
+      // Not acknowledged before the revocation resolved, so it may live; its stamp is the
+      // generation read (the revocation's), neither older (a dead login) nor newer.
+      expect(await other.load(k)).not.toBeNull();
+      await other.revokeUser(user);
+      expect(await other.load(k)).toBeNull();
+      expect(await store.load(k)).toBeNull();
+    }
+  });
+
+  it('race: the add is held until a revokeUser completes after the generation was read: dead', async () => {
+    const user = newUser();
+    const c = counted(realMemcached());
+    const store = new MemcachedStore(c.client, { prefix: RUN });
+    const k = newKey();
+    let read = false;
+    c.holds.push(
+      {
+        op: 'gets',
+        key: userItem(user),
+        after: async () => {
+          read = true;
+        },
+      },
+      {
+        op: 'add',
+        key: `${RUN}${k}`,
+        before: async () => {
+          for (let i = 0; i < 200 && !read; i++) await new Promise((r) => setTimeout(r, 2));
+          await other.revokeUser(user);
+        },
+      },
+    );
+    expect(await store.create(k, record({ userId: user, authAt: 1 }), HOUR)).toBe(true);
+    expect(read).toBe(true);
+    expect(await other.load(k)).toBeNull();
+  });
+
+  it('a guess above the real generation (user item lost) is corrected, so a later revokeUser still ends the session', async () => {
+    const user = newUser();
+    let clock = Date.now() + 10 * HOUR; // this app server's clock runs ahead
+    const c = counted(realMemcached());
+    const ahead = new MemcachedStore(c.client, { prefix: RUN, now: () => clock });
+    await ahead.revokeUser(user); // generation ~ now + 10 h, remembered as the guess
+    // The user item is evicted (or memcached restarted).
+    await new Promise<void>((resolve, reject) =>
+      realMemcached().del(userItem(user), (err) => (err ? reject(err) : resolve())),
+    );
+    const k = newKey();
+    c.waves.reset();
+    expect(await ahead.create(k, record({ userId: user, authAt: 1 }), HOUR)).toBe(true);
+    expect(c.waves.count).toBe(3); // the guess was wrong: stamped again with generation 0
+    expect(await other.load(k)).not.toBeNull();
+    // A revocation from a server with the right clock: generation ~ now, below the guess.
+    await other.revokeUser(user);
+    expect(await other.load(k)).toBeNull();
+    clock = Date.now();
+  });
+
+  it('when the generation cannot be read, the create fails and leaves no session behind', async () => {
+    const user = newUser();
+    const c = counted(realMemcached());
+    const store = new MemcachedStore(c.client, { prefix: RUN });
+    const k = newKey();
+    c.holds.push({
+      op: 'gets',
+      key: userItem(user),
+      after: async () => {
+        throw new Error('injected: user item unreachable');
+      },
+    });
+    await expect(store.create(k, record({ userId: user, authAt: 1 }), HOUR)).rejects.toMatchObject({
+      code: 'STORE_UNAVAILABLE',
+    });
+    expect(await other.load(k)).toBeNull();
+    expect(c.log).toContain(`del ${RUN}${k}`);
+  });
+});
