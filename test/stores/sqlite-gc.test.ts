@@ -1,0 +1,79 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterAll, describe, expect, it } from 'vitest';
+import { SqliteStore } from '../../src/stores/sqlite.js';
+import { HOUR, key, rec, uniqueTable } from '../helpers/sql-store-specifics.js';
+
+const dir = await mkdtemp(join(tmpdir(), 'sessionflow-sqlite-gc-'));
+const db = new Database(join(dir, 'sessions.db'));
+db.pragma('journal_mode = WAL');
+afterAll(async () => {
+  db.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+describe('SqliteStore gc while the application keeps writing (WAL file)', () => {
+  it('removes exactly the expired rows; commits, creates and re-creates of expired keys made between batches all survive', async () => {
+    const now = 1_700_000_000_000;
+    const table = uniqueTable();
+    const store = new SqliteStore(db, { table, now: () => now, gcBatchSize: 25 });
+    await store.migrate();
+
+    const live = Array.from({ length: 40 }, () => key());
+    for (const k of live) expect(await store.create(k, rec({ 'v:n': '0' }), HOUR)).toBe(true);
+    const expired = Array.from({ length: 600 }, () => key());
+    const insert = db.prepare(`INSERT INTO "${table}" (id, meta, data, expires_at) VALUES (?, ?, '{}', ?)`);
+    db.transaction(() => {
+      // Expiries spread over the past hour, up to and including `now` itself (expired at `now`).
+      for (const [i, k] of expired.entries())
+        insert.run(k, JSON.stringify(rec().meta), now - (i % 300) * 1_000);
+    })();
+
+    // The application's writes, one per turn of the event loop, while gc deletes batch by batch.
+    let gcDone = false;
+    let roundsDuringGc = 0;
+    const expected = new Map<string, string>(live.map((k) => [k, '0']));
+    const recreated: string[] = [];
+    const gc = store.gc().finally(() => {
+      gcDone = true;
+    });
+    for (let round = 1; !gcDone; round++) {
+      const k = live[round % live.length]!;
+      expect(await store.commit(k, { set: { 'v:n': String(round) }, unset: [] }, HOUR)).toBe('ok');
+      expected.set(k, String(round));
+      const fresh = key();
+      expect(await store.create(fresh, rec({ 'v:n': `new${round}` }), HOUR)).toBe(true);
+      expected.set(fresh, `new${round}`);
+      if (round % 3 === 0 && recreated.length < 100) {
+        // A create over an expired row that gc may or may not have reached yet.
+        const old = expired[recreated.length * 5]!;
+        expect(await store.create(old, rec({ 'v:n': `again${round}` }), HOUR)).toBe(true);
+        expected.set(old, `again${round}`);
+        recreated.push(old);
+      }
+      if (!gcDone) roundsDuringGc++;
+      await nextTurn();
+    }
+    const removed = await gc;
+
+    // The writes really interleaved with gc's batches (600 rows, 25 a batch).
+    expect(roundsDuringGc).toBeGreaterThan(5);
+    expect(recreated.length).toBeGreaterThan(0);
+    // Every expired row went, once: by gc, or replaced by a create that came first.
+    expect(removed).toBeLessThanOrEqual(expired.length);
+    expect(removed).toBeGreaterThanOrEqual(expired.length - recreated.length);
+    const left = db.prepare(`SELECT count(*) AS n FROM "${table}" WHERE expires_at <= ?`).get(now) as {
+      n: number;
+    };
+    expect(left.n).toBe(0);
+    // Nothing live was lost: every session holds its last committed value.
+    const rows = db.prepare(`SELECT count(*) AS n FROM "${table}"`).get() as { n: number };
+    expect(rows.n).toBe(expected.size);
+    for (const [k, value] of expected) expect((await store.load(k))?.values['v:n']).toBe(value);
+    expect(await store.gc()).toBe(0);
+  });
+});
