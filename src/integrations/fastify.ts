@@ -18,6 +18,8 @@ declare module 'fastify' {
 }
 
 type AnyManager = SessionManager<object>;
+type HookDone = (err?: Error) => void;
+type PayloadDone = (err: Error | null, payload?: unknown) => void;
 
 const INFO = Symbol('sessionflow.requestInfo');
 const COMMITTED = Symbol('sessionflow.committed');
@@ -78,32 +80,57 @@ export function sessionPlugin<D extends MountableSessionData>(manager: SessionMa
     // Declared, so every request object keeps one shape (Fastify's advice for per-request state).
     app.decorateRequest(INFO as unknown as string, undefined);
     app.decorateRequest(COMMITTED as unknown as string, false);
-    app.addHook('onRequest', async (request: FastifyRequest) => {
+    // Callback-style hooks: Fastify runs them without a promise of its own per hook.
+    app.addHook('onRequest', (request: FastifyRequest, _reply: FastifyReply, done: HookDone) => {
       const info = fastifyRequestInfo(m, request);
       (request as unknown as Tracked)[INFO] = info;
-      request.session = (await m.load(info)) as Session;
+      m.load(info).then((s) => {
+        request.session = s as Session;
+        done();
+      }, done);
     });
-    app.addHook('onSend', async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
-      const tracked = request as unknown as Tracked;
-      const info = tracked[INFO];
-      // Once per request: an error raised here is rendered through onSend again.
-      if (!request.session || !info || tracked[COMMITTED]) return payload;
-      tracked[COMMITTED] = true;
-      stateOf(request.session).responseStarted = true;
-      const out = await m.commit(request.session, info);
-      // Fastify's reply.header() appends to set-cookie and replaces any other header.
-      writeSessionHeaders(
-        {
-          append: (name, value) => reply.header(name, value),
-          set: (name, value) => reply.header(name, value),
-          has: (name) => reply.hasHeader(name),
-        },
-        out,
-        request.session,
-        info,
-      );
-      return payload;
-    });
+    app.addHook(
+      'onSend',
+      (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: PayloadDone) => {
+        const tracked = request as unknown as Tracked;
+        const info = tracked[INFO];
+        const session = request.session;
+        // Once per request: an error raised here is rendered through onSend again.
+        if (!session || !info || tracked[COMMITTED]) {
+          done(null, payload);
+          return;
+        }
+        tracked[COMMITTED] = true;
+        const state = stateOf(session);
+        state.responseStarted = true;
+        // A stored session with nothing to commit (no change, no touch or renewal due): no store
+        // call, only the header its commit would have set (as the node:http integration does).
+        if (!session.isNew && state.quiet(m.options.now())) {
+          if (!reply.hasHeader('cache-control')) reply.header('Cache-Control', 'no-store');
+          done(null, payload);
+          return;
+        }
+        m.commit(session, info).then((out) => {
+          try {
+            // Fastify's reply.header() appends to set-cookie and replaces any other header.
+            writeSessionHeaders(
+              {
+                append: (name, value) => reply.header(name, value),
+                set: (name, value) => reply.header(name, value),
+                has: (name) => reply.hasHeader(name),
+              },
+              out,
+              session,
+              info,
+            );
+          } catch (err) {
+            done(err as Error);
+            return;
+          }
+          done(null, payload);
+        }, done);
+      },
+    );
   }
   // Registered without encapsulation, so the hooks and `request.session` apply to the whole app
   // (what the fastify-plugin helper does, without the dependency).

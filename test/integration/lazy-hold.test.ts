@@ -1,7 +1,9 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import Fastify, { type FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryStore, SessionManager } from '../../src/index.js';
+import { sessionPlugin } from '../../src/integrations/fastify.js';
 import { attachSession } from '../../src/integrations/node.js';
 
 const secret = 'lazy-hold-secret-0123456789abcdefghijklmnopq';
@@ -83,6 +85,85 @@ describe('node:http: the response is held only for sessions that need a commit',
   });
 
   it('a change to a quiet stored session after its response started is dropped and reported', async () => {
+    const first = await fetch(`${url}/write`);
+    const cookie = first.headers.getSetCookie()[0]!.split(';')[0]!;
+    warnings.length = 0;
+    const late = await fetch(`${url}/late`, { headers: { cookie } });
+    expect(await late.text()).toBe('1');
+    await lateWrite;
+    expect(warnings).toEqual([expect.stringMatching(/changed after its response had started/)]);
+    expect(await (await fetch(`${url}/read`, { headers: { cookie } })).text()).toBe('1');
+  });
+});
+
+describe('Fastify: a stored session with nothing to commit skips the store at onSend', () => {
+  let app: FastifyInstance;
+  let url: string;
+  let clock = 1_800_000_000_000;
+  const warnings: string[] = [];
+  const store = new CountingStore({ now: () => clock });
+  let lateWrite: Promise<void> | undefined;
+  beforeAll(async () => {
+    const manager = new SessionManager({
+      secret,
+      store,
+      cookie: { secure: false },
+      touchInterval: 60_000,
+      renewal: { interval: 10 * 60_000, grace: 5_000 },
+      now: () => clock,
+      warn: (w) => warnings.push(w),
+    });
+    app = Fastify();
+    await app.register(sessionPlugin(manager));
+    app.get('/write', async (req) => {
+      req.session.set('n', Number(req.session.get('n') ?? 0) + 1);
+      return String(req.session.get('n'));
+    });
+    app.get('/read', async (req) => String(req.session.get('n') ?? 'none'));
+    app.get('/cached', async (req, reply) => {
+      reply.header('Cache-Control', 'private, max-age=5');
+      return String(req.session.get('n') ?? 'none');
+    });
+    app.get('/late', async (req, reply) => {
+      lateWrite = new Promise<void>((r) => reply.raw.once('finish', r)).then(() => {
+        req.session.set('n', 99);
+      });
+      return String(req.session.get('n') ?? 'none');
+    });
+    url = await app.listen({ host: '127.0.0.1', port: 0 });
+  });
+  afterAll(() => app.close());
+
+  it('SM-59: a read makes no store call and is not cacheable; an app Cache-Control is kept', async () => {
+    const first = await fetch(`${url}/write`);
+    const cookie = first.headers.getSetCookie()[0]!.split(';')[0]!;
+    store.calls.length = 0;
+    const read = await fetch(`${url}/read`, { headers: { cookie } });
+    expect(await read.text()).toBe('1');
+    expect(read.headers.get('cache-control')).toBe('no-store');
+    expect(read.headers.getSetCookie()).toEqual([]);
+    const cached = await fetch(`${url}/cached`, { headers: { cookie } });
+    expect(cached.headers.get('cache-control')).toBe('private, max-age=5');
+    expect(store.calls).toEqual([]);
+  });
+
+  it('SM-59: a due touch and a due renewal still reach the store on a read', async () => {
+    const first = await fetch(`${url}/write`);
+    const cookie = first.headers.getSetCookie()[0]!.split(';')[0]!;
+    clock += 61_000;
+    store.calls.length = 0;
+    const touched = await fetch(`${url}/read`, { headers: { cookie } });
+    expect(await touched.text()).toBe('1');
+    expect(store.calls[0]).toBe('touch'); // (MemoryStore's touch goes through its commit)
+    clock += 10 * 60_000;
+    const renewed = await fetch(`${url}/read`, { headers: { cookie } });
+    const next = renewed.headers.getSetCookie()[0]?.split(';')[0];
+    expect(next).toMatch(/^id=/);
+    expect(next).not.toBe(cookie);
+    expect(await (await fetch(`${url}/read`, { headers: { cookie: next! } })).text()).toBe('1');
+  });
+
+  it('a change after the reply went out is dropped and reported', async () => {
     const first = await fetch(`${url}/write`);
     const cookie = first.headers.getSetCookie()[0]!.split(';')[0]!;
     warnings.length = 0;
