@@ -21,6 +21,17 @@ export function record(values: Record<string, string>, extra: Partial<SessionMet
 }
 
 /** Every suite runs once per client library. */
+/** The test Redis Cluster's nodes (scripts/redis-cluster.sh), or REDIS_CLUSTER_NODES. */
+export const CLUSTER_NODES: { host: string; port: number }[] = (
+  process.env.REDIS_CLUSTER_NODES ??
+  '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104,127.0.0.1:7105,127.0.0.1:7106'
+)
+  .split(',')
+  .map((entry) => {
+    const [host = '', port = ''] = entry.trim().split(':');
+    return { host, port: Number(port) };
+  });
+
 export const kinds = ['node-redis', 'ioredis'] as const;
 export type Kind = (typeof kinds)[number];
 

@@ -17,15 +17,7 @@ describe('node:http: the response is held only for sessions that need a commit',
   const store = new CountingStore({ now: () => clock });
   let lateWrite: Promise<void> | undefined;
   beforeAll(async () => {
-    const manager = new SessionManager({
-      secret,
-      store,
-      cookie: { secure: false },
-      touchInterval: 60_000,
-      renewal: { interval: 10 * 60_000, grace: 5_000 },
-      now: () => clock,
-      warn: (w) => warnings.push(w),
-    });
+    const manager = managerFor(store, () => clock, warnings);
     server = createServer(async (req, res) => {
       const session = await attachSession(manager, req, res);
       const path = new URL(req.url ?? '/', 'http://x').pathname;
@@ -104,15 +96,7 @@ describe('Fastify: a stored session with nothing to commit skips the store at on
   const store = new CountingStore({ now: () => clock });
   let lateWrite: Promise<void> | undefined;
   beforeAll(async () => {
-    const manager = new SessionManager({
-      secret,
-      store,
-      cookie: { secure: false },
-      touchInterval: 60_000,
-      renewal: { interval: 10 * 60_000, grace: 5_000 },
-      now: () => clock,
-      warn: (w) => warnings.push(w),
-    });
+    const manager = managerFor(store, () => clock, warnings);
     app = Fastify();
     await app.register(sessionPlugin(manager));
     app.get('/write', async (req) => {
@@ -174,6 +158,19 @@ describe('Fastify: a stored session with nothing to commit skips the store at on
     expect(await (await fetch(`${url}/read`, { headers: { cookie } })).text()).toBe('1');
   });
 });
+
+/** A manager with a touch throttle and a scheduled renewal, both due by moving `now`. */
+function managerFor(store: MemoryStore, now: () => number, warnings: string[]): SessionManager {
+  return new SessionManager({
+    secret,
+    store,
+    cookie: { secure: false },
+    touchInterval: 60_000,
+    renewal: { interval: 10 * 60_000, grace: 5_000 },
+    now,
+    warn: (w) => warnings.push(w),
+  });
+}
 
 /** A MemoryStore that records which writes reach it. */
 class CountingStore extends MemoryStore {

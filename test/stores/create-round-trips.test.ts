@@ -20,6 +20,7 @@ import {
 } from '../../src/stores/memcached.js';
 import { type RedisClientLike, RedisStore } from '../../src/stores/redis.js';
 import type { SessionMeta, StoredSession } from '../../src/stores/store.js';
+import { CLUSTER_NODES } from '../helpers/redis.js';
 import { serverAvailable } from '../helpers/servers.js';
 
 const HOUR = 3_600_000;
@@ -68,15 +69,6 @@ function wrap<T extends object>(target: T, override: Record<string, unknown>): T
 // ---- Redis ------------------------------------------------------------------------------------
 
 const REDIS = { host: '127.0.0.1', port: Number(process.env.REDIS_PORT ?? 6379) };
-const CLUSTER = (
-  process.env.REDIS_CLUSTER_NODES ??
-  '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104,127.0.0.1:7105,127.0.0.1:7106'
-)
-  .split(',')
-  .map((entry) => {
-    const [host = '', port = ''] = entry.trim().split(':');
-    return { host, port: Number(port) };
-  });
 
 type Kind = 'node-redis' | 'ioredis';
 interface Counted {
@@ -89,7 +81,7 @@ async function redisClient(kind: Kind, cluster: boolean): Promise<Counted> {
   const waves = new Waves();
   if (kind === 'node-redis') {
     if (cluster) {
-      const c = createCluster({ rootNodes: CLUSTER.map((n) => ({ socket: n })) });
+      const c = createCluster({ rootNodes: CLUSTER_NODES.map((n) => ({ socket: n })) });
       c.on('error', () => undefined);
       await c.connect();
       const send = c.sendCommand.bind(c) as (...args: unknown[]) => Promise<unknown>;
@@ -106,7 +98,7 @@ async function redisClient(kind: Kind, cluster: boolean): Promise<Counted> {
     return { client, waves, close: () => c.close() };
   }
   const c = cluster
-    ? new Cluster(CLUSTER, { lazyConnect: true })
+    ? new Cluster(CLUSTER_NODES, { lazyConnect: true })
     : new Redis({ ...REDIS, lazyConnect: true });
   c.on('error', () => undefined);
   await c.connect();
@@ -131,7 +123,7 @@ const redisSkip = await serverAvailable(`Redis at ${REDIS.host}:${REDIS.port}`, 
 });
 const clusterSkip = await serverAvailable('Redis Cluster', async () => {
   const c = createCluster({
-    rootNodes: CLUSTER.map((n) => ({ socket: { ...n, reconnectStrategy: false } })),
+    rootNodes: CLUSTER_NODES.map((n) => ({ socket: { ...n, reconnectStrategy: false } })),
   });
   c.on('error', () => undefined);
   await c.connect();
@@ -139,7 +131,7 @@ const clusterSkip = await serverAvailable('Redis Cluster', async () => {
 });
 
 async function deleteRedisKeys(prefix: string, cluster: boolean): Promise<void> {
-  const nodes = cluster ? CLUSTER : [REDIS];
+  const nodes = cluster ? CLUSTER_NODES : [REDIS];
   for (const n of nodes) {
     const c = createClient({ socket: n });
     c.on('error', () => undefined);

@@ -7,6 +7,7 @@ import { createCluster } from 'redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisStore } from '../../src/stores/redis.js';
 import {
+  CLUSTER_NODES,
   type Connected,
   describeRedisConformance,
   describeRedisSpecifics,
@@ -27,15 +28,7 @@ interface Node {
   port: number;
 }
 
-const NODES: Node[] = (
-  process.env.REDIS_CLUSTER_NODES ??
-  '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104,127.0.0.1:7105,127.0.0.1:7106'
-)
-  .split(',')
-  .map((entry) => {
-    const [host = '', port = ''] = entry.trim().split(':');
-    return { host, port: Number(port) };
-  });
+const NODES: Node[] = CLUSTER_NODES;
 
 // ---- a minimal RESP client for administration ------------------------------------------------
 // One short-lived connection per command, so a node that is shut down never leaves a
