@@ -23,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import autocannon, { type Options, type Result } from 'autocannon';
 import Table from 'cli-table3';
+import { setupSessions } from './lib/sessions.js';
 import type { ServerConfig, ServerMessage } from './servers/_shared.js';
 
 // ---- options ---------------------------------------------------------------------------------
@@ -327,23 +328,6 @@ function instructionsIn(outFile: string): { total: number; main: number } {
 
 // ---- measuring -------------------------------------------------------------------------------
 
-/** One session per connection, made by GET /setup; checked with one GET /read. */
-async function setupSessions(port: number): Promise<string[]> {
-  const cookies: string[] = [];
-  for (let i = 0; i < CONNECTIONS; i++) {
-    const res = await fetch(`http://127.0.0.1:${port}/setup`);
-    await res.arrayBuffer();
-    const cookie = res.headers.getSetCookie()[0]?.split(';')[0];
-    if (res.status !== 200 || !cookie) throw new Error(`GET /setup answered ${res.status} without a cookie`);
-    cookies.push(cookie);
-  }
-  const check = await fetch(`http://127.0.0.1:${port}/read`, { headers: { cookie: cookies[0]! } });
-  const body = await check.text();
-  if (body !== BODY.read)
-    throw new Error(`GET /read with the setup cookie answered ${check.status} "${body}"`);
-  return cookies;
-}
-
 /** autocannon's `amount` (exactly that many requests), missing from bench/types.d.ts. */
 interface AmountOptions extends Options {
   amount: number;
@@ -391,7 +375,8 @@ async function sample(row: Row, amount: number, dir: string): Promise<Sample> {
   let requests: number;
   try {
     let cookies: string[] | null = null;
-    if (row.mode === 'read') cookies = row.store ? await setupSessions(running.port) : [DUMMY_COOKIE];
+    if (row.mode === 'read')
+      cookies = row.store ? await setupSessions(running.port, CONNECTIONS, BODY.read) : [DUMMY_COOKIE];
     requests = await load(running.port, row.mode, cookies, amount);
   } catch (err) {
     running.child.kill('SIGKILL');

@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import autocannon, { type Result } from 'autocannon';
 import Table from 'cli-table3';
 import { createClient } from 'redis';
+import { setupSessions } from './lib/sessions.js';
 import type { ServerConfig, ServerMessage, StoreKind } from './servers/_shared.js';
 
 // ---- options ---------------------------------------------------------------------------------
@@ -538,23 +539,6 @@ interface RowResult {
   rounds?: number[];
 }
 
-/** One session per connection (like 50 users), made by GET /setup; checked with one GET /read. */
-async function setupSessions(port: number, count: number): Promise<string[]> {
-  const cookies: string[] = [];
-  for (let i = 0; i < count; i++) {
-    const res = await fetch(`http://127.0.0.1:${port}/setup`);
-    await res.arrayBuffer();
-    const cookie = res.headers.getSetCookie()[0]?.split(';')[0];
-    if (res.status !== 200 || !cookie) throw new Error(`GET /setup answered ${res.status} without a cookie`);
-    cookies.push(cookie);
-  }
-  const check = await fetch(`http://127.0.0.1:${port}/read`, { headers: { cookie: cookies[0]! } });
-  const body = await check.text();
-  if (body !== BODY.read)
-    throw new Error(`GET /read with the setup cookie answered ${check.status} "${body}"`);
-  return cookies;
-}
-
 function load(port: number, mode: Mode, cookies: string[] | null, seconds: number): Promise<Result> {
   let next = 0;
   return Promise.resolve(
@@ -681,7 +665,7 @@ async function runServer(
         let cookies: string[] | null = null;
         if (spec.baseline) cookies = r.mode === 'anon' || r.mode === 'create' ? null : [DUMMY_COOKIE];
         else if (r.mode !== 'anon' && r.mode !== 'create') {
-          sessions ??= await setupSessions(running.port, CONNECTIONS);
+          sessions ??= await setupSessions(running.port, CONNECTIONS, BODY.read);
           cookies = r.mode === 'write1' ? [sessions[0]!] : sessions;
         }
         // The server is warm after its first row: later rows only warm their own route.
