@@ -765,12 +765,14 @@ export class RedisStore implements SessionStore {
     const redisKey = this.#hashKey(key);
     const ttl = ttlArg(ttlMs);
     const userId = record.meta.userId;
+    const indexed = userId !== undefined && this.#driver.oneServer;
     const args = [ttl, JSON.stringify(record.meta)];
-    if (userId !== undefined && this.#driver.oneServer) {
+    if (indexed) {
       const bound = this.#bound(ttl, record.meta.deadline);
-      const trim = this.#now() - INDEX_SKEW_MS;
-      args.push(key, String(bound), String(trim), String(INDEX_SKEW_MS));
-      for (const [field, value] of Object.entries(record.values)) args.push(VALUE_PREFIX + field, value);
+      args.push(key, String(bound), String(this.#now() - INDEX_SKEW_MS), String(INDEX_SKEW_MS));
+    }
+    for (const [field, value] of Object.entries(record.values)) args.push(VALUE_PREFIX + field, value);
+    if (indexed) {
       const keys = [redisKey, this.#indexKey(userId)];
       return this.#within(
         'create',
@@ -778,7 +780,6 @@ export class RedisStore implements SessionStore {
           Number(await this.#driver.run(CREATE_INDEXED, keys, args, this.#durability, signal)) === 1,
       );
     }
-    for (const [field, value] of Object.entries(record.values)) args.push(VALUE_PREFIX + field, value);
     return this.#within('create', (signal) => this.#create(key, redisKey, record, ttl, args, signal));
   }
 
