@@ -20,6 +20,8 @@ export class TcpProxy {
   #server: Server | undefined;
   readonly #pairs = new Set<Pair>();
   readonly #target: { host: string; port: number };
+  /** Every byte the clients sent on to the server, in order (see `sent`). */
+  readonly #sent: Buffer[] = [];
 
   private constructor(target: { host: string; port: number }) {
     this.#target = target;
@@ -39,6 +41,15 @@ export class TcpProxy {
 
   get state(): ProxyState {
     return this.#state;
+  }
+
+  /** What the clients sent that reached the server, as text (`clearSent` starts it anew). */
+  get sent(): string {
+    return Buffer.concat(this.#sent).toString('latin1');
+  }
+
+  clearSent(): void {
+    this.#sent.length = 0;
   }
 
   /** Connections open through the proxy now. */
@@ -111,7 +122,7 @@ export class TcpProxy {
     this.#pairs.add(pair);
     client.setNoDelay(true);
     upstream.setNoDelay(true);
-    this.#forward(client, upstream);
+    this.#forward(client, upstream, this.#sent);
     this.#forward(upstream, client);
     const end = () => this.#drop(pair);
     client.on('error', end).on('close', end);
@@ -122,8 +133,9 @@ export class TcpProxy {
     }
   }
 
-  #forward(from: Socket, to: Socket): void {
-    from.on('data', (chunk) => {
+  #forward(from: Socket, to: Socket, record?: Buffer[]): void {
+    from.on('data', (chunk: Buffer) => {
+      record?.push(chunk);
       if (to.write(chunk)) return;
       from.pause();
       to.once('drain', () => {

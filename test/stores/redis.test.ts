@@ -18,6 +18,7 @@ import {
   uniquePrefix,
 } from '../helpers/redis.js';
 import { serverAvailable } from '../helpers/servers.js';
+import { TcpProxy } from '../helpers/tcp-proxy.js';
 
 // Loopback only: these tests write and scan keys (under a random prefix) on this server.
 const HOST = '127.0.0.1';
@@ -393,3 +394,56 @@ describe('RedisStore options', () => {
     ).rejects.toMatchObject({ code: 'INVALID_KEY' });
   });
 });
+
+// A load goes without an AbortSignal while node-redis is connected (the signal and the listener
+// node-redis puts on it were half of a load's CPU). While it is not, the signal must still keep a
+// load that ran out of time from waiting in the offline queue and reaching the server later.
+describe.skipIf(skip)(
+  `RedisStore loads and node-redis's offline queue${skip ? ` (skipped: ${skip})` : ''}`,
+  () => {
+    let proxy: TcpProxy;
+    beforeAll(async () => {
+      proxy = await TcpProxy.start({ host: HOST, port: PORT });
+    });
+    afterAll(async () => {
+      await proxy?.close();
+    });
+
+    it('loads sent while the connection is down answer 503 at timeoutMs and never reach the server after the reconnect; loads while it is up are served', async () => {
+      const client = createClient({
+        socket: { host: proxy.host, port: proxy.port, reconnectStrategy: () => 50 },
+      });
+      client.on('error', () => undefined);
+      await client.connect();
+      const store = new RedisStore({ client, prefix: uniquePrefix('offline'), timeoutMs: 300 });
+      try {
+        const live = newKey();
+        expect(await store.create(live, record({ 'v:a': '"1"' }), HOUR)).toBe(true);
+        expect((await store.load(live))?.values).toEqual({ 'v:a': '"1"' });
+
+        await proxy.down();
+        for (let i = 0; i < 100 && client.isReady; i++) await sleep(10);
+        expect(client.isReady).toBe(false);
+        const lost = Array.from({ length: 5 }, () => newKey());
+        const started = performance.now();
+        const answers = await Promise.allSettled(lost.map((k) => store.load(k)));
+        const took = performance.now() - started;
+        for (const answer of answers) {
+          expect(answer).toMatchObject({ status: 'rejected', reason: { code: 'STORE_UNAVAILABLE' } });
+        }
+        expect(took).toBeLessThan(300 + 700);
+
+        proxy.clearSent();
+        await proxy.up();
+        for (let i = 0; i < 300 && !client.isReady; i++) await sleep(10);
+        expect(client.isReady).toBe(true);
+        expect((await store.load(live))?.values).toEqual({ 'v:a': '"1"' });
+        // The load after the reconnect went through the proxy; none of the five before it did.
+        expect(proxy.sent).toContain(live);
+        for (const k of lost) expect(proxy.sent).not.toContain(k);
+      } finally {
+        await client.close().catch(() => undefined);
+      }
+    }, 20_000);
+  },
+);

@@ -1,0 +1,86 @@
+/**
+ * RedisStore `load` alone, without HTTP: process CPU per load (user + system, `process.cpuUsage`)
+ * with 10 loads of one session in flight at a time, for each client the store takes on one server.
+ *
+ *   npx tsx bench/redis-load.ts [--seconds 1.5] [--reps 5]      (REDIS_URL, default 127.0.0.1:6379)
+ *
+ * Prints the median of `--reps` runs per client, after one warm-up run. A node-redis pool sends
+ * every load with an AbortSignal (the store cannot tell whether its commands would queue); a
+ * connected single client and ioredis send loads without one (docs/stores-redis.md).
+ */
+import { randomBytes } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import { Redis } from 'ioredis';
+import { createClient, createClientPool } from 'redis';
+import { RedisStore } from '../src/stores/redis.js';
+
+const { values: args } = parseArgs({
+  options: { seconds: { type: 'string', default: '1.5' }, reps: { type: 'string', default: '5' } },
+});
+const MS = Number(args.seconds) * 1000;
+const REPS = Number(args.reps);
+const URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const IN_FLIGHT = 10;
+
+async function cpuPerLoad(store: RedisStore, key: string): Promise<number> {
+  let n = 0;
+  const end = performance.now() + MS;
+  const before = process.cpuUsage();
+  await Promise.all(
+    Array.from({ length: IN_FLIGHT }, async () => {
+      while (performance.now() < end) {
+        if (!(await store.load(key))) throw new Error('the session was not found');
+        n++;
+      }
+    }),
+  );
+  const used = process.cpuUsage(before);
+  return (used.user + used.system) / n;
+}
+
+const clients: { name: string; open: () => Promise<{ client: never; close: () => Promise<unknown> }> }[] = [
+  {
+    name: 'node-redis client',
+    open: async () => {
+      const client = await createClient({ url: URL }).connect();
+      return { client: client as never, close: () => client.close() };
+    },
+  },
+  {
+    name: 'node-redis pool',
+    open: async () => {
+      const pool = createClientPool({ url: URL });
+      await pool.connect();
+      return { client: pool as never, close: () => pool.close() };
+    },
+  },
+  {
+    name: 'ioredis',
+    open: async () => {
+      const client = new Redis(URL);
+      return { client: client as never, close: () => client.quit() };
+    },
+  },
+];
+
+for (const { name, open } of clients) {
+  const { client, close } = await open();
+  const store = new RedisStore({ client, prefix: `sfbench:load:${randomBytes(4).toString('hex')}:` });
+  const key = randomBytes(32).toString('base64url');
+  const now = Date.now();
+  const h = randomBytes(32).toString('base64url');
+  const meta = { createdAt: now, deadline: now + 86_400_000, lastSeenAt: now, h, idAt: now };
+  if (!(await store.create(key, { meta, values: { 'v:k': '"hello"' } }, 3_600_000))) {
+    throw new Error('create refused');
+  }
+  await cpuPerLoad(store, key);
+  const samples: number[] = [];
+  for (let i = 0; i < REPS; i++) samples.push(await cpuPerLoad(store, key));
+  samples.sort((a, b) => a - b);
+  const median = samples[Math.floor(samples.length / 2)]!;
+  console.log(
+    `${name.padEnd(20)} ${median.toFixed(1).padStart(6)} µs CPU per load (runs: ${samples.map((s) => s.toFixed(1)).join(' ')})`,
+  );
+  await store.destroy(key);
+  await close();
+}
