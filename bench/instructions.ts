@@ -4,16 +4,16 @@
  * instead of req/s.
  *
  * Each row's server (the same files in bench/servers/, same IPC protocol) runs under
- * `valgrind --tool=callgrind` twice, each time in a fresh process: once answering N1 requests, once
- * N2. Stopped with SIGINT, the server exits and callgrind writes its totals. Instructions per
- * request = (I(N2) - I(N1)) / (N2 - N1): start-up, module loading and most of the JIT's warm-up
- * are in both runs and cancel out. Unlike req/s on a shared 2-core VM (±15 % from run to run),
- * the count does not depend on how busy the machine is. It still varies from run to run by a few
- * per cent: V8 keeps optimizing (TurboFan, on background threads) well past N1 requests. Threads
- * are counted apart (`--separate-threads=yes`): "main" is the event loop's thread alone, the
- * total adds the compiler and GC threads.
+ * `valgrind --tool=callgrind --instr-atstart=no`, in a fresh process: it answers `--warm`
+ * requests uninstrumented (start-up, module loading and the JIT's warm-up, TurboFan included, are
+ * over by then), `callgrind_control -i on` turns counting on for `--n` requests, and `-i off`
+ * turns it off before the server stops. Instructions per request = the count / n. Unlike req/s on
+ * a shared 2-core VM (±15 % from run to run), the count does not depend on how busy the machine
+ * is: the same row measured twice agreed within 0.2 % (all threads) and 2 % (main thread).
+ * Threads are counted apart (`--separate-threads=yes`): "main" is the event loop's thread alone,
+ * the total adds the compiler and GC threads.
  *
- *   npx tsx bench/instructions.ts [--n1 1000] [--n2 4000] [--only <substring>]... [--no-build]
+ *   npx tsx bench/instructions.ts [--warm 3000] [--n 3000] [--only <substring>]... [--no-build]
  */
 import { type ChildProcess, fork, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -30,18 +30,18 @@ import type { ServerConfig, ServerMessage } from './servers/_shared.js';
 
 const USAGE = `Usage: npm run bench:instr -- [options]
 
-Counts the CPU instructions a server spends per request, with valgrind's callgrind
-(instructions per request = (I(n2) - I(n1)) / (n2 - n1), two fresh processes per row).
+Counts the CPU instructions a server spends per request, with valgrind's callgrind: a fresh
+server process per row answers --warm requests uncounted, then --n requests counted.
 
-  --n1 <n>             requests of the first run of each row (default 1000)
-  --n2 <n>             requests of the second run, more than --n1 (default 4000)
+  --warm <n>           requests before counting starts (default 3000): start-up and JIT warm-up
+  --n <n>              requests counted (default 3000)
   --only <substring>   run only rows whose id or label contains it (repeatable); the baselines
                        the selected rows are compared with always run too
   --no-build           use dist/ as it is (by default the package is built first: the servers
                        run the compiled library, as users do)
   -h, --help           this text
 
-Needs valgrind (Debian/Ubuntu: apt-get install valgrind).`;
+Needs valgrind, with its callgrind_control (Debian/Ubuntu: apt-get install valgrind).`;
 
 function usageError(message: string): never {
   console.error(`${message}\n\n${USAGE}`);
@@ -53,8 +53,8 @@ const { values: args } = (() => {
     return parseArgs({
       allowNegative: true,
       options: {
-        n1: { type: 'string', default: '1000' },
-        n2: { type: 'string', default: '4000' },
+        warm: { type: 'string', default: '3000' },
+        n: { type: 'string', default: '3000' },
         only: { type: 'string', multiple: true },
         build: { type: 'boolean', default: true },
         help: { type: 'boolean', short: 'h' },
@@ -80,9 +80,8 @@ function count(name: string, raw: string): number {
     );
   return n;
 }
-const N1 = count('n1', args.n1);
-const N2 = count('n2', args.n2);
-if (N2 <= N1) usageError(`--n2 (${N2}) must be larger than --n1 (${N1})`);
+const WARM = count('warm', args.warm);
+const N = count('n', args.n);
 const ONLY = (args.only ?? []).map((s) => s.toLowerCase());
 
 // ---- rows ------------------------------------------------------------------------------------
@@ -186,13 +185,20 @@ process.on('unhandledRejection', (err) => abort(1, err));
 /** Exits with a clear message when valgrind is not installed. */
 function checkValgrind(): string {
   const probe = spawnSync('valgrind', ['--version'], { encoding: 'utf8' });
-  if (probe.error || probe.status !== 0) {
-    console.error(
-      `valgrind not found (${probe.error?.message ?? `exit code ${probe.status}`}).\n` +
-        'This benchmark counts instructions with valgrind --tool=callgrind; install it first:\n' +
-        '  apt-get install valgrind   (Debian/Ubuntu; dnf install valgrind on Fedora)',
-    );
-    process.exit(1);
+  // callgrind_control (valgrind's own script) turns counting on and off in the running server.
+  const control = spawnSync('callgrind_control', ['--version'], { encoding: 'utf8' });
+  for (const [name, r] of [
+    ['valgrind', probe],
+    ['callgrind_control', control],
+  ] as const) {
+    if (r.error || r.status !== 0) {
+      console.error(
+        `${name} not found (${r.error?.message ?? `exit code ${r.status}`}).\n` +
+          'This benchmark counts instructions with valgrind --tool=callgrind; install it first:\n' +
+          '  apt-get install valgrind   (Debian/Ubuntu; dnf install valgrind on Fedora)',
+      );
+      process.exit(1);
+    }
   }
   return probe.stdout.trim();
 }
@@ -239,6 +245,7 @@ function startServer(row: Row, outFile: string): Promise<Running> {
       `--callgrind-out-file=${outFile}`,
       '--trace-children=no',
       '--separate-threads=yes',
+      '--instr-atstart=no',
       '--quiet',
       process.execPath,
       '--import',
@@ -317,7 +324,8 @@ function instructionsIn(outFile: string): { total: number; main: number } {
   let main: number | undefined;
   for (const name of files) {
     const text = readFileSync(join(dirname(outFile), name), 'utf8');
-    const line = /^summary:\s*(\d+)/m.exec(text) ?? /^totals:\s*(\d+)/m.exec(text);
+    // `totals:` is what this file counted; `summary:` is 0 when instrumentation started off.
+    const line = /^totals:\s*(\d+)/m.exec(text) ?? /^summary:\s*(\d+)/m.exec(text);
     if (!line) throw new Error(`no summary: or totals: line in ${name}`);
     total += Number(line[1]);
     if (/^thread:\s*1$/m.test(text)) main = Number(line[1]);
@@ -367,17 +375,35 @@ interface Sample {
   seconds: number;
 }
 
-/** One fresh server under callgrind, `amount` requests, stopped; its total instruction count. */
-async function sample(row: Row, amount: number, dir: string): Promise<Sample> {
+/** `callgrind_control -i on|off <pid>`: instrumentation of a running server on or off. */
+function instrument(running: Running, on: boolean): void {
+  const r = spawnSync('callgrind_control', ['-i', on ? 'on' : 'off', String(running.child.pid)], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  if (r.status !== 0)
+    throw new Error(
+      `callgrind_control -i ${on ? 'on' : 'off'} failed: ${(r.stderr || r.stdout || String(r.error)).trim()}`,
+    );
+}
+
+/**
+ * One server under callgrind with instrumentation off from the start: `warm` requests, then
+ * instrumentation on for `amount` requests, then off again. Counts only those requests.
+ */
+async function sample(row: Row, warm: number, amount: number, dir: string): Promise<Sample> {
   const t0 = performance.now();
-  const outFile = join(dir, `${row.id}-${amount}.callgrind`);
+  const outFile = join(dir, `${row.id}.callgrind`);
   const running = await startServer(row, outFile);
   let requests: number;
   try {
     let cookies: string[] | null = null;
     if (row.mode === 'read')
       cookies = row.store ? await setupSessions(running.port, CONNECTIONS, BODY.read) : [DUMMY_COOKIE];
+    await load(running.port, row.mode, cookies, warm);
+    instrument(running, true);
     requests = await load(running.port, row.mode, cookies, amount);
+    instrument(running, false);
   } catch (err) {
     running.child.kill('SIGKILL');
     throw err;
@@ -391,8 +417,7 @@ interface RowResult {
   row: Row;
   status: 'ok' | 'failed';
   reason?: string;
-  first?: Sample;
-  second?: Sample;
+  sample?: Sample;
   /** All threads, and the main thread alone. */
   perRequest?: number;
   mainPerRequest?: number;
@@ -402,18 +427,16 @@ interface RowResult {
 
 async function measure(row: Row, dir: string): Promise<RowResult> {
   try {
-    const first = await sample(row, N1, dir);
-    const second = await sample(row, N2, dir);
-    const requests = second.requests - first.requests;
-    const perRequest = (second.instructions - first.instructions) / requests;
-    const mainPerRequest = (second.main - first.main) / requests;
-    // Start-up varies by a few tens of millions of instructions: with too few requests between
-    // the two runs, that noise is all the difference measures.
-    if (perRequest <= 0 || mainPerRequest <= 0)
-      throw new Error(
-        `I(${N2}) - I(${N1}) = ${fmtInt(second.instructions - first.instructions)}: start-up noise outweighs the requests; raise --n2`,
-      );
-    return { row, status: 'ok', first, second, perRequest, mainPerRequest };
+    const counted = await sample(row, WARM, N, dir);
+    if (counted.instructions <= 0 || counted.main <= 0)
+      throw new Error('callgrind counted nothing: did callgrind_control reach the server?');
+    return {
+      row,
+      status: 'ok',
+      sample: counted,
+      perRequest: counted.instructions / counted.requests,
+      mainPerRequest: counted.main / counted.requests,
+    };
   } catch (err) {
     return { row, status: 'failed', reason: (err as Error).message };
   }
@@ -442,7 +465,7 @@ function renderTable(results: RowResult[]): string {
       fmtInt(r.mainPerRequest!),
       r.mainRatio === undefined ? '' : r.mainRatio.toFixed(2),
       r.row.of,
-      `${Math.round(r.first!.seconds + r.second!.seconds)} s`,
+      `${Math.round(r.sample!.seconds)} s`,
     ]);
   }
   return table.toString();
@@ -468,7 +491,7 @@ async function main(): Promise<void> {
 
   console.log(
     `sessionflow bench:instr: ${valgrind} (callgrind), Node ${process.version}; ${rows.length} rows, ` +
-      `${N1} and ${N2} requests on ${CONNECTIONS} connections, a fresh server process for each`,
+      `${WARM} requests uncounted, then ${N} counted, on ${CONNECTIONS} connections; a fresh server process for each`,
   );
   workDir = mkdtempSync(join(tmpdir(), 'sessionflow-bench-instr-'));
   const t0 = performance.now();
@@ -478,7 +501,7 @@ async function main(): Promise<void> {
     results.push(result);
     const outcome =
       result.status === 'ok'
-        ? `${fmtInt(result.perRequest!)} instructions/request (${Math.round(result.first!.seconds + result.second!.seconds)} s)`
+        ? `${fmtInt(result.perRequest!)} instructions/request (${Math.round(result.sample!.seconds)} s)`
         : `failed: ${result.reason}`;
     process.stderr.write(`[${index + 1}/${rows.length}] ${row.label} (${row.mode}): ${outcome}\n`);
   }
@@ -492,13 +515,14 @@ async function main(): Promise<void> {
   console.log();
   console.log(renderTable(results));
   console.log(
-    `instr/req = (I(${N2}) - I(${N1})) / (${N2} - ${N1}), I = instructions of the server process in user space, ` +
+    `instr/req = I / ${N}, I = instructions of the server process in user space while it answered the ${N} counted requests, ` +
       'all threads; main thread: the event loop thread alone (no JIT compiler or GC helper threads);\n' +
       'vs baseline = baseline instr/req / row instr/req (1.00: as cheap as the baseline)',
   );
   console.log();
-  // No verdicts here: the counts move by several per cent between runs (JIT warm-up under
-  // valgrind), and instructions leave the kernel's share out. `npm run bench` gives the verdicts.
+  // No verdicts here: instructions leave the kernel's share of a request out (syscalls, the
+  // cross-CPU wake-ups), so they are not the req/s the targets are set in. `npm run bench` gives
+  // the verdicts; this is for comparing two versions of the code.
   console.log(`took ${Math.round((performance.now() - t0) / 1000)} s`);
   if (results.some((r) => r.status !== 'ok')) process.exitCode = 1;
 }
