@@ -13,12 +13,12 @@
  * Threads are counted apart (`--separate-threads=yes`): "main" is the event loop's thread alone,
  * the total adds the compiler and GC threads.
  *
- *   npx tsx bench/instructions.ts [--warm 3000] [--n 3000] [--only <substring>]... [--no-build]
+ *   npx tsx bench/instructions.ts [--warm 10000] [--n 3000] [--only <substring>]... [--no-build]
  */
 import { type ChildProcess, fork, spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import autocannon, { type Options, type Result } from 'autocannon';
@@ -33,10 +33,12 @@ const USAGE = `Usage: npm run bench:instr -- [options]
 Counts the CPU instructions a server spends per request, with valgrind's callgrind: a fresh
 server process per row answers --warm requests uncounted, then --n requests counted.
 
-  --warm <n>           requests before counting starts (default 3000): start-up and JIT warm-up
+  --warm <n>           requests before counting starts (default 10000): start-up and JIT warm-up
   --n <n>              requests counted (default 3000)
   --only <substring>   run only rows whose id or label contains it (repeatable); the baselines
                        the selected rows are compared with always run too
+  --keep <dir>         write callgrind's files into <dir> and keep them (one per row and
+                       thread: <row id>.callgrind-01 is the main thread), for callgrind_annotate
   --no-build           use dist/ as it is (by default the package is built first: the servers
                        run the compiled library, as users do)
   -h, --help           this text
@@ -53,9 +55,10 @@ const { values: args } = (() => {
     return parseArgs({
       allowNegative: true,
       options: {
-        warm: { type: 'string', default: '3000' },
+        warm: { type: 'string', default: '10000' },
         n: { type: 'string', default: '3000' },
         only: { type: 'string', multiple: true },
+        keep: { type: 'string' },
         build: { type: 'boolean', default: true },
         help: { type: 'boolean', short: 'h' },
       },
@@ -493,11 +496,17 @@ async function main(): Promise<void> {
     `sessionflow bench:instr: ${valgrind} (callgrind), Node ${process.version}; ${rows.length} rows, ` +
       `${WARM} requests uncounted, then ${N} counted, on ${CONNECTIONS} connections; a fresh server process for each`,
   );
-  workDir = mkdtempSync(join(tmpdir(), 'sessionflow-bench-instr-'));
+  let dir: string;
+  if (args.keep) {
+    dir = resolve(args.keep);
+    mkdirSync(dir, { recursive: true });
+  } else {
+    dir = workDir = mkdtempSync(join(tmpdir(), 'sessionflow-bench-instr-'));
+  }
   const t0 = performance.now();
   const results: RowResult[] = [];
   for (const [index, row] of rows.entries()) {
-    const result = await measure(row, workDir);
+    const result = await measure(row, dir);
     results.push(result);
     const outcome =
       result.status === 'ok'
