@@ -39,6 +39,8 @@ server process per row answers --warm requests uncounted, then --n requests coun
                        the selected rows are compared with always run too
   --keep <dir>         write callgrind's files into <dir> and keep them (one per row and
                        thread: <row id>.callgrind-01 is the main thread), for callgrind_annotate
+  --node-flag <flag>   pass a flag to the servers' node (repeatable), e.g.
+                       --node-flag=--no-concurrent-recompilation
   --no-build           use dist/ as it is (by default the package is built first: the servers
                        run the compiled library, as users do)
   -h, --help           this text
@@ -59,6 +61,7 @@ const { values: args } = (() => {
         n: { type: 'string', default: '3000' },
         only: { type: 'string', multiple: true },
         keep: { type: 'string' },
+        'node-flag': { type: 'string', multiple: true },
         build: { type: 'boolean', default: true },
         help: { type: 'boolean', short: 'h' },
       },
@@ -251,6 +254,7 @@ function startServer(row: Row, outFile: string): Promise<Running> {
       '--instr-atstart=no',
       '--quiet',
       process.execPath,
+      ...(args['node-flag'] ?? []),
       '--import',
       TSX_LOADER,
     ],
