@@ -36,6 +36,27 @@ async function tracked<T>(state: SessionState, run: () => Promise<T>): Promise<T
   }
 }
 
+/** The most user key names {@link userField} remembers (a set of dynamic names is cleared, not grown). */
+const USER_FIELDS_MAX = 1024;
+const userFields = new Map<string, string>();
+
+/**
+ * The stored field of a user key (`v:` + key), its name checked. Remembered per key name: the
+ * names an app uses are few and come back on every request, and the same field string, hashed
+ * and internalized by V8 at its first use, spares each `get` a concatenation, a name check and
+ * two string hashes.
+ */
+function userField(key: string): string {
+  let field = userFields.get(key);
+  if (field === undefined) {
+    checkKeyName(key);
+    field = USER + key;
+    if (userFields.size >= USER_FIELDS_MAX) userFields.clear();
+    userFields.set(key, field);
+  }
+  return field;
+}
+
 /**
  * One request's view of a session, with Phalcon's API: get/set/has/remove, bags, flash, CSRF,
  * regenerateId, login, logout and destroy. Reads come from the record loaded at the start of the
@@ -136,8 +157,7 @@ export class Session<D extends object = DefaultSessionData> {
   get<K extends keyof D & string>(key: K): D[K] | undefined;
   get<K extends keyof D & string>(key: K, fallback: D[K]): D[K];
   get(key: string, fallback?: unknown): unknown {
-    checkKeyName(key);
-    const value = this.#state.getField(USER + key);
+    const value = this.#state.getField(userField(key));
     return value === undefined ? fallback : value;
   }
 
@@ -146,19 +166,16 @@ export class Session<D extends object = DefaultSessionData> {
    * NUL, a lone surrogate), is an error right here, not at the end of the request.
    */
   set<K extends keyof D & string>(key: K, value: D[K]): this {
-    checkKeyName(key);
-    this.#state.setField(USER + key, value);
+    this.#state.setField(userField(key), value);
     return this;
   }
 
   has(key: keyof D & string): boolean {
-    checkKeyName(key);
-    return this.#state.hasField(USER + key);
+    return this.#state.hasField(userField(key));
   }
 
   remove(key: keyof D & string): void {
-    checkKeyName(key);
-    this.#state.removeField(USER + key);
+    this.#state.removeField(userField(key));
   }
 
   /** Every top-level key (bags and internal data excluded). */

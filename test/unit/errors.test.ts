@@ -39,3 +39,32 @@ describe('errors from stores', () => {
     expect(((err as Error).cause as Error).message).toContain('ECONNREFUSED');
   });
 });
+
+describe('key names through a session (their check is remembered per valid name)', () => {
+  it('a bad name is refused on every call, before and after good ones; 3000 distinct names each keep their own value across a commit', async () => {
+    const store = new MemoryStore();
+    const manager = new SessionManager({ secret, store, maxSize: 1_000_000 });
+    const session = await manager.load({ secure: true });
+    for (const bad of ['', 'a\u0000', '\ud800']) {
+      expect(() => session.get(bad as never)).toThrow(expect.objectContaining({ code: 'INVALID_KEY_NAME' }));
+    }
+    // More names than the remembered set holds (1024), some of them twice.
+    for (let i = 0; i < 3000; i++) session.set(`k${i}` as never, i as never);
+    for (const bad of ['', 'a\u0000', '\ud800']) {
+      expect(() => session.set(bad as never, 1 as never)).toThrow(
+        expect.objectContaining({ code: 'INVALID_KEY_NAME' }),
+      );
+      expect(() => session.has(bad as never)).toThrow(expect.objectContaining({ code: 'INVALID_KEY_NAME' }));
+      expect(() => session.remove(bad as never)).toThrow(
+        expect.objectContaining({ code: 'INVALID_KEY_NAME' }),
+      );
+    }
+    const cookie = (await manager.commit(session, { secure: true })).setCookie[0]!.split(';')[0]!;
+    const again = await manager.load({ secure: true, cookieHeader: cookie });
+    for (let i = 2999; i >= 0; i--) expect(again.get(`k${i}` as never)).toBe(i);
+    expect(again.has('k3000' as never)).toBe(false);
+    again.remove('k7' as never);
+    expect(again.get('k7' as never)).toBeUndefined();
+    expect(again.keys()).toHaveLength(2999);
+  });
+});
