@@ -1,6 +1,6 @@
 /**
  * `npm run bench:instr`: the read rows of `npm run bench` (memory store on node:http, Express and
- * Fastify, their baselines and the anonymous visitor), measured in CPU instructions per request
+ * Fastify, the file store on node:http, their baselines and the anonymous visitor), measured in CPU instructions per request
  * instead of req/s.
  *
  * Each row's server (the same files in bench/servers/, same IPC protocol) runs under
@@ -101,7 +101,7 @@ interface Row {
   label: string;
   /** File in bench/servers/. */
   file: string;
-  store?: 'memory';
+  store?: 'memory' | 'file';
   mode: Mode;
   /** The baseline row this one's ratio is taken against (a baseline names itself). */
   of: Base;
@@ -124,6 +124,14 @@ const ROWS: Row[] = [
     file: 'sessionflow-http.ts',
     store: 'memory',
     mode: 'anon',
+    of: 'bare',
+  },
+  {
+    id: 'sf-http-file-read',
+    label: 'sessionflow + node:http + FileStore',
+    file: 'sessionflow-http.ts',
+    store: 'file',
+    mode: 'read',
     of: 'bare',
   },
   { id: 'express', label: 'plain Express 5 (no session)', file: 'express.ts', mode: 'read', of: 'express' },
@@ -243,6 +251,8 @@ interface Running {
  */
 function startServer(row: Row, outFile: string): Promise<Running> {
   const config: ServerConfig = row.store ? { store: row.store } : {};
+  // The file store's directory: a fresh one under the run's directory (the server removes it on exit).
+  if (row.store === 'file') config.dir = mkdtempSync(join(dirname(outFile), `${row.id}-sessions-`));
   const child = fork(join(HERE, 'servers', row.file), [JSON.stringify(config)], {
     cwd: ROOT,
     execPath: 'valgrind',
