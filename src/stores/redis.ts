@@ -696,7 +696,8 @@ export class RedisStore implements SessionStore {
    * keeps it from piling up in the client's offline queue during an outage: when the driver
    * `sendsAtOnce()`, the read goes without one. This is the load path of every request: an
    * AbortController, and the listener node-redis registers on its signal per command, cost about
-   * half of a load's CPU in node-redis (about 14 -> 7.5 µs per load; see docs/stores-redis.md).
+   * half of a load's CPU in node-redis (14.4 -> 6.8 µs per load, bench/redis-load.ts; see
+   * docs/stores-redis.md).
    */
   #read<T>(operation: string, fn: (signal: AbortSignal | undefined) => Promise<T>): Promise<T> {
     if (!this.#driver.sendsAtOnce()) return this.#within(operation, fn);
