@@ -677,18 +677,12 @@ export class RedisStore implements SessionStore {
    * late. What follows a main write that was sent (keeping the user index right) goes on.
    */
   #within<T>(operation: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    const budget = new Budget(STORE_NAME, operation, this.timeoutMs);
     const abort = new AbortController();
-    let work: Promise<T>;
-    try {
-      work = fn(abort.signal);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return withDeadline(work, budget.ms, () => {
-      abort.abort();
-      return budget.error();
-    });
+    return this.#bounded(
+      operation,
+      () => fn(abort.signal),
+      () => abort.abort(),
+    );
   }
 
   /**
@@ -701,14 +695,22 @@ export class RedisStore implements SessionStore {
    */
   #read<T>(operation: string, fn: (signal: AbortSignal | undefined) => Promise<T>): Promise<T> {
     if (!this.#driver.sendsAtOnce()) return this.#within(operation, fn);
+    return this.#bounded(operation, () => fn(undefined));
+  }
+
+  /** `start()`'s work within `timeoutMs`; at the deadline `expire` runs and the caller gets a 503. */
+  #bounded<T>(operation: string, start: () => Promise<T>, expire?: () => void): Promise<T> {
     let work: Promise<T>;
     try {
-      work = fn(undefined);
+      work = start();
     } catch (err) {
       return Promise.reject(err);
     }
     const ms = this.timeoutMs;
-    return withDeadline(work, ms, () => new Budget(STORE_NAME, operation, ms).error());
+    return withDeadline(work, ms, () => {
+      expire?.();
+      return new Budget(STORE_NAME, operation, ms).error();
+    });
   }
 
   /**

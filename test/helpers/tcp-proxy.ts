@@ -20,16 +20,24 @@ export class TcpProxy {
   #server: Server | undefined;
   readonly #pairs = new Set<Pair>();
   readonly #target: { host: string; port: number };
-  /** Every byte the clients sent on to the server, in order (see `sent`). */
-  readonly #sent: Buffer[] = [];
+  /** With `record`: every byte the clients sent on to the server, in order (see `sent`). */
+  readonly #sent: Buffer[] | undefined;
 
-  private constructor(target: { host: string; port: number }) {
+  private constructor(target: { host: string; port: number }, record: boolean) {
     this.#target = target;
+    this.#sent = record ? [] : undefined;
   }
 
-  /** A proxy to `target`, listening on `port` (a free one by default) and forwarding. */
-  static async start(target: { host: string; port: number }, port = 0): Promise<TcpProxy> {
-    const proxy = new TcpProxy(target);
+  /**
+   * A proxy to `target`, listening on `port` (a free one by default) and forwarding. `record`
+   * keeps what clients send, for `sent`.
+   */
+  static async start(
+    target: { host: string; port: number },
+    port = 0,
+    options: { record?: boolean } = {},
+  ): Promise<TcpProxy> {
+    const proxy = new TcpProxy(target, options.record ?? false);
     proxy.#port = port;
     await proxy.up();
     return proxy;
@@ -45,11 +53,12 @@ export class TcpProxy {
 
   /** What the clients sent that reached the server, as text (`clearSent` starts it anew). */
   get sent(): string {
+    if (!this.#sent) throw new Error('TcpProxy: start it with { record: true } to read what was sent');
     return Buffer.concat(this.#sent).toString('latin1');
   }
 
   clearSent(): void {
-    this.#sent.length = 0;
+    if (this.#sent) this.#sent.length = 0;
   }
 
   /** Connections open through the proxy now. */

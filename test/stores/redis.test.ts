@@ -403,7 +403,7 @@ describe.skipIf(skip)(
   () => {
     let proxy: TcpProxy;
     beforeAll(async () => {
-      proxy = await TcpProxy.start({ host: HOST, port: PORT });
+      proxy = await TcpProxy.start({ host: HOST, port: PORT }, 0, { record: true });
     });
     afterAll(async () => {
       await proxy?.close();
