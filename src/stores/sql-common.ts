@@ -976,6 +976,23 @@ export abstract class SqlSessionStore implements SessionStore {
   protected abstract selectByUser(userId: string, now: number, budget?: Budget): Awaitable<UserSessionRow[]>;
   /** Deletes at most `limit` rows expired at `now`; returns how many. */
   protected abstract deleteExpiredBatch(now: number, limit: number, budget?: Budget): Awaitable<number>;
+  /**
+   * Optional, for an engine that keeps rows in key order (InnoDB): whether this gc should walk
+   * the table in key order ({@link deleteExpiredAfter}) rather than the expires_at index. Asked
+   * once per `gc`.
+   */
+  protected sweepsInKeyOrder?(now: number, budget?: Budget): Promise<boolean>;
+  /**
+   * Optional, with {@link sweepsInKeyOrder}: deletes the first `limit` rows expired at `now` whose
+   * key sorts after `after` (from the first key when null), in key order. `removed`: how many it
+   * deleted; `last`: the key to continue after, or null when the end of the table was reached.
+   */
+  protected deleteExpiredAfter?(
+    now: number,
+    after: string | null,
+    limit: number,
+    budget?: Budget,
+  ): Promise<{ removed: number; last: string | null }>;
 
   /** A fresh budget of `timeoutMs` for `operation`. */
   protected budget(operation: string): Budget {
@@ -1175,10 +1192,17 @@ export abstract class SqlSessionStore implements SessionStore {
    * large backlog is not cut short, but a stalled server is. A batch holds at most `gcBatchSize`
    * rows, fewer when the last one took longer than a quarter of `timeoutMs` (SQLite: 8 ms; the
    * next batch is sized from the time per row just measured), so a slow disk or a busy server
-   * gets short statements.
+   * gets short statements. An engine may walk the table in key order instead, when most of it
+   * has expired (see {@link sweepsInKeyOrder}); the batches are bounded the same way.
    */
   async gc(now: number = this.#clock()): Promise<number> {
     const at = Math.floor(now);
+    if (
+      this.deleteExpiredAfter &&
+      (await this.within('gc', (budget) => this.sweepsInKeyOrder?.(at, budget)))
+    ) {
+      return this.#sweep(at);
+    }
     let removed = 0;
     let limit = this.#gcBatch;
     for (;;) {
@@ -1186,6 +1210,28 @@ export abstract class SqlSessionStore implements SessionStore {
       const n = await this.within('gc', (budget) => this.deleteExpiredBatch(at, limit, budget));
       removed += n;
       if (n < limit) return removed;
+      limit = this.#nextGcBatch(limit, performance.now() - started);
+      await yieldToEventLoop();
+    }
+  }
+
+  /**
+   * gc in key order (see {@link deleteExpiredAfter}), in batches sized as in `gc`: each batch
+   * continues after the last key the previous one deleted, until the end of the table.
+   */
+  async #sweep(at: number): Promise<number> {
+    let removed = 0;
+    let limit = this.#gcBatch;
+    let after: string | null = null;
+    for (;;) {
+      const started = performance.now();
+      const from: string | null = after;
+      const batch: { removed: number; last: string | null } = await this.within('gc', (budget) =>
+        this.deleteExpiredAfter!(at, from, limit, budget),
+      );
+      removed += batch.removed;
+      if (batch.last === null) return removed;
+      after = batch.last;
       limit = this.#nextGcBatch(limit, performance.now() - started);
       await yieldToEventLoop();
     }
