@@ -420,5 +420,63 @@ export function describeStoreConformance(
       assert.equal(await store.load(expired), null);
       assert.equal((await store.load(live))?.values['v:a'], '2');
     });
+
+    it('gc racing the application: creates over expired keys, commits, new sessions and destroys made while it runs all hold (if capable)', async () => {
+      if (!store.capabilities.gc || !store.gc) return;
+      // Several trials, each a different interleaving of gc's steps with the writes.
+      for (let trial = 0; trial < 4; trial++) {
+        const expired = Array.from({ length: 40 }, () => key());
+        const live = Array.from({ length: 12 }, () => key());
+        for (const k of expired) await store.create(k, record({ 'v:n': 'old' }), 40);
+        for (const k of live) await store.create(k, record({ 'v:n': '0' }), HOUR);
+        await sleep(120 + grace);
+        /** What each key must hold afterwards (a value, or null: no session). */
+        const expected = new Map<string, string | null>(live.map((k) => [k, '0']));
+        for (const k of expired) expected.set(k, null);
+        const claimed = new Set<string>();
+        const destroyed = new Set<string>();
+        let gcDone = false;
+        const gc = store.gc().finally(() => {
+          gcDone = true;
+        });
+        const worker = async (w: number) => {
+          for (let round = 0; !gcDone || round < 4; round++) {
+            const roll = Math.random();
+            if (roll < 0.35) {
+              const k = live[Math.floor(Math.random() * live.length)]!;
+              const value = `${w}.${round}`;
+              const result = await store.commit(k, { set: { 'v:n': value }, unset: [] }, HOUR);
+              if (destroyed.has(k)) continue;
+              assert.equal(result, 'ok', 'a commit to a live session during gc');
+              expected.set(k, value);
+            } else if (roll < 0.65) {
+              const k = expired[Math.floor(Math.random() * expired.length)]!;
+              if (claimed.has(k)) continue;
+              claimed.add(k);
+              // A store may take the expired key over or refuse it; never half of either.
+              if (await store.create(k, record({ 'v:n': `new${w}` }), HOUR)) expected.set(k, `new${w}`);
+            } else if (roll < 0.85) {
+              const k = key();
+              assert.equal(await store.create(k, record({ 'v:n': 'fresh' }), HOUR), true);
+              expected.set(k, 'fresh');
+            } else {
+              const k = live[Math.floor(Math.random() * live.length)]!;
+              destroyed.add(k);
+              expected.set(k, null);
+              await store.destroy(k);
+            }
+            await new Promise<void>((resolve) => setImmediate(resolve));
+          }
+        };
+        await Promise.all([gc, worker(1), worker(2), worker(3)]);
+        const removed = await gc;
+        assert.ok(removed <= expired.length, `gc() reported ${removed} removed of ${expired.length} expired`);
+        for (const [k, value] of expected) {
+          const loaded = await store.load(k);
+          if (value === null) assert.equal(loaded, null, 'an expired or destroyed session came back');
+          else assert.equal(loaded?.values['v:n'], value, 'a session written during gc lost its last write');
+        }
+      }
+    });
   });
 }
