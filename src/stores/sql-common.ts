@@ -1192,8 +1192,8 @@ export abstract class SqlSessionStore implements SessionStore {
    * large backlog is not cut short, but a stalled server is. A batch holds at most `gcBatchSize`
    * rows, fewer when the last one took longer than a quarter of `timeoutMs` (SQLite: 8 ms; the
    * next batch is sized from the time per row just measured), so a slow disk or a busy server
-   * gets short statements. An engine may walk the table in key order instead, when most of it
-   * has expired (see {@link sweepsInKeyOrder}); the batches are bounded the same way.
+   * gets short statements. MySqlStore walks the table in key order instead once at least a
+   * tenth of it has expired (docs/stores-sql.md); its batches are bounded the same way.
    */
   async gc(now: number = this.#clock()): Promise<number> {
     const at = Math.floor(now);
