@@ -369,9 +369,10 @@ export class MySqlStore extends SqlSessionStore {
    * --store mysql --mode gc`, 1M rows, 523 MB, default 128 MB pool: 79 s for the 500k expired).
    * Walking the table in key order reads each page once, in order (6.1-6.9 s for the same rows
    * without other load, 9-10.5 s under the bench's load; the disk is the limit there: two walks
-   * over halves of the key range in parallel took as long as one), but it reads the live rows too. So gc walks when at least a tenth of the rows (the server's
-   * estimate) and at least 10,000 have expired: at one in ten both ways took 2.5 s for 100k rows
-   * of 1M on this table; with fewer expired rows the index costs less.
+   * over halves of the key range in parallel took as long as one), but it reads the live rows
+   * too. So gc walks when at least a tenth of the rows (the server's estimate) and at least
+   * 10,000 have expired: at one in ten both ways took 2.5 s for 100k rows of 1M on this table;
+   * with fewer expired rows the index costs less.
    */
   protected override async sweepsInKeyOrder(now: number, budget?: Budget): Promise<boolean> {
     const table = await this.#execute<RowDataPacket[]>(this.#sweep.rows, [this.table], budget);
