@@ -3,6 +3,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { MySqlStore, type MySqlStoreOptions } from '../../src/stores/mysql.js';
 import { serverAvailable } from '../helpers/servers.js';
 import { countGcBatches, HOUR, key, rec, uniqueTable } from '../helpers/sql-store-specifics.js';
+import { TcpProxy } from '../helpers/tcp-proxy.js';
 
 // gc on InnoDB walks the table in key order once enough of it has expired (MySqlStore's
 // `sweepsInKeyOrder`): these tests check that it removes exactly what the expires_at path would,
@@ -194,6 +195,46 @@ describe.skipIf(skip)('MySqlStore gc in key order', () => {
     expect(await t.store.create(leftover, rec({ 'v:n': 'mine' }), HOUR)).toBe(true);
     expect(held).toBe(true);
     expect((await t.store.load(leftover))?.values['v:n']).toBe('mine');
+  });
+
+  it('the server going away in the middle of the walk: gc fails at once with the connection error, and the next gc finishes the job', async () => {
+    const url = new URL(MYSQL_URL);
+    const proxy = await TcpProxy.start({ host: url.hostname, port: Number(url.port || 3306) });
+    try {
+      url.port = String(proxy.port);
+      const pool = mysql.createPool({ uri: url.toString(), connectTimeout: 1_000 });
+      pools.push(pool);
+      const t = await table(pool, {
+        live: 50,
+        expired: 400,
+        Store: LowBarStore,
+        options: { gcBatchSize: 20, timeoutMs: 1_500 },
+      });
+      // The server goes away while the third batch of the walk is being collected.
+      const target = t.store as unknown as { deleteExpiredAfter(...args: unknown[]): Promise<unknown> };
+      const step = target.deleteExpiredAfter.bind(t.store);
+      let batches = 0;
+      target.deleteExpiredAfter = async (...args) => {
+        if (++batches === 3) await proxy.down();
+        return step(...args);
+      };
+      // As every SQL store operation: the driver's error, or STORE_UNAVAILABLE once timeoutMs is spent.
+      const failure = await t.store.gc().then(
+        () => null,
+        (err: { code?: string }) => err,
+      );
+      expect(['ECONNRESET', 'ECONNREFUSED', 'PROTOCOL_CONNECTION_LOST', 'STORE_UNAVAILABLE']).toContain(
+        failure?.code,
+      );
+      await proxy.up();
+      target.deleteExpiredAfter = step;
+      // Two batches (40 rows) went before the outage; the next gc takes the rest.
+      expect(await t.store.gc()).toBe(360);
+      expect(await t.count()).toBe(50);
+      for (const k of t.liveKeys) expect((await t.store.load(k))?.values['v:n']).toBe('"0"');
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('a randomized race: creates, re-creates of expired keys, commits and destroys run while gc walks; nothing live is lost', async () => {
