@@ -107,6 +107,22 @@ const SWEEP_SHARE = 10;
  */
 const SWEEP_DELETE_SIZES = [16, 128, 512];
 
+/**
+ * The values of an `IN (?, ...)` statement prepared for a few list sizes: `keys` padded with its
+ * first key up to the smallest size that holds them (a key named twice matches once), then `now`.
+ */
+function inList(
+  keys: readonly string[],
+  sizes: readonly number[],
+  now: number,
+): { size: number; values: unknown[] } {
+  const size = sizes.find((n) => n >= keys.length) ?? keys.length;
+  const values: unknown[] = [...keys];
+  while (values.length < size) values.push(keys[0]);
+  values.push(now);
+  return { size, values };
+}
+
 /** "Rows matched: 1  Changed: 0  Warnings: 0", the server's info on an UPDATE. */
 const ROWS_MATCHED = /Rows matched:\s*(\d+)/;
 
@@ -291,11 +307,7 @@ export class MySqlStore extends SqlSessionStore {
     now: number,
     budget?: Budget,
   ): Promise<Map<string, SessionRow>> {
-    // Padded with the first key up to the next prepared size.
-    const size = READ_BATCH_SIZES.find((n) => n >= keys.length) ?? keys.length;
-    const values: unknown[] = [...keys];
-    while (values.length < size) values.push(keys[0]);
-    values.push(now);
+    const { size, values } = inList(keys, READ_BATCH_SIZES, now);
     const rows = await this.#execute<RowDataPacket[]>(this.#selectMany.get(size)!, values, budget);
     const byKey = new Map<string, SessionRow>();
     for (const row of rows) byKey.set(String(row.id), row as SessionRow);
@@ -396,16 +408,11 @@ export class MySqlStore extends SqlSessionStore {
       true,
     );
     const keys = found.map((row) => String(row.id));
+    const largest = SWEEP_DELETE_SIZES.at(-1)!;
     let removed = 0;
-    for (let at = 0; at < keys.length; ) {
-      const left = keys.length - at;
-      const size = SWEEP_DELETE_SIZES.find((n) => n >= left) ?? SWEEP_DELETE_SIZES.at(-1)!;
-      const values: unknown[] = keys.slice(at, at + size);
-      // Padded with the chunk's first key: a key named twice is deleted once.
-      while (values.length < size) values.push(keys[at]);
-      values.push(now);
+    for (let at = 0; at < keys.length; at += largest) {
+      const { size, values } = inList(keys.slice(at, at + largest), SWEEP_DELETE_SIZES, now);
       removed += await this.#write(this.#sweep.delete.get(size)!, values, budget);
-      at += size;
     }
     return { removed, last: keys.length < limit ? null : keys.at(-1)! };
   }

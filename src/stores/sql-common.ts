@@ -1197,41 +1197,28 @@ export abstract class SqlSessionStore implements SessionStore {
    */
   async gc(now: number = this.#clock()): Promise<number> {
     const at = Math.floor(now);
-    if (
-      this.deleteExpiredAfter &&
-      (await this.within('gc', (budget) => this.sweepsInKeyOrder?.(at, budget)))
-    ) {
-      return this.#sweep(at);
-    }
-    let removed = 0;
-    let limit = this.#gcBatch;
-    for (;;) {
-      const started = performance.now();
-      const n = await this.within('gc', (budget) => this.deleteExpiredBatch(at, limit, budget));
-      removed += n;
-      if (n < limit) return removed;
-      limit = this.#nextGcBatch(limit, performance.now() - started);
-      await yieldToEventLoop();
-    }
-  }
-
-  /**
-   * gc in key order (see {@link deleteExpiredAfter}), in batches sized as in `gc`: each batch
-   * continues after the last key the previous one deleted, until the end of the table.
-   */
-  async #sweep(at: number): Promise<number> {
-    let removed = 0;
-    let limit = this.#gcBatch;
+    const inKeyOrder =
+      this.deleteExpiredAfter !== undefined &&
+      (await this.within('gc', (budget) => this.sweepsInKeyOrder?.(at, budget))) === true;
+    // One batch: how many rows it removed, and whether it was the last. In key order, each batch
+    // continues after the last key the previous one deleted, until the end of the table.
     let after: string | null = null;
+    const batch = async (limit: number, budget: Budget): Promise<{ removed: number; done: boolean }> => {
+      if (inKeyOrder) {
+        const step = await this.deleteExpiredAfter!(at, after, limit, budget);
+        after = step.last;
+        return { removed: step.removed, done: step.last === null };
+      }
+      const n = await this.deleteExpiredBatch(at, limit, budget);
+      return { removed: n, done: n < limit };
+    };
+    let removed = 0;
+    let limit = this.#gcBatch;
     for (;;) {
       const started = performance.now();
-      const from: string | null = after;
-      const batch: { removed: number; last: string | null } = await this.within('gc', (budget) =>
-        this.deleteExpiredAfter!(at, from, limit, budget),
-      );
-      removed += batch.removed;
-      if (batch.last === null) return removed;
-      after = batch.last;
+      const step = await this.within('gc', (budget) => batch(limit, budget));
+      removed += step.removed;
+      if (step.done) return removed;
       limit = this.#nextGcBatch(limit, performance.now() - started);
       await yieldToEventLoop();
     }

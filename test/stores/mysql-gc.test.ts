@@ -54,6 +54,29 @@ function countPaths(store: MySqlStore) {
   return paths;
 }
 
+/**
+ * Runs `hook` (with the statement's values) once, just before the first statement on `pool` whose
+ * text matches `pattern` goes to the server: a deterministic point between two store statements.
+ * Answers whether it ran.
+ */
+function beforeFirst(pool: Pool, pattern: RegExp, hook: (values: unknown[]) => Promise<void>): () => boolean {
+  const getConnection = pool.getConnection.bind(pool);
+  let held = false;
+  pool.getConnection = async () => {
+    const conn: PoolConnection = await getConnection();
+    const execute = conn.execute.bind(conn) as (sql: string, values: unknown[]) => Promise<unknown>;
+    (conn as unknown as { execute: typeof execute }).execute = async (sql, values) => {
+      if (!held && pattern.test(sql)) {
+        held = true;
+        await hook(values);
+      }
+      return execute(sql, values);
+    };
+    return conn;
+  };
+  return () => held;
+}
+
 /** A table with `live` live sessions and `expired` expired rows (expiries spread up to `NOW`). */
 async function table(
   pool: Pool,
@@ -140,28 +163,16 @@ describe.skipIf(skip)('MySqlStore gc in key order', () => {
     const destroyed = t.expiredKeys.slice(0, 200).sort()[20]!;
     // Hold the first DELETE of the walk: the SELECT before it has named the first 50 expired
     // keys (in key order, so both keys above are among them).
-    const getConnection = pool.getConnection.bind(pool);
-    let held = false;
-    pool.getConnection = async () => {
-      const conn: PoolConnection = await getConnection();
-      if (held) return conn;
-      const execute = conn.execute.bind(conn) as (sql: string, values: unknown[]) => Promise<unknown>;
-      (conn as unknown as { execute: typeof execute }).execute = async (sql, values) => {
-        if (!held && /DELETE FROM .* WHERE id IN/.test(sql)) {
-          held = true;
-          expect(values).toContain(recreated);
-          expect(values).toContain(destroyed);
-          // A visitor's create takes the expired key over; another row is removed by its owner.
-          const other = new MySqlStore(newPool(), { table: t.name, now: () => NOW });
-          expect(await other.create(recreated, rec({ 'v:n': 'fresh' }), HOUR)).toBe(true);
-          await other.destroy(destroyed);
-        }
-        return execute(sql, values);
-      };
-      return conn;
-    };
+    const held = beforeFirst(pool, /DELETE FROM .* WHERE id IN/, async (values) => {
+      expect(values).toContain(recreated);
+      expect(values).toContain(destroyed);
+      // A visitor's create takes the expired key over; another row is removed by its owner.
+      const other = new MySqlStore(newPool(), { table: t.name, now: () => NOW });
+      expect(await other.create(recreated, rec({ 'v:n': 'fresh' }), HOUR)).toBe(true);
+      await other.destroy(destroyed);
+    });
     const removed = await t.store.gc();
-    expect(held).toBe(true);
+    expect(held()).toBe(true);
     // 198 by gc: the destroyed row was already gone, the re-created one is live.
     expect(removed).toBe(198);
     expect((await t.store.load(recreated))?.values['v:n']).toBe('fresh');
@@ -172,28 +183,17 @@ describe.skipIf(skip)('MySqlStore gc in key order', () => {
     const pool = newPool();
     const t = await table(pool, { live: 0, expired: 1 });
     const leftover = t.expiredKeys[0]!;
-    const getConnection = pool.getConnection.bind(pool);
-    let held = false;
-    pool.getConnection = async () => {
-      const conn: PoolConnection = await getConnection();
-      const execute = conn.execute.bind(conn) as (sql: string, values: unknown[]) => Promise<unknown>;
-      (conn as unknown as { execute: typeof execute }).execute = async (sql, values) => {
-        if (!held && /DELETE FROM .* WHERE id = \? AND expires_at <= \?/.test(sql)) {
-          held = true;
-          // The insert failed on the key; gc takes the expired row before the purge comes.
-          const [rows] = await newPool().query<RowDataPacket[]>(
-            `SELECT count(*) AS n FROM \`${t.name}\` WHERE id = ?`,
-            [leftover],
-          );
-          expect(Number(rows[0]!.n)).toBe(1);
-          expect(await new MySqlStore(newPool(), { table: t.name, now: () => NOW }).gc()).toBe(1);
-        }
-        return execute(sql, values);
-      };
-      return conn;
-    };
+    const held = beforeFirst(pool, /DELETE FROM .* WHERE id = \? AND expires_at <= \?/, async () => {
+      // The insert failed on the key; gc takes the expired row before the purge comes.
+      const [rows] = await newPool().query<RowDataPacket[]>(
+        `SELECT count(*) AS n FROM \`${t.name}\` WHERE id = ?`,
+        [leftover],
+      );
+      expect(Number(rows[0]!.n)).toBe(1);
+      expect(await new MySqlStore(newPool(), { table: t.name, now: () => NOW }).gc()).toBe(1);
+    });
     expect(await t.store.create(leftover, rec({ 'v:n': 'mine' }), HOUR)).toBe(true);
-    expect(held).toBe(true);
+    expect(held()).toBe(true);
     expect((await t.store.load(leftover))?.values['v:n']).toBe('mine');
   });
 
