@@ -77,6 +77,14 @@ const dialect: CommitDialect = {
  */
 const GC_BATCH_MS = 8;
 
+/**
+ * While a gc batch runs on a WAL database, the automatic checkpoint starts at this many WAL pages
+ * (SQLite's default is 1000). A checkpoint runs inside the commit that crosses the threshold and
+ * costs about 40 µs a page on the event loop, and it has no bound of its own: a lower threshold is
+ * what keeps each one (and so the batch that runs it) short.
+ */
+const GC_CHECKPOINT_PAGES = 250;
+
 type Statement = BetterSqlite3.Statement<unknown[], unknown>;
 type Statements = Record<StatementName, Statement>;
 
@@ -110,6 +118,8 @@ export class SqliteStore extends SqlSessionStore {
   readonly #commits: CommitStatements<{ statement: Statement; slots: readonly Slot[] }>;
 
   #busy: { read: Statement; lower: Statement; restore: Map<number, Statement> } | undefined;
+  /** The handle's settings that a gc batch lowers for its own commit (see `#collecting`). */
+  #gcPragmas: { journalMode: Statement; synchronous: Statement; checkpointPages: Statement } | undefined;
 
   constructor(db: BetterSqlite3.Database, options: SqliteStoreOptions = {}) {
     super('SqliteStore', options);
@@ -219,6 +229,42 @@ export class SqliteStore extends SqlSessionStore {
   }
 
   protected deleteExpiredBatch(now: number, limit: number): number {
-    return this.#bounded(() => this.#sql.gc.run(now, limit)).changes;
+    return this.#collecting(() => this.#bounded(() => this.#sql.gc.run(now, limit)).changes);
+  }
+
+  /**
+   * Runs one gc batch with two of the handle's settings lowered for its commit alone, then puts
+   * the handle's own values back (synchronously, so no other statement ever sees them). Only on a
+   * WAL database, outside a transaction:
+   * - `synchronous` FULL or EXTRA becomes NORMAL: the batch's commit is not fsynced on its own.
+   *   In WAL mode that can never corrupt the database; a power cut can only undo the last
+   *   batches, which brings back rows that are expired anyway (loads never return them) for the
+   *   next gc. The next commit made with FULL syncs them along with its own.
+   * - `wal_autocheckpoint` above {@link GC_CHECKPOINT_PAGES} is lowered to it, so each
+   *   checkpoint that a batch's commit runs copies a few hundred pages, not a thousand or more. A
+   *   handle whose automatic checkpoint is off (0) keeps it off.
+   */
+  #collecting<T>(batch: () => T): T {
+    const db = this.#db;
+    this.#gcPragmas ??= {
+      journalMode: db.prepare<unknown[], unknown>('PRAGMA journal_mode').pluck(),
+      synchronous: db.prepare<unknown[], unknown>('PRAGMA synchronous').pluck(),
+      checkpointPages: db.prepare<unknown[], unknown>('PRAGMA wal_autocheckpoint').pluck(),
+    };
+    const pragmas = this.#gcPragmas;
+    if (db.inTransaction || String(pragmas.journalMode.get()).toLowerCase() !== 'wal') return batch();
+    // Integers read from SQLite itself: the only text of these pragmas.
+    const synchronous = Math.floor(Number(pragmas.synchronous.get()));
+    const pages = Math.floor(Number(pragmas.checkpointPages.get()));
+    const lowerSync = synchronous > 1;
+    const lowerPages = pages > GC_CHECKPOINT_PAGES;
+    if (lowerSync) db.pragma('synchronous = NORMAL');
+    if (lowerPages) db.pragma(`wal_autocheckpoint = ${GC_CHECKPOINT_PAGES}`);
+    try {
+      return batch();
+    } finally {
+      if (lowerPages) db.pragma(`wal_autocheckpoint = ${pages}`);
+      if (lowerSync) db.pragma(`synchronous = ${synchronous}`);
+    }
   }
 }

@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -75,5 +76,81 @@ describe('SqliteStore gc while the application keeps writing (WAL file)', () => 
     expect(rows.n).toBe(expected.size);
     for (const [k, value] of expected) expect((await store.load(k))?.values['v:n']).toBe(value);
     expect(await store.gc()).toBe(0);
+  });
+});
+
+describe('SqliteStore gc and the settings of the application handle', () => {
+  /** A fresh WAL database with `expired` expired rows of random keys, and its store. */
+  async function backlog(expired: number, gcBatchSize: number) {
+    const file = join(dir, `${uniqueTable()}.db`);
+    const own = new Database(file);
+    own.pragma('journal_mode = WAL');
+    const now = 1_700_000_000_000;
+    const table = uniqueTable();
+    const store = new SqliteStore(own, { table, now: () => now, gcBatchSize });
+    await store.migrate();
+    const insert = own.prepare(`INSERT INTO "${table}" (id, meta, data, expires_at) VALUES (?, ?, '{}', ?)`);
+    const meta = JSON.stringify(rec().meta);
+    own.transaction(() => {
+      for (let i = 0; i < expired; i++) insert.run(key(), meta, now - 1 - (i % 5_000) * 1_000);
+    })();
+    own.pragma('wal_checkpoint(TRUNCATE)');
+    return { own, file, store, table };
+  }
+  const settings = (own: InstanceType<typeof Database>) => ({
+    synchronous: own.pragma('synchronous', { simple: true }),
+    walAutocheckpoint: own.pragma('wal_autocheckpoint', { simple: true }),
+    busyTimeout: own.pragma('busy_timeout', { simple: true }),
+  });
+
+  it('a large gc checkpoints every few hundred WAL pages, so the WAL file stays small (the handle keeps the default 1000)', async () => {
+    const { own, file, store } = await backlog(20_000, 200);
+    try {
+      const before = settings(own);
+      expect(before.walAutocheckpoint).toBe(1000);
+      expect(await store.gc()).toBe(20_000);
+      // Every deleted row rewrites a page of the random-key index: 20,000 rows are thousands of
+      // pages. A checkpoint only every 1000 pages grows the WAL past 4 MB (1000 pages of 4 KiB
+      // plus the batch that crossed it); at 250 pages it stays near half of that.
+      const wal = statSync(`${file}-wal`).size;
+      expect(wal).toBeGreaterThan(0);
+      expect(wal).toBeLessThan(3 * 2 ** 20);
+      // Nothing of what gc did to its own commits is left on the handle.
+      expect(settings(own)).toEqual(before);
+    } finally {
+      own.close();
+    }
+  });
+
+  it("the handle's own settings are as the application set them after gc, also after a batch that failed, and an automatic checkpoint turned off stays off", async () => {
+    const { own, store, table } = await backlog(2_000, 100);
+    try {
+      own.pragma('synchronous = EXTRA');
+      own.pragma('wal_autocheckpoint = 777');
+      own.pragma('busy_timeout = 1234');
+      expect(await store.gc()).toBe(2_000);
+      expect(settings(own)).toEqual({ synchronous: 3, walAutocheckpoint: 777, busyTimeout: 1234 });
+
+      // The application checkpoints by itself: gc never turns the automatic checkpoint on.
+      own.pragma('wal_autocheckpoint = 0');
+      own.pragma('wal_checkpoint(TRUNCATE)');
+      const insert = own.prepare(
+        `INSERT INTO "${table}" (id, meta, data, expires_at) VALUES (?, ?, '{}', 1)`,
+      );
+      own.transaction(() => {
+        for (let i = 0; i < 3_000; i++) insert.run(key(), JSON.stringify(rec().meta));
+      })();
+      const before = own.pragma('wal_checkpoint(PASSIVE)', { simple: false }) as { log: number }[];
+      expect(await store.gc()).toBe(3_000);
+      expect(settings(own)).toEqual({ synchronous: 3, walAutocheckpoint: 0, busyTimeout: 1234 });
+      expect(before[0]!.log).toBeGreaterThan(0);
+
+      // A batch that fails (its table is gone) still puts every setting back.
+      own.exec(`DROP TABLE "${table}"`);
+      await expect(store.gc()).rejects.toThrow(/no such table/);
+      expect(settings(own)).toEqual({ synchronous: 3, walAutocheckpoint: 0, busyTimeout: 1234 });
+    } finally {
+      own.close();
+    }
   });
 });
