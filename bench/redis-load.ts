@@ -6,12 +6,14 @@
  *
  * Prints the median of `--reps` runs per client, after one warm-up run. A node-redis pool sends
  * every load with an AbortSignal (the store cannot tell whether its commands would queue); a
- * connected single client and ioredis send loads without one (docs/stores-redis.md).
+ * connected single client, a Cluster whose masters are all connected, and ioredis send loads
+ * without one (docs/stores-redis.md). The Cluster row needs `bash scripts/redis-cluster.sh start`
+ * (or REDIS_CLUSTER_NODES); without it, that row prints n/a.
  */
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
-import { createClient, createClientPool } from 'redis';
+import { createClient, createClientPool, createCluster } from 'redis';
 import { RedisStore } from '../src/stores/redis.js';
 
 const { values: args } = parseArgs({
@@ -21,6 +23,8 @@ const MS = Number(args.seconds) * 1000;
 const REPS = Number(args.reps);
 const URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const IN_FLIGHT = 10;
+/** A node of the Cluster that `bash scripts/redis-cluster.sh start` runs (the first of REDIS_CLUSTER_NODES). */
+const CLUSTER_URL = `redis://${(process.env.REDIS_CLUSTER_NODES ?? '127.0.0.1:7101').split(',')[0]}`;
 
 async function cpuPerLoad(store: RedisStore, key: string): Promise<number> {
   let n = 0;
@@ -55,6 +59,17 @@ const clients: { name: string; open: () => Promise<{ client: never; close: () =>
     },
   },
   {
+    name: 'node-redis Cluster (scripts/redis-cluster.sh)',
+    open: async () => {
+      // No reconnection: a Cluster that is not running fails at once and its row is skipped.
+      const cluster = createCluster({
+        rootNodes: [{ url: CLUSTER_URL, socket: { reconnectStrategy: false, connectTimeout: 2_000 } }],
+      });
+      await cluster.connect();
+      return { client: cluster as never, close: () => cluster.close() };
+    },
+  },
+  {
     name: 'ioredis',
     open: async () => {
       const client = new Redis(URL);
@@ -64,7 +79,14 @@ const clients: { name: string; open: () => Promise<{ client: never; close: () =>
 ];
 
 for (const { name, open } of clients) {
-  const { client, close } = await open();
+  let opened: Awaited<ReturnType<typeof open>>;
+  try {
+    opened = await open();
+  } catch (err) {
+    console.log(`${name.padEnd(20)} n/a (not reachable: ${(err as Error).message})`);
+    continue;
+  }
+  const { client, close } = opened;
   const store = new RedisStore({ client, prefix: `sfbench:load:${randomBytes(4).toString('hex')}:` });
   const key = randomBytes(32).toString('base64url');
   const now = Date.now();

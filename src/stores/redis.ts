@@ -356,7 +356,8 @@ interface Driver {
    * True when a command sent now cannot wait in a queue past its operation's deadline: the
    * connection is up, so the client writes it on the next turn of the event loop (node-redis), or
    * the client never takes a queued command back anyway (ioredis). A read sent then needs no
-   * `signal`. False when unknown (a pool, a cluster).
+   * `signal`. A node-redis Cluster: while every master's connection is up. False when unknown
+   * (a pool, Sentinel).
    */
   sendsAtOnce(): boolean;
 }
@@ -484,6 +485,20 @@ function has(target: object, name: string, kind: 'function' | 'any' = 'function'
   return kind === 'any' || typeof (target as Record<string, unknown>)[name] === 'function';
 }
 
+/**
+ * Whether the connection to every master of a node-redis Cluster is up (`isReady`), so that a
+ * command routed now is written at once, whichever master owns its key. False while the Cluster
+ * has no masters yet, and whenever one of them is down or reconnecting.
+ */
+function mastersReady(cluster: NodeRedisClusterLike): boolean {
+  const masters = cluster.masters;
+  if (!Array.isArray(masters) || masters.length === 0) return false;
+  for (const master of masters as readonly { client?: { isReady?: unknown } }[]) {
+    if (master?.client?.isReady !== true) return false;
+  }
+  return true;
+}
+
 function driverFor(client: RedisClientLike): Driver {
   if (typeof client !== 'object' || client === null) {
     throw new SessionError(
@@ -503,7 +518,12 @@ function driverFor(client: RedisClientLike): Driver {
         (key: string): Send =>
         (args, signal) =>
           cluster.sendCommand(key, false, args, commandOptions(signal));
-      return nodeRedisDriver(route, (key, fn) => fn(route(key)), false);
+      return nodeRedisDriver(
+        route,
+        (key, fn) => fn(route(key)),
+        false,
+        () => mastersReady(cluster),
+      );
     }
     if (has(client, 'getMasterNode') && has(client, 'use')) {
       const sentinel = client as NodeRedisSentinelLike;

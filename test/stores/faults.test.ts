@@ -563,6 +563,86 @@ describe.skipIf(redisSkip)(
   },
 );
 
+// A load sent without an AbortSignal cannot be taken back from node-redis's offline queue, so the
+// store sends loads on a Cluster without one only while every master's connection is up. A
+// one-node Cluster of this file, announced through a proxy that the test takes down.
+describe.skipIf(redisSkip)(
+  `Redis Cluster (node-redis): loads and the offline queue of a master's connection${redisSkip ? ` (skipped: ${redisSkip})` : ''}`,
+  () => {
+    let server: OwnRedis;
+    let proxy: TcpProxy;
+    beforeAll(async () => {
+      const dir = await mkdtemp(join(scratch, 'redis-cluster-offline-'));
+      const port = await freePort(true);
+      proxy = await TcpProxy.start({ host: '127.0.0.1', port }, 0, { record: true });
+      server = new OwnRedis(port, dir, [
+        '--cluster-enabled',
+        'yes',
+        '--cluster-config-file',
+        join(dir, 'nodes.conf'),
+        // Clients learn the node's address from the node: the proxy's, so that all goes through it.
+        '--cluster-announce-ip',
+        '127.0.0.1',
+        '--cluster-announce-port',
+        String(proxy.port),
+      ]);
+      await server.start();
+      expect(await resp(port, ['CLUSTER', 'ADDSLOTSRANGE', '0', '16383'])).toBe('+OK');
+      await until(`cluster ok on :${port}`, async () =>
+        (await resp(port, ['CLUSTER', 'INFO'])).includes('cluster_state:ok'),
+      );
+    }, 30_000);
+    afterAll(async () => {
+      await server?.kill();
+      await proxy?.close();
+    });
+
+    it("loads sent while a master's connection is down answer 503 at timeoutMs and never reach it after the reconnect; loads while it is up are served", async () => {
+      const reconnect = { reconnectStrategy: () => 50 };
+      const cluster = createCluster({
+        rootNodes: [{ socket: { host: proxy.host, port: proxy.port, ...reconnect } }],
+        defaults: { socket: reconnect },
+      });
+      cluster.on('error', () => undefined);
+      await cluster.connect();
+      const mastersUp = () => cluster.masters.every((m) => m.client?.isReady === true);
+      const store = new RedisStore({
+        client: cluster,
+        prefix: `sftest:offline:${randomBytes(4).toString('hex')}:`,
+        timeoutMs: 300,
+      });
+      try {
+        const live = randomBytes(32).toString('base64url');
+        const meta = { createdAt: Date.now(), lastSeenAt: Date.now(), deadline: Date.now() + 3_600_000 };
+        expect(await store.create(live, { meta, values: { 'v:a': '"1"' } }, 3_600_000)).toBe(true);
+        expect(mastersUp()).toBe(true);
+        expect((await store.load(live))?.values).toEqual({ 'v:a': '"1"' });
+
+        await proxy.down();
+        await until('the master connection down', async () => !mastersUp());
+        const lost = Array.from({ length: 5 }, () => randomBytes(32).toString('base64url'));
+        const started = now();
+        const answers = await Promise.allSettled(lost.map((k) => store.load(k)));
+        const took = now() - started;
+        for (const answer of answers) {
+          expect(answer).toMatchObject({ status: 'rejected', reason: { code: 'STORE_UNAVAILABLE' } });
+        }
+        expect(took).toBeLessThan(300 + 700);
+
+        proxy.clearSent();
+        await proxy.up();
+        await until('the master connection back', async () => mastersUp());
+        expect((await store.load(live))?.values).toEqual({ 'v:a': '"1"' });
+        // The load after the reconnect went through the proxy; none of the five before it did.
+        expect(proxy.sent).toContain(live);
+        for (const k of lost) expect(proxy.sent).not.toContain(k);
+      } finally {
+        await cluster.close().catch(() => undefined);
+      }
+    }, 30_000);
+  },
+);
+
 // ---- PostgreSQL and MariaDB ------------------------------------------------------------------
 
 interface SqlEngine<C> {
