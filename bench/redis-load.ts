@@ -4,10 +4,10 @@
  *
  *   npx tsx bench/redis-load.ts [--seconds 1.5] [--reps 5]      (REDIS_URL, default 127.0.0.1:6379)
  *
- * Prints the median of `--reps` runs per client, after one warm-up run. A node-redis pool sends
- * every load with an AbortSignal (the store cannot tell whether its commands would queue); a
- * connected single client, a Cluster whose masters are all connected, and ioredis send loads
- * without one (docs/stores-redis.md). The Cluster row needs `bash scripts/redis-cluster.sh start`
+ * Prints the median of `--reps` runs per client, after one warm-up run. A node-redis pool makes
+ * an AbortSignal for every load and passes it only to a connection that is not up; a connected
+ * single client, a Cluster whose masters are all connected, and ioredis send loads without one
+ * (docs/stores-redis.md). The Cluster row needs `bash scripts/redis-cluster.sh start`
  * (or REDIS_CLUSTER_NODES); without it, that row prints n/a.
  */
 import { randomBytes } from 'node:crypto';

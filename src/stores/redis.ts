@@ -170,6 +170,8 @@ end
 interface Script {
   readonly source: string;
   readonly sha: string;
+  /** A script that only reads: sent late it does no harm (see `#read`). */
+  readonly read?: true;
 }
 
 function script(body: string, helpers = false): Script {
@@ -177,9 +179,9 @@ function script(body: string, helpers = false): Script {
   return { source, sha: createHash('sha1').update(source).digest('hex') };
 }
 
-const LOAD = script(`return redis.call('HGETALL', KEYS[1])`);
+const LOAD: Script = { ...script(`return redis.call('HGETALL', KEYS[1])`), read: true };
 
-const META = script(`return redis.call('HGET', KEYS[1], '${META_FIELD}')`);
+const META: Script = { ...script(`return redis.call('HGET', KEYS[1], '${META_FIELD}')`), read: true };
 
 // ARGV: ttl, meta JSON, then field/value pairs.
 const CREATE = script(
@@ -357,7 +359,7 @@ interface Driver {
    * connection is up, so the client writes it on the next turn of the event loop (node-redis), or
    * the client never takes a queued command back anyway (ioredis). A read sent then needs no
    * `signal`. A node-redis Cluster: while every master's connection is up. False when unknown
-   * (a pool, Sentinel).
+   * (a pool, which then decides per connection; Sentinel).
    */
   sendsAtOnce(): boolean;
 }
@@ -404,20 +406,22 @@ async function evalOn(
 
 /**
  * node-redis: `route(key)` sends to the master owning the key; `pinned(key, fn)` runs `fn` on a
- * single connection, since WAIT only counts the writes of the connection it is sent on.
+ * single connection, since WAIT only counts the writes of the connection it is sent on. `reads`,
+ * if given, sends the read-only scripts instead of `route` (a pool: see `driverFor`).
  */
 function nodeRedisDriver(
   route: (key: string) => Send,
   pinned: <T>(key: string, fn: (send: Send) => Promise<T>) => Promise<T>,
   oneServer: boolean,
   sendsAtOnce: () => boolean = () => false,
+  reads: Send | undefined = undefined,
 ): Driver {
   return {
     oneServer,
     sendsAtOnce,
     run(s, key, args, wait, signal) {
       const first = keysOf(key)[0]!;
-      if (!wait) return evalOn(route(first), s, key, args, signal);
+      if (!wait) return evalOn(s.read && reads ? reads : route(first), s, key, args, signal);
       return pinned(first, async (send) => {
         const reply = await evalOn(send, s, key, args, signal);
         // No signal: once the script is sent, its WAIT must follow on the same connection.
@@ -542,11 +546,25 @@ function driverFor(client: RedisClientLike): Driver {
         execute<T>(fn: (c: NodeRedisClientLike) => Promise<T>): Promise<T>;
       };
       const send: Send = (args, signal) => pool.sendCommand(args, commandOptions(signal));
+      // A read keeps its signal only where it matters: on a connection that is not up (its
+      // offline queue would send the read after the reconnect), or once it has fired (the read
+      // waited for a free connection past its deadline). A connected client writes it on the
+      // next turn of the event loop, and the listener node-redis would add to the signal was
+      // about a seventh of a load's CPU on a pool.
+      const reads: Send = (args, signal) =>
+        pool.execute((leased) =>
+          leased.sendCommand(
+            args,
+            leased.isReady === true && signal?.aborted !== true ? undefined : commandOptions(signal),
+          ),
+        );
       return nodeRedisDriver(
         () => send,
         (_key, fn) =>
           pool.execute((leased) => fn((args, signal) => leased.sendCommand(args, commandOptions(signal)))),
         true,
+        undefined,
+        reads,
       );
     }
     const single = client as NodeRedisClientLike;

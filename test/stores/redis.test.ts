@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { createClient } from 'redis';
+import { createClient, createClientPool } from 'redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newToken, storageKey } from '../../src/crypto/ids.js';
 import { type RedisClientLike, RedisStore } from '../../src/stores/redis.js';
@@ -409,40 +409,86 @@ describe.skipIf(skip)(
       await proxy?.close();
     });
 
-    it('loads sent while the connection is down answer 503 at timeoutMs and never reach the server after the reconnect; loads while it is up are served', async () => {
-      const client = createClient({
-        socket: { host: proxy.host, port: proxy.port, reconnectStrategy: () => 50 },
-      });
-      client.on('error', () => undefined);
-      await client.connect();
-      const store = new RedisStore({ client, prefix: uniquePrefix('offline'), timeoutMs: 300 });
+    // A client, and a pool (whose reads keep their signal only on a connection that is not up).
+    for (const kind of ['client', 'pool'] as const) {
+      it(`${kind}: loads sent while the connection is down answer 503 at timeoutMs and never reach the server after the reconnect; loads while it is up are served`, async () => {
+        const socket = { host: proxy.host, port: proxy.port, reconnectStrategy: () => 50 };
+        const single = kind === 'client' ? createClient({ socket }) : undefined;
+        const pool = kind === 'pool' ? createClientPool({ socket }, { minimum: 1, maximum: 2 }) : undefined;
+        const client = (single ?? pool)!;
+        client.on('error', () => undefined);
+        await client.connect();
+        // Whether the connection(s) the store sends on are up.
+        const ready = async () =>
+          single
+            ? single.isReady
+            : (await Promise.all([0, 1].map(() => pool!.execute(async (c) => c.isReady)))).every(Boolean);
+        const store = new RedisStore({ client, prefix: uniquePrefix('offline'), timeoutMs: 300 });
+        try {
+          const live = newKey();
+          expect(await store.create(live, record({ 'v:a': '"1"' }), HOUR)).toBe(true);
+          expect((await store.load(live))?.values).toEqual({ 'v:a': '"1"' });
+
+          await proxy.down();
+          if (single) {
+            for (let i = 0; i < 100 && single.isReady; i++) await sleep(10);
+            expect(single.isReady).toBe(false);
+          } else {
+            // The pool's idle clients see the connection close as they would in an outage.
+            for (let i = 0; i < 100 && (await pool!.execute(async (c) => c.isReady)); i++) await sleep(10);
+            expect(await pool!.execute(async (c) => c.isReady)).toBe(false);
+          }
+          const lost = Array.from({ length: 5 }, () => newKey());
+          const started = performance.now();
+          const answers = await Promise.allSettled(lost.map((k) => store.load(k)));
+          const took = performance.now() - started;
+          for (const answer of answers) {
+            expect(answer).toMatchObject({ status: 'rejected', reason: { code: 'STORE_UNAVAILABLE' } });
+          }
+          expect(took).toBeLessThan(300 + 700);
+
+          proxy.clearSent();
+          await proxy.up();
+          for (let i = 0; i < 300 && !(await ready()); i++) await sleep(10);
+          expect(await ready()).toBe(true);
+          expect((await store.load(live))?.values).toEqual({ 'v:a': '"1"' });
+          // The load after the reconnect went through the proxy; none of the five before it did.
+          expect(proxy.sent).toContain(live);
+          for (const k of lost) expect(proxy.sent).not.toContain(k);
+        } finally {
+          await client.close().catch(() => undefined);
+        }
+      }, 20_000);
+    }
+
+    it('pool: loads that waited for a free connection past timeoutMs answer 503 and are never sent, also once a connection is free', async () => {
+      const pool = createClientPool(
+        { socket: { host: proxy.host, port: proxy.port } },
+        { minimum: 1, maximum: 1, acquireTimeout: 5_000 },
+      );
+      pool.on('error', () => undefined);
+      await pool.connect();
+      const store = new RedisStore({ client: pool, prefix: uniquePrefix('leased'), timeoutMs: 300 });
       try {
         const live = newKey();
         expect(await store.create(live, record({ 'v:a': '"1"' }), HOUR)).toBe(true);
-        expect((await store.load(live))?.values).toEqual({ 'v:a': '"1"' });
-
-        await proxy.down();
-        for (let i = 0; i < 100 && client.isReady; i++) await sleep(10);
-        expect(client.isReady).toBe(false);
-        const lost = Array.from({ length: 5 }, () => newKey());
-        const started = performance.now();
+        // The pool's one connection is held by a blocking command for a second (the server's
+        // own timeout): the loads wait in the pool's queue until after their deadline.
+        const held = pool.execute((c) => c.sendCommand(['BLPOP', `${uniquePrefix('hold')}list`, '1']));
+        const lost = Array.from({ length: 3 }, () => newKey());
+        proxy.clearSent();
         const answers = await Promise.allSettled(lost.map((k) => store.load(k)));
-        const took = performance.now() - started;
         for (const answer of answers) {
           expect(answer).toMatchObject({ status: 'rejected', reason: { code: 'STORE_UNAVAILABLE' } });
         }
-        expect(took).toBeLessThan(300 + 700);
-
-        proxy.clearSent();
-        await proxy.up();
-        for (let i = 0; i < 300 && !client.isReady; i++) await sleep(10);
-        expect(client.isReady).toBe(true);
+        expect(await held).toBeNull();
+        // The connection is free and up again: a new load is sent and served; the three that
+        // waited past their deadline were handed the connection too, and not one was sent.
         expect((await store.load(live))?.values).toEqual({ 'v:a': '"1"' });
-        // The load after the reconnect went through the proxy; none of the five before it did.
         expect(proxy.sent).toContain(live);
         for (const k of lost) expect(proxy.sent).not.toContain(k);
       } finally {
-        await client.close().catch(() => undefined);
+        await pool.close().catch(() => undefined);
       }
     }, 20_000);
   },
