@@ -86,6 +86,8 @@ const GC_BATCH_MS = 8;
 const GC_CHECKPOINT_PAGES = 250;
 
 type Statement = BetterSqlite3.Statement<unknown[], unknown>;
+/** The pragmas the store lowers for one of its own statements (see `SqliteStore#atMost`). */
+type LoweredPragma = 'busy_timeout' | 'synchronous' | 'wal_autocheckpoint';
 type Statements = Record<StatementName, Statement>;
 
 /**
@@ -117,10 +119,6 @@ export class SqliteStore extends SqlSessionStore {
   /** Commit statements by shape, prepared once each (prepared lazily: the table may not exist yet). */
   readonly #commits: CommitStatements<{ statement: Statement; slots: readonly Slot[] }>;
 
-  #busy: { read: Statement; lower: Statement; restore: Map<number, Statement> } | undefined;
-  /** The handle's settings that a gc batch lowers for its own commit (see `#collecting`). */
-  #gcPragmas: { journalMode: Statement; synchronous: Statement; checkpointPages: Statement } | undefined;
-
   constructor(db: BetterSqlite3.Database, options: SqliteStoreOptions = {}) {
     super('SqliteStore', options);
     this.#db = db;
@@ -145,32 +143,29 @@ export class SqliteStore extends SqlSessionStore {
     return fn();
   }
 
-  /**
-   * Runs a write with the handle's busy timeout lowered to `timeoutMs` if it is longer, then puts
-   * the handle's own value back. Synchronous, so no other statement runs in between.
-   */
+  /** Runs a write with the handle's busy timeout lowered to `timeoutMs` if it is longer. */
   #bounded<T>(write: () => T): T {
-    if (!this.#busy) {
-      this.#busy = {
-        read: this.#db.prepare<unknown[], unknown>('PRAGMA busy_timeout').pluck(),
-        lower: this.#db.prepare<unknown[], unknown>(`PRAGMA busy_timeout = ${this.timeoutMs}`),
-        restore: new Map(),
-      };
-    }
-    const busy = this.#busy;
-    const previous = Number(busy.read.get());
-    if (!(previous > this.timeoutMs)) return write();
-    let restore = busy.restore.get(previous);
-    if (!restore) {
-      // Integer milliseconds read from SQLite itself: the only text of these pragmas.
-      restore = this.#db.prepare<unknown[], unknown>(`PRAGMA busy_timeout = ${Math.floor(previous)}`);
-      if (busy.restore.size < 8) busy.restore.set(previous, restore);
-    }
-    busy.lower.run();
+    return this.#atMost('busy_timeout', this.timeoutMs, write);
+  }
+
+  /**
+   * Runs `fn` with the handle's `pragma` lowered to `max` if it is higher, then puts the handle's
+   * own value back. Synchronous, so no other statement ever sees the lowered value.
+   *
+   * Each read and each change is a statement prepared afresh (`db.pragma`): SQLite applies a
+   * PRAGMA assignment when it compiles it, and a prepared one that is run again may or may not be
+   * compiled again, so a kept statement would lower or restore only some of the time.
+   */
+  #atMost<T>(pragma: LoweredPragma, max: number, fn: () => T): T {
+    const db = this.#db;
+    const previous = Number(db.pragma(pragma, { simple: true }));
+    if (!(previous > max)) return fn();
+    db.pragma(`${pragma} = ${max}`);
     try {
-      return write();
+      return fn();
     } finally {
-      restore.run();
+      // An integer read from SQLite itself: the only text of these pragmas.
+      db.pragma(`${pragma} = ${Math.floor(previous)}`);
     }
   }
 
@@ -245,26 +240,14 @@ export class SqliteStore extends SqlSessionStore {
    *   handle whose automatic checkpoint is off (0) keeps it off.
    */
   #collecting<T>(batch: () => T): T {
-    const db = this.#db;
-    this.#gcPragmas ??= {
-      journalMode: db.prepare<unknown[], unknown>('PRAGMA journal_mode').pluck(),
-      synchronous: db.prepare<unknown[], unknown>('PRAGMA synchronous').pluck(),
-      checkpointPages: db.prepare<unknown[], unknown>('PRAGMA wal_autocheckpoint').pluck(),
-    };
-    const pragmas = this.#gcPragmas;
-    if (db.inTransaction || String(pragmas.journalMode.get()).toLowerCase() !== 'wal') return batch();
-    // Integers read from SQLite itself: the only text of these pragmas.
-    const synchronous = Math.floor(Number(pragmas.synchronous.get()));
-    const pages = Math.floor(Number(pragmas.checkpointPages.get()));
-    const lowerSync = synchronous > 1;
-    const lowerPages = pages > GC_CHECKPOINT_PAGES;
-    if (lowerSync) db.pragma('synchronous = NORMAL');
-    if (lowerPages) db.pragma(`wal_autocheckpoint = ${GC_CHECKPOINT_PAGES}`);
-    try {
+    if (
+      this.#db.inTransaction ||
+      String(this.#db.pragma('journal_mode', { simple: true })).toLowerCase() !== 'wal'
+    )
       return batch();
-    } finally {
-      if (lowerPages) db.pragma(`wal_autocheckpoint = ${pages}`);
-      if (lowerSync) db.pragma(`synchronous = ${synchronous}`);
-    }
+    // synchronous: 1 is NORMAL (2 FULL, 3 EXTRA); 0 for the automatic checkpoint is "off", never raised.
+    return this.#atMost('synchronous', 1, () =>
+      this.#atMost('wal_autocheckpoint', GC_CHECKPOINT_PAGES, batch),
+    );
   }
 }

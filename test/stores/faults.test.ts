@@ -934,6 +934,41 @@ describe('SQLite: a write lock held elsewhere', () => {
   });
 });
 
+describe('SQLite: the handle timeout the store lowers for its writes', () => {
+  it("the store's first write is bounded too, and a busy_timeout the application changes between the store's writes is the one its handle keeps", async () => {
+    const { default: Database } = await import('better-sqlite3');
+    const { SqliteStore } = await import('../../src/stores/sqlite.js');
+    const file = join(scratch, 'busy-first.db');
+    const db = new Database(file, { timeout: 5_000 });
+    db.pragma('journal_mode = WAL');
+    const store = new SqliteStore(db, { timeoutMs: 300 });
+    await store.migrate();
+    const k = randomBytes(32).toString('base64url');
+    const meta = { createdAt: Date.now(), lastSeenAt: Date.now(), deadline: Date.now() + 3_600_000 };
+    const other = new Database(file);
+    other.exec('BEGIN IMMEDIATE');
+    try {
+      // The store's very first write, while another connection holds the write lock.
+      const started = now();
+      await expect(store.create(k, { meta, values: {} }, 3_600_000)).rejects.toMatchObject({
+        code: 'SQLITE_BUSY',
+      });
+      expect(now() - started).toBeLessThan(1_000);
+      expect(db.pragma('busy_timeout', { simple: true })).toBe(5_000);
+    } finally {
+      other.exec('ROLLBACK');
+      other.close();
+    }
+    expect(await store.create(k, { meta, values: {} }, 3_600_000)).toBe(true);
+    for (const timeout of [4_321, 6_000, 200]) {
+      db.pragma(`busy_timeout = ${timeout}`);
+      expect(await store.commit(k, { set: { a: `"${timeout}"` }, unset: [] }, 3_600_000)).toBe('ok');
+      expect(db.pragma('busy_timeout', { simple: true })).toBe(timeout);
+    }
+    db.close();
+  }, 20_000);
+});
+
 // ---- options and client errors, without a server ----------------------------------------------
 
 describe('timeoutMs and client error events', () => {
