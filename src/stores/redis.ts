@@ -413,8 +413,7 @@ function nodeRedisDriver(
   route: (key: string) => Send,
   pinned: <T>(key: string, fn: (send: Send) => Promise<T>) => Promise<T>,
   oneServer: boolean,
-  sendsAtOnce: () => boolean = () => false,
-  reads: Send | undefined = undefined,
+  { sendsAtOnce = () => false, reads }: { sendsAtOnce?: () => boolean; reads?: Send } = {},
 ): Driver {
   return {
     oneServer,
@@ -522,12 +521,9 @@ function driverFor(client: RedisClientLike): Driver {
         (key: string): Send =>
         (args, signal) =>
           cluster.sendCommand(key, false, args, commandOptions(signal));
-      return nodeRedisDriver(
-        route,
-        (key, fn) => fn(route(key)),
-        false,
-        () => mastersReady(cluster),
-      );
+      return nodeRedisDriver(route, (key, fn) => fn(route(key)), false, {
+        sendsAtOnce: () => mastersReady(cluster),
+      });
     }
     if (has(client, 'getMasterNode') && has(client, 'use')) {
       const sentinel = client as NodeRedisSentinelLike;
@@ -563,8 +559,7 @@ function driverFor(client: RedisClientLike): Driver {
         (_key, fn) =>
           pool.execute((leased) => fn((args, signal) => leased.sendCommand(args, commandOptions(signal)))),
         true,
-        undefined,
-        reads,
+        { reads },
       );
     }
     const single = client as NodeRedisClientLike;
@@ -573,7 +568,7 @@ function driverFor(client: RedisClientLike): Driver {
       () => send,
       (_key, fn) => fn(send),
       true,
-      () => single.isReady === true,
+      { sendsAtOnce: () => single.isReady === true },
     );
   }
   throw new SessionError(

@@ -9,11 +9,53 @@ import { newToken, storageKey } from '../../src/crypto/ids.js';
 import { type RedisClientLike, RedisStore } from '../../src/stores/redis.js';
 import type { SessionMeta, StoredSession } from '../../src/stores/store.js';
 import { describeStoreConformance } from '../../src/testing/conformance.js';
+import type { TcpProxy } from './tcp-proxy.js';
 
 export const HOUR = 3_600_000;
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export const newKey = () => storageKey(newToken());
 export const uniquePrefix = (tag: string) => `sftest:${tag}:${randomBytes(6).toString('hex')}:`;
+
+/** Polls `check` every 10 ms for up to 5 s, then expects it to hold. */
+async function eventually(check: () => boolean | Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 500 && !(await check()); i++) await sleep(10);
+  expect(await check()).toBe(true);
+}
+
+/**
+ * The offline-queue check of a node-redis store whose connections go through `proxy` (recording,
+ * up): loads sent while the proxy is down answer 503 within `timeoutMs` (plus slack) and never
+ * reach the server after the reconnect; a load before and after is served. `down()` and `up()`
+ * tell when the store's connections have seen the proxy go down and come back.
+ */
+export async function expectOfflineLoadsDropped(
+  store: RedisStore,
+  proxy: TcpProxy,
+  connections: { down: () => boolean | Promise<boolean>; up: () => boolean | Promise<boolean> },
+): Promise<void> {
+  const live = newKey();
+  expect(await store.create(live, record({ 'v:a': '"1"' }), HOUR)).toBe(true);
+  expect((await store.load(live))?.values).toEqual({ 'v:a': '"1"' });
+
+  await proxy.down();
+  await eventually(connections.down);
+  const lost = Array.from({ length: 5 }, () => newKey());
+  const started = performance.now();
+  const answers = await Promise.allSettled(lost.map((k) => store.load(k)));
+  const took = performance.now() - started;
+  for (const answer of answers) {
+    expect(answer).toMatchObject({ status: 'rejected', reason: { code: 'STORE_UNAVAILABLE' } });
+  }
+  expect(took).toBeLessThan(store.timeoutMs + 700);
+
+  proxy.clearSent();
+  await proxy.up();
+  await eventually(connections.up);
+  expect((await store.load(live))?.values).toEqual({ 'v:a': '"1"' });
+  // The load after the reconnect went through the proxy; none of the five before it did.
+  expect(proxy.sent).toContain(live);
+  for (const k of lost) expect(proxy.sent).not.toContain(k);
+}
 
 export function record(values: Record<string, string>, extra: Partial<SessionMeta> = {}): StoredSession {
   const now = Date.now();
