@@ -1,0 +1,261 @@
+// RedisStore on Redis Sentinel, with node-redis (`createSentinel`) and ioredis (`sentinels`), against
+// the deployment of scripts/redis-sentinel.sh: a master and its replica on 127.0.0.1:7201-7202,
+// one Sentinel on :7211 that knows them as "sfmaster". The failover tests swap the two data
+// nodes' roles; every test asks the Sentinel which one is the master.
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
+import { createClient, createSentinel } from 'redis';
+import { beforeAll, expect, it } from 'vitest';
+import { SessionError } from '../../src/errors.js';
+import type { RedisClientLike } from '../../src/stores/redis.js';
+import {
+  type Connected,
+  describeRedisConformance,
+  describeRedisSpecifics,
+  guardedCommitTests,
+  HOUR,
+  type Kind,
+  newKey,
+  type RedisTarget,
+  record,
+  sleep,
+} from '../helpers/redis.js';
+import { serverAvailable } from '../helpers/servers.js';
+
+interface Node {
+  host: string;
+  port: number;
+}
+
+// Loopback only.
+const SENTINEL: Node = { host: '127.0.0.1', port: Number(process.env.REDIS_SENTINEL_PORT ?? 7211) };
+const NAME = process.env.REDIS_SENTINEL_NAME ?? 'sfmaster';
+const SCRIPT = fileURLToPath(new URL('../../scripts/redis-sentinel.sh', import.meta.url));
+
+/** A short-lived plain connection to one node (never one of the clients under test). */
+async function admin<T>(node: Node, fn: (client: ReturnType<typeof createClient>) => Promise<T>): Promise<T> {
+  const client = createClient({
+    socket: { host: node.host, port: node.port, reconnectStrategy: false, connectTimeout: 2_000 },
+  });
+  client.on('error', () => undefined); // a failed connect rejects connect(); nothing else to report
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    client.destroy();
+  }
+}
+
+/** The master the Sentinel names now. */
+async function masterNode(): Promise<Node> {
+  const reply = (await admin(SENTINEL, (c) =>
+    c.sendCommand(['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', NAME]),
+  )) as string[] | null;
+  if (!reply) throw new Error(`the Sentinel at ${SENTINEL.host}:${SENTINEL.port} knows no master ${NAME}`);
+  return { host: reply[0]!, port: Number(reply[1]) };
+}
+
+/** The script's own health check: a master with an up-to-date replica, as the Sentinel sees it. */
+async function healthy(): Promise<string | true> {
+  try {
+    await promisify(execFile)('bash', [SCRIPT, 'status'], { timeout: 10_000 });
+    return true;
+  } catch (err) {
+    return String((err as { stdout?: string }).stdout ?? (err as Error).message).trim();
+  }
+}
+
+/** Polls `check` until it returns true; fails with its last answer after `timeoutMs`. Returns the ms it took. */
+async function waitFor(
+  what: string,
+  check: () => Promise<string | true>,
+  timeoutMs: number,
+): Promise<number> {
+  const started = Date.now();
+  let last: string | true = 'not checked';
+  while (Date.now() - started < timeoutMs) {
+    last = await check().catch((e: Error) => e.message);
+    if (last === true) return Date.now() - started;
+    await sleep(100);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}: ${last}`);
+}
+
+const skip = await serverAvailable(
+  `Redis Sentinel at ${SENTINEL.host}:${SENTINEL.port} (bash scripts/redis-sentinel.sh start)`,
+  async () => {
+    const state = await healthy();
+    if (state !== true) throw new Error(state);
+  },
+);
+
+async function connect(kind: Kind): Promise<Connected> {
+  if (kind === 'node-redis') {
+    const sentinel = createSentinel({ name: NAME, sentinelRootNodes: [SENTINEL] });
+    sentinel.on('error', () => undefined); // connection errors during the failover tests are expected
+    await sentinel.connect();
+    return { client: sentinel as unknown as RedisClientLike, close: () => sentinel.close() };
+  }
+  const client = new Redis({ sentinels: [SENTINEL], name: NAME, lazyConnect: true });
+  client.on('error', () => undefined);
+  await client.connect();
+  return {
+    client,
+    close: async () => {
+      client.disconnect();
+    },
+  };
+}
+
+const sentinel: RedisTarget = {
+  topology: 'Sentinel',
+  skip,
+  connect,
+  deleteKeys: async (prefix) => {
+    await admin(await masterNode(), async (c) => {
+      for await (const keys of c.scanIterator({ MATCH: `${prefix}*`, COUNT: 500 })) {
+        if (keys.length > 0) await c.unlink(keys);
+      }
+    });
+  },
+  prefixTag: (kind) => `sentinel-${kind}`,
+};
+
+describeRedisConformance(sentinel);
+
+describeRedisSpecifics(sentinel, (suite) => {
+  const { storeWith } = suite;
+  guardedCommitTests(suite);
+
+  beforeAll(async () => {
+    // An earlier failover (of this file's other client) must have settled before these run.
+    await waitFor('the Sentinel deployment to be healthy', healthy, 30_000);
+  }, 35_000);
+
+  it('a master that stops answering: loads answer 503 at timeoutMs, and the sessions are served as before once it answers again', async () => {
+    const store = storeWith({ timeoutMs: 200 });
+    const k = newKey();
+    expect(await store.create(k, record({ 'v:a': '1' }), HOUR)).toBe(true);
+    // CLIENT PAUSE holds every client's commands for 800 ms; the Sentinel waits 3 s before it
+    // calls the master down, so no failover starts.
+    await admin(await masterNode(), (c) => c.sendCommand(['CLIENT', 'PAUSE', '800', 'ALL']));
+    const started = performance.now();
+    const answers = await Promise.allSettled([store.load(k), store.load(newKey())]);
+    const took = performance.now() - started;
+    for (const answer of answers) {
+      expect(answer).toMatchObject({ status: 'rejected', reason: { code: 'STORE_UNAVAILABLE' } });
+    }
+    expect(took).toBeLessThan(200 + 400);
+    await waitFor(
+      'the paused master to answer the store again',
+      async () => ((await store.load(k))?.values['v:a'] === '1' ? true : 'not loaded'),
+      5_000,
+    );
+  });
+
+  /**
+   * A Sentinel failover while one writer per session keeps committing. With `durability`, a
+   * write is acknowledged only once the replica holds it, and the replica is what the Sentinel
+   * promotes, so every acknowledged write must be on the new master. Without it, writes of the
+   * last moments may be lost (asynchronous replication); what was created and replicated before
+   * must be there, and writes must resume within seconds.
+   */
+  async function failover(durable: boolean): Promise<void> {
+    const durability = { replicas: 1, timeoutMs: 300 };
+    // The sessions are created with durability in both cases (so they are on the replica).
+    const creator = storeWith({ durability, timeoutMs: 1_000 });
+    const store = durable ? creator : storeWith({ prefix: creator.prefix, timeoutMs: 1_000 });
+    const user = `u-${randomBytes(4).toString('hex')}`;
+    const keys = Array.from({ length: 12 }, () => newKey());
+    const signedIn = keys.slice(0, 4);
+    for (const k of keys) {
+      const meta = signedIn.includes(k) ? { userId: user } : {};
+      expect(await creator.create(k, record({ 'v:n': '0', 'v:kept': k }, meta), HOUR)).toBe(true);
+    }
+    const before = await masterNode();
+
+    // Each write is numbered: `acked` is the last number the store acknowledged for a session,
+    // `tried` the last it sent. With durability, what survives lies between the two.
+    const acked = new Map<string, number>();
+    const tried = new Map<string, number>();
+    const unexpected: unknown[] = [];
+    let unavailable = 0;
+    let stop = false;
+    const writers = keys.map(async (k) => {
+      for (let n = 1; !stop; n++) {
+        tried.set(k, n);
+        try {
+          const answer = await store.commit(k, { set: { 'v:n': String(n) }, unset: [] }, HOUR);
+          if (answer === 'ok') acked.set(k, n);
+          else unexpected.push(`${answer} for write ${n}`);
+        } catch (err) {
+          if (err instanceof SessionError && err.code === 'STORE_UNAVAILABLE') unavailable++;
+          else unexpected.push(err);
+          await sleep(20);
+        }
+        await sleep(5);
+      }
+    });
+
+    await sleep(300);
+    const ackedBefore = new Map(acked);
+    const failedOver = Date.now();
+    await admin(SENTINEL, (c) => c.sendCommand(['SENTINEL', 'FAILOVER', NAME]));
+    try {
+      await waitFor(
+        'the Sentinel to name the replica as master',
+        async () => {
+          const now = await masterNode();
+          return now.port !== before.port ? true : `still ${now.host}:${now.port}`;
+        },
+        20_000,
+      );
+      const namedMs = Date.now() - failedOver;
+      // The store follows: every writer gets a new write acknowledged after the switch. With
+      // durability, only once the old master has rejoined as the new master's replica: the
+      // Sentinel turns it into one when it next reads its INFO (every 10 s), then it resyncs.
+      const switched = new Map(acked);
+      const followedMs = await waitFor(
+        'every session to take writes again',
+        async () => {
+          const behind = keys.filter((k) => (acked.get(k) ?? 0) <= (switched.get(k) ?? 0));
+          return behind.length === 0 ? true : `${behind.length} sessions without a new write`;
+        },
+        durable ? 45_000 : 10_000,
+      );
+      stop = true;
+      await Promise.all(writers);
+
+      expect(unexpected).toEqual([]);
+      for (const k of keys) {
+        expect(acked.get(k) ?? 0).toBeGreaterThan(ackedBefore.get(k) ?? 0);
+        const loaded = await store.load(k);
+        expect(loaded?.values['v:kept']).toBe(k);
+        const n = Number(loaded?.values['v:n']);
+        if (durable) expect(n).toBeGreaterThanOrEqual(acked.get(k)!);
+        expect(n).toBeLessThanOrEqual(tried.get(k)!);
+      }
+      expect((await store.sessionsOf(user)).map((s) => s.key).sort()).toEqual([...signedIn].sort());
+      // For the record, in the test's output: how long the switch cost the writers.
+      console.info(
+        `[sentinel ${suite.kind}${durable ? ', durability' : ''}] failover ${before.port} -> ${(await masterNode()).port}: new master named after ${namedMs} ms, every session's writes acknowledged again ${followedMs} ms later; ${unavailable} writes answered 503 meanwhile`,
+      );
+    } finally {
+      stop = true;
+      await Promise.all(writers);
+      // The next test's client must not meet the old master's demotion halfway through.
+      await waitFor('the Sentinel deployment to settle after the failover', healthy, 45_000);
+    }
+  }
+
+  it('a failover under writes: every session created before it is served by the new master, and writes resume within seconds', async () => {
+    await failover(false);
+  }, 90_000);
+
+  it('a failover under writes with durability: every acknowledged write is on the new master; writes wait (503) until the old master rejoins as a replica', async () => {
+    await failover(true);
+  }, 120_000);
+});
