@@ -201,7 +201,9 @@ return 1
 // ('-1' without retain), the unset fields, the retained fields, the set pairs.
 // Returns {0} gone, {3} gone because the metadata is unreadable, {2, userTag} conflict (nothing
 // written), {0, userTag} deleted for a non-positive TTL, {1, previousUserTag, userTag, deadline}
-// written. The previous user lets the caller fix the index of a user change.
+// written (or found written by an earlier run of the same handle-moving commit, with the
+// previous user then unknown: the current one stands for it). The previous user lets the caller
+// fix the index of a user change.
 const COMMIT = script(
   `
 local raw = redis.call('HGET', KEYS[1], '${META_FIELD}')
@@ -211,13 +213,28 @@ if not meta then
   return {0}
 end
 local before = tag(meta.userId)
-if ARGV[3] ~= '' and (type(meta.h) ~= 'string' or '=' .. meta.h ~= ARGV[3]) then
+local function refused()
+  -- A commit that moves the handle (ID change, login) sets a new handle that only it can set
+  -- (from a fresh random token). Found in place, it means this very commit ran already and a
+  -- client sent it again after losing the reply (ioredis re-sends unanswered commands after a
+  -- reconnect, node-redis Sentinel retries on the new master): it answers as the first run did.
+  if ARGV[2] ~= '' and ARGV[3] ~= '' and type(meta.h) == 'string' then
+    local moved = cjson.decode(ARGV[2])[1].h
+    if moved == meta.h then
+      local deadline = ''
+      if type(meta.deadline) == 'number' then deadline = num(meta.deadline) end
+      return {1, before, before, deadline}
+    end
+  end
   return {2, before}
 end
+if ARGV[3] ~= '' and (type(meta.h) ~= 'string' or '=' .. meta.h ~= ARGV[3]) then
+  return refused()
+end
 if ARGV[4] == '-' then
-  if meta.userId ~= nil and meta.userId ~= cjson.null then return {2, before} end
+  if meta.userId ~= nil and meta.userId ~= cjson.null then return refused() end
 elseif ARGV[4] ~= '' then
-  if type(meta.userId) ~= 'string' or '=' .. meta.userId ~= ARGV[4] then return {2, before} end
+  if type(meta.userId) ~= 'string' or '=' .. meta.userId ~= ARGV[4] then return refused() end
 end
 if tonumber(ARGV[1]) <= 0 then
   redis.call('UNLINK', KEYS[1])

@@ -184,11 +184,44 @@ export function guardedCommitTests({ storeWith }: RedisSpecifics): void {
     expect({ ...loaded?.values }).toEqual({ 'v:f7': '7', 'v:f9': 'nine', 'v:new': '1' });
     expect(loaded?.meta).toMatchObject({ h: 'h1', ph: 'h0', userId: u, authAt: 5 });
     expect((await store.sessionsOf(u)).map((s) => s.key)).toEqual([k]);
-    // The same commit again: the handle moved on, so it is a conflict and writes nothing.
-    expect(await store.commit(k, { ...delta, set: { 'v:late': '1' } }, HOUR, { handle: 'h0' })).toBe(
+    // Another ID change under the old handle: the handle moved on, so it is a conflict and
+    // writes nothing.
+    const late = { ...delta, set: { 'v:late': '1' }, meta: { ...delta.meta, h: 'h2' } };
+    expect(await store.commit(k, late, HOUR, { handle: 'h0' })).toBe('conflict');
+    expect((await store.load(k))?.values['v:late']).toBeUndefined();
+  });
+
+  it('a login sent again after its reply was lost answers ok again and changes nothing more', async () => {
+    // ioredis re-sends a command whose reply a broken connection lost; node-redis Sentinel
+    // retries one on the new master. The login's new handle shows it already ran.
+    const store = storeWith();
+    const u = user('u-resent');
+    const k = newKey();
+    await store.create(k, record({ 'v:a': '1', 'v:old': 'x' }, { h: 'h0' }), HOUR);
+    const login = {
+      set: { 'v:b': '2' },
+      unset: [],
+      retain: ['v:a'],
+      meta: { h: 'h1', ph: 'h0', userId: u },
+    };
+    expect(await store.commit(k, login, HOUR, { handle: 'h0', userId: null })).toBe('ok');
+    // The next request of the logged-in user writes under the new handle.
+    expect(await store.commit(k, { set: { 'v:c': '3' }, unset: [] }, HOUR, { handle: 'h1', userId: u })).toBe(
+      'ok',
+    );
+    // The login again, as re-sent: ok, and its retain does not run again (v:c stays).
+    expect(await store.commit(k, login, HOUR, { handle: 'h0', userId: null })).toBe('ok');
+    const loaded = await store.load(k);
+    expect({ ...loaded?.values }).toEqual({ 'v:a': '1', 'v:b': '2', 'v:c': '3' });
+    expect(loaded?.meta).toMatchObject({ h: 'h1', userId: u });
+    expect((await store.sessionsOf(u)).map((s) => s.key)).toEqual([k]);
+    // Any other commit under the old handle is still refused, and writes nothing.
+    const other = { set: { 'v:d': '4' }, unset: [], meta: { h: 'h2', ph: 'h0' } };
+    expect(await store.commit(k, other, HOUR, { handle: 'h0' })).toBe('conflict');
+    expect(await store.commit(k, { set: { 'v:d': '4' }, unset: [] }, HOUR, { handle: 'h0' })).toBe(
       'conflict',
     );
-    expect((await store.load(k))?.values['v:late']).toBeUndefined();
+    expect((await store.load(k))?.values['v:d']).toBeUndefined();
   });
 
   it('retain: [] keeps only what the commit sets', async () => {

@@ -22,6 +22,7 @@ export class TcpProxy {
   readonly #target: { host: string; port: number };
   /** With `record`: every byte the clients sent on to the server, in order (see `sent`). */
   readonly #sent: Buffer[] | undefined;
+  #losingReplies = false;
 
   private constructor(target: { host: string; port: number }, record: boolean) {
     this.#target = target;
@@ -79,6 +80,15 @@ export class TcpProxy {
     }
   }
 
+  /**
+   * While on, what the server answers is thrown away; what clients send still reaches it. With
+   * `down` after it: a command the server ran whose reply never came back, as when a connection
+   * breaks between the two.
+   */
+  loseReplies(on = true): void {
+    this.#losingReplies = on;
+  }
+
   /** Forwards again after `stall`, the waiting bytes first. */
   resume(): void {
     this.#state = 'forwarding';
@@ -132,7 +142,7 @@ export class TcpProxy {
     client.setNoDelay(true);
     upstream.setNoDelay(true);
     this.#forward(client, upstream, this.#sent);
-    this.#forward(upstream, client);
+    this.#forward(upstream, client, undefined, () => this.#losingReplies);
     const end = () => this.#drop(pair);
     client.on('error', end).on('close', end);
     upstream.on('error', end).on('close', end);
@@ -142,8 +152,9 @@ export class TcpProxy {
     }
   }
 
-  #forward(from: Socket, to: Socket, record?: Buffer[]): void {
+  #forward(from: Socket, to: Socket, record?: Buffer[], losing?: () => boolean): void {
     from.on('data', (chunk: Buffer) => {
+      if (losing?.()) return;
       record?.push(chunk);
       if (to.write(chunk)) return;
       from.pause();

@@ -271,7 +271,9 @@ describeRedisSpecifics(cluster, (suite) => {
     await store.create(k, record({ 'v:a': '1', 'v:b': '2' }, { h: 'h0' }), HOUR);
     const login = { set: { 'v:c': '3' }, unset: [], retain: ['v:a'], meta: { h: 'h1', ph: 'h0', userId } };
     expect(await store.commit(k, login, HOUR, { handle: 'h0', userId: null })).toBe('ok');
-    expect(await store.commit(k, login, HOUR, { handle: 'h0', userId: null })).toBe('conflict');
+    // Another login under the old handle (its own new handle) is refused, also under WAIT.
+    const late = { ...login, set: { 'v:late': '1' }, meta: { ...login.meta, h: 'h2' } };
+    expect(await store.commit(k, late, HOUR, { handle: 'h0', userId: null })).toBe('conflict');
     const loaded = await store.load(k);
     expect({ ...loaded?.values }).toEqual({ 'v:a': '1', 'v:c': '3' });
     expect(loaded?.meta).toMatchObject({ h: 'h1', ph: 'h0', userId });

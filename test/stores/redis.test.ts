@@ -467,3 +467,55 @@ describe.skipIf(skip)(
     }, 20_000);
   },
 );
+
+// ioredis re-sends the commands a broken connection left unanswered once it reconnects. A commit
+// the server already ran then runs twice: harmless for a plain one, and a handle-moving one
+// (login, ID change) recognises its own new handle and answers as the first run did.
+describe.skipIf(skip)(`RedisStore and a re-sent commit${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  let proxy: TcpProxy;
+  beforeAll(async () => {
+    proxy = await TcpProxy.start({ host: HOST, port: PORT }, 0, { record: true });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+  });
+
+  it('ioredis re-sends an ID change whose reply the broken connection lost: the store answers ok, as the first run did', async () => {
+    const client = new Redis({
+      host: proxy.host,
+      port: proxy.port,
+      lazyConnect: true,
+      retryStrategy: () => 20,
+    });
+    client.on('error', () => undefined);
+    await client.connect();
+    const direct = await connect('ioredis');
+    const prefix = uniquePrefix('resent');
+    const store = new RedisStore({ client, prefix, timeoutMs: 3_000 });
+    const observer = new RedisStore({ client: direct.client, prefix });
+    try {
+      const k = newKey();
+      expect(await store.create(k, record({ 'v:a': '1' }, { h: 'h0' }), HOUR)).toBe(true);
+      proxy.loseReplies();
+      const change = store.commit(k, { set: { 'v:b': '2' }, unset: [], meta: { h: 'h1', ph: 'h0' } }, HOUR, {
+        handle: 'h0',
+      });
+      // The server ran the ID change (seen through a connection of its own); its reply is lost.
+      for (let i = 0; i < 300 && (await observer.load(k))?.meta.h !== 'h1'; i++) await sleep(10);
+      expect((await observer.load(k))?.meta.h).toBe('h1');
+      proxy.loseReplies(false);
+      proxy.clearSent();
+      await proxy.down();
+      await proxy.up();
+      expect(await change).toBe('ok');
+      // It was answered by a second run on the new connection, not by the first.
+      expect(proxy.sent).toContain('h1');
+      expect((await observer.load(k))?.values).toEqual({ 'v:a': '1', 'v:b': '2' });
+    } finally {
+      proxy.loseReplies(false);
+      client.disconnect();
+      await direct.close();
+      await standalone.deleteKeys(prefix);
+    }
+  }, 20_000);
+});
