@@ -7,13 +7,15 @@
  * Prints the median of `--reps` runs per client, after one warm-up run. A node-redis pool makes
  * an AbortSignal for every load and passes it only to a connection that is not up; a connected
  * single client, a Cluster whose masters are all connected, and ioredis send loads without one
- * (docs/stores-redis.md). The Cluster row needs `bash scripts/redis-cluster.sh start`
- * (or REDIS_CLUSTER_NODES); without it, that row prints n/a.
+ * (docs/stores-redis.md). A node-redis Sentinel always gets one: whether its master connection is
+ * up is not visible from outside. The Cluster row needs `bash scripts/redis-cluster.sh start`
+ * (or REDIS_CLUSTER_NODES) and the Sentinel rows `bash scripts/redis-sentinel.sh start`; without
+ * them, those rows print n/a.
  */
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
-import { createClient, createClientPool, createCluster } from 'redis';
+import { createClient, createClientPool, createCluster, createSentinel } from 'redis';
 import { RedisStore } from '../src/stores/redis.js';
 
 const { values: args } = parseArgs({
@@ -25,6 +27,9 @@ const URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const IN_FLIGHT = 10;
 /** A node of the Cluster that `bash scripts/redis-cluster.sh start` runs (the first of REDIS_CLUSTER_NODES). */
 const CLUSTER_URL = `redis://${(process.env.REDIS_CLUSTER_NODES ?? '127.0.0.1:7101').split(',')[0]}`;
+/** The Sentinel that `bash scripts/redis-sentinel.sh start` runs, and the master name it watches. */
+const SENTINEL = { host: '127.0.0.1', port: Number(process.env.REDIS_SENTINEL_PORT ?? 7211) };
+const SENTINEL_NAME = process.env.REDIS_SENTINEL_NAME ?? 'sfmaster';
 
 async function cpuPerLoad(store: RedisStore, key: string): Promise<number> {
   let n = 0;
@@ -70,9 +75,37 @@ const clients: { name: string; open: () => Promise<{ client: never; close: () =>
     },
   },
   {
+    name: 'node-redis Sentinel (scripts/redis-sentinel.sh)',
+    open: async () => {
+      const sentinel = createSentinel({
+        name: SENTINEL_NAME,
+        sentinelRootNodes: [SENTINEL],
+        maxCommandRediscovers: 0,
+        nodeClientOptions: { socket: { reconnectStrategy: false, connectTimeout: 2_000 } },
+        sentinelClientOptions: { socket: { reconnectStrategy: false, connectTimeout: 2_000 } },
+      });
+      await sentinel.connect();
+      return { client: sentinel as never, close: () => sentinel.close() };
+    },
+  },
+  {
     name: 'ioredis',
     open: async () => {
       const client = new Redis(URL);
+      return { client: client as never, close: () => client.quit() };
+    },
+  },
+  {
+    name: 'ioredis Sentinel (scripts/redis-sentinel.sh)',
+    open: async () => {
+      const client = new Redis({
+        sentinels: [SENTINEL],
+        name: SENTINEL_NAME,
+        lazyConnect: true,
+        sentinelRetryStrategy: () => null,
+        retryStrategy: () => null,
+      });
+      await client.connect();
       return { client: client as never, close: () => client.quit() };
     },
   },
@@ -83,7 +116,7 @@ for (const { name, open } of clients) {
   try {
     opened = await open();
   } catch (err) {
-    console.log(`${name.padEnd(20)} n/a (not reachable: ${(err as Error).message})`);
+    console.log(`${name.padEnd(46)} n/a (not reachable: ${(err as Error).message})`);
     continue;
   }
   const { client, close } = opened;
@@ -101,7 +134,7 @@ for (const { name, open } of clients) {
   samples.sort((a, b) => a - b);
   const median = samples[Math.floor(samples.length / 2)]!;
   console.log(
-    `${name.padEnd(20)} ${median.toFixed(1).padStart(6)} µs CPU per load (runs: ${samples.map((s) => s.toFixed(1)).join(' ')})`,
+    `${name.padEnd(46)} ${median.toFixed(1).padStart(6)} µs CPU per load (runs: ${samples.map((s) => s.toFixed(1)).join(' ')})`,
   );
   await store.destroy(key);
   await close();
