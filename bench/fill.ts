@@ -407,6 +407,21 @@ for (const row of rows) {
 
 const first = rows[0]!;
 const last = rows.at(-1)!;
+if (first.floor && last.floor && rows.length > 1) {
+  // What the store adds to a bare hash lookup, per size: a constant factor means that the growth
+  // from 1k to 1M is the machine's (cache and TLB misses), which no store on one Map can avoid.
+  const over = (r: Row, pick: (x: { p50s: number[]; p99s: number[] }) => number[]) =>
+    median(pick(r)) / median(pick(r.floor!));
+  console.log(
+    `  the store over the floor: p50 ${rows.map((r) => `${over(r, (x) => x.p50s).toFixed(2)}x`).join(', ')}; p99 ${rows
+      .map((r) => `${over(r, (x) => x.p99s).toFixed(2)}x`)
+      .join(', ')} (at ${rows.map((r) => r.n).join(', ')}); the floor itself grows ${(
+      median(last.floor.p50s) / median(first.floor.p50s)
+    ).toFixed(
+      2,
+    )}x (p50) and ${(median(last.floor.p99s) / median(first.floor.p99s)).toFixed(2)}x (p99) from ${first.n} to ${last.n}`,
+  );
+}
 if (rows.length > 1) {
   for (const [label, pick] of [
     ['p50', (r: Row) => median(r.p50s)],
