@@ -159,6 +159,15 @@ local function liveMeta(raw)
     and type(meta.deadline) == 'number' then return meta end
   return nil
 end
+-- Whether the record at KEYS[1] is the one that a create with this meta JSON writes: same
+-- handle, a fresh random value that only one create carries. Then that create ran already and
+-- a client sent it again after losing the reply (see COMMIT).
+local function createdBefore(metaJson)
+  local ok, new = pcall(cjson.decode, metaJson)
+  if not ok or type(new) ~= 'table' or type(new.h) ~= 'string' then return false end
+  local old = decodeMeta(redis.call('HGET', KEYS[1], '${META_FIELD}'))
+  return old ~= nil and old.h == new.h
+end
 -- Lua's unpack has a stack limit: large argument lists go in chunks of 1000.
 local function each(cmd, first, last)
   for i = first, last, 1000 do
@@ -186,7 +195,10 @@ const META: Script = { ...script(`return redis.call('HGET', KEYS[1], '${META_FIE
 // ARGV: ttl, meta JSON, then field/value pairs.
 const CREATE = script(
   `
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if createdBefore(ARGV[2]) then return 1 end
+  return 0
+end
 if tonumber(ARGV[1]) <= 0 then return 1 end
 redis.call('HSET', KEYS[1], '${META_FIELD}', ARGV[2])
 each('HSET', 3, #ARGV)
@@ -320,7 +332,10 @@ return 1
 // a stale entry (pruned by readers), never a live session missing from its user's index.
 const CREATE_INDEXED = script(
   `${LUA_INDEX_ADD}
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if createdBefore(ARGV[2]) then return 1 end
+  return 0
+end
 if tonumber(ARGV[1]) <= 0 then return 1 end
 indexAdd(KEYS[2], ARGV[3], ARGV[4], 'settled', ARGV[5], ARGV[6])
 redis.call('HSET', KEYS[1], '${META_FIELD}', ARGV[2])

@@ -224,6 +224,21 @@ export function guardedCommitTests({ storeWith }: RedisSpecifics): void {
     expect((await store.load(k))?.values['v:d']).toBeUndefined();
   });
 
+  it('a create sent again after its reply was lost answers true again; any other create of the key is refused', async () => {
+    const store = storeWith();
+    const u = user('u-created');
+    const k = newKey();
+    const created = record({ 'v:a': '1' }, { h: 'h-new', userId: u });
+    expect(await store.create(k, created, HOUR)).toBe(true);
+    // Re-sent: recognised by its handle; without it, the manager would take the key for a
+    // collision and create another session, leaving this one listed for the user.
+    expect(await store.create(k, created, HOUR)).toBe(true);
+    expect(await store.create(k, record({ 'v:a': '2' }, { h: 'h-other', userId: u }), HOUR)).toBe(false);
+    expect(await store.create(k, record({ 'v:a': '3' }), HOUR)).toBe(false);
+    expect({ ...(await store.load(k))?.values }).toEqual({ 'v:a': '1' });
+    expect((await store.sessionsOf(u)).map((s) => s.key)).toEqual([k]);
+  });
+
   it('retain: [] keeps only what the commit sets', async () => {
     const store = storeWith();
     const k = newKey();

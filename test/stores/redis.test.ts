@@ -518,4 +518,39 @@ describe.skipIf(skip)(`RedisStore and a re-sent commit${skip ? ` (skipped: ${ski
       await standalone.deleteKeys(prefix);
     }
   }, 20_000);
+
+  it('ioredis re-sends a create whose reply the broken connection lost: the store answers true, as the first run did', async () => {
+    const client = new Redis({
+      host: proxy.host,
+      port: proxy.port,
+      lazyConnect: true,
+      retryStrategy: () => 20,
+    });
+    client.on('error', () => undefined);
+    await client.connect();
+    const direct = await connect('ioredis');
+    const prefix = uniquePrefix('resent');
+    const store = new RedisStore({ client, prefix, timeoutMs: 3_000 });
+    const observer = new RedisStore({ client: direct.client, prefix });
+    try {
+      const k = newKey();
+      proxy.loseReplies();
+      const create = store.create(k, record({ 'v:a': '1' }, { h: 'h0' }), HOUR);
+      // The server ran the create (seen through a connection of its own); its reply is lost.
+      for (let i = 0; i < 300 && (await observer.load(k)) === null; i++) await sleep(10);
+      expect((await observer.load(k))?.meta.h).toBe('h0');
+      proxy.loseReplies(false);
+      proxy.clearSent();
+      await proxy.down();
+      await proxy.up();
+      expect(await create).toBe(true);
+      expect(proxy.sent).toContain('h0');
+      expect((await observer.load(k))?.values).toEqual({ 'v:a': '1' });
+    } finally {
+      proxy.loseReplies(false);
+      client.disconnect();
+      await direct.close();
+      await standalone.deleteKeys(prefix);
+    }
+  }, 20_000);
 });
