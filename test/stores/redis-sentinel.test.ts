@@ -10,7 +10,6 @@ import { Redis } from 'ioredis';
 import { createClient, createSentinel } from 'redis';
 import { beforeAll, expect, it } from 'vitest';
 import { SessionError } from '../../src/errors.js';
-import type { RedisClientLike } from '../../src/stores/redis.js';
 import {
   type Connected,
   describeRedisConformance,
@@ -97,7 +96,7 @@ async function connect(kind: Kind): Promise<Connected> {
     const sentinel = createSentinel({ name: NAME, sentinelRootNodes: [SENTINEL] });
     sentinel.on('error', () => undefined); // connection errors during the failover tests are expected
     await sentinel.connect();
-    return { client: sentinel as unknown as RedisClientLike, close: () => sentinel.close() };
+    return { client: sentinel, close: () => sentinel.close() };
   }
   const client = new Redis({ sentinels: [SENTINEL], name: NAME, lazyConnect: true });
   client.on('error', () => undefined);
