@@ -16,6 +16,25 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export const newKey = () => storageKey(newToken());
 export const uniquePrefix = (tag: string) => `sftest:${tag}:${randomBytes(6).toString('hex')}:`;
 
+/**
+ * Polls `check` every 100 ms until it returns true; fails with its last answer (a string saying
+ * what is still missing, or the error it threw) after `timeoutMs`. Returns the ms it took.
+ */
+export async function waitFor(
+  what: string,
+  check: () => Promise<string | true>,
+  timeoutMs: number,
+): Promise<number> {
+  const started = Date.now();
+  let last: string | true = 'not checked';
+  while (Date.now() - started < timeoutMs) {
+    last = await check().catch((e: Error) => e.message);
+    if (last === true) return Date.now() - started;
+    await sleep(100);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}: ${last}`);
+}
+
 /** Polls `check` every 10 ms for up to 5 s, then expects it to hold. */
 async function eventually(check: () => boolean | Promise<boolean>): Promise<void> {
   for (let i = 0; i < 500 && !(await check()); i++) await sleep(10);

@@ -18,8 +18,8 @@ import {
   newKey,
   type RedisTarget,
   record,
-  sleep,
   uniquePrefix,
+  waitFor,
 } from '../helpers/redis.js';
 import { serverAvailable } from '../helpers/servers.js';
 
@@ -167,22 +167,6 @@ async function clusterHealthy(): Promise<string | true> {
       return `${node.host}:${node.port}: replica link ${repl.master_link_status}`;
   }
   return true;
-}
-
-/** Polls `check` until it returns true; fails with its last answer after `timeoutMs`. */
-async function waitFor(
-  what: string,
-  check: () => Promise<string | true>,
-  timeoutMs: number,
-): Promise<number> {
-  const started = Date.now();
-  let last: string | true = 'not checked';
-  while (Date.now() - started < timeoutMs) {
-    last = await check().catch((e: Error) => e.message);
-    if (last === true) return Date.now() - started;
-    await sleep(100);
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}: ${last}`);
 }
 
 /** `promise`, or a clear error if it has not settled after `ms` (a client stuck on a dead node). */

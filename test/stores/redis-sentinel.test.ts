@@ -21,6 +21,7 @@ import {
   type RedisTarget,
   record,
   sleep,
+  waitFor,
 } from '../helpers/redis.js';
 import { serverAvailable } from '../helpers/servers.js';
 
@@ -65,22 +66,6 @@ async function healthy(): Promise<string | true> {
   } catch (err) {
     return String((err as { stdout?: string }).stdout ?? (err as Error).message).trim();
   }
-}
-
-/** Polls `check` until it returns true; fails with its last answer after `timeoutMs`. Returns the ms it took. */
-async function waitFor(
-  what: string,
-  check: () => Promise<string | true>,
-  timeoutMs: number,
-): Promise<number> {
-  const started = Date.now();
-  let last: string | true = 'not checked';
-  while (Date.now() - started < timeoutMs) {
-    last = await check().catch((e: Error) => e.message);
-    if (last === true) return Date.now() - started;
-    await sleep(100);
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}: ${last}`);
 }
 
 const skip = await serverAvailable(
