@@ -34,6 +34,8 @@ interface Node {
 const SENTINEL: Node = { host: '127.0.0.1', port: Number(process.env.REDIS_SENTINEL_PORT ?? 7211) };
 const NAME = process.env.REDIS_SENTINEL_NAME ?? 'sfmaster';
 const SCRIPT = fileURLToPath(new URL('../../scripts/redis-sentinel.sh', import.meta.url));
+/** The two data nodes of the script (master and replica at the start, in either role later). */
+const DATA_NODES: Node[] = [7201, 7202].map((port) => ({ host: '127.0.0.1', port }));
 
 /** A short-lived plain connection to one node (never one of the clients under test). */
 async function admin<T>(node: Node, fn: (client: ReturnType<typeof createClient>) => Promise<T>): Promise<T> {
@@ -139,6 +141,71 @@ describeRedisSpecifics(sentinel, (suite) => {
       5_000,
     );
   });
+
+  it('master and replica both down: every call answers 503 at timeoutMs, nothing crashes or hangs, and new sessions are served once the deployment is back', async () => {
+    const store = storeWith({ timeoutMs: 300 });
+    const k = newKey();
+    expect(await store.create(k, record({ 'v:a': '1' }, { h: 'h0' }), HOUR)).toBe(true);
+    const unhandled: unknown[] = [];
+    const onRejection = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onRejection);
+    try {
+      // Both data nodes go away; with no replica left, the Sentinel has nothing to promote.
+      for (const node of DATA_NODES) {
+        await admin(node, (c) => c.sendCommand(['SHUTDOWN', 'NOSAVE'])).catch(() => undefined);
+      }
+      await waitFor(
+        'both data nodes to be down',
+        async () => {
+          const up = await Promise.all(
+            DATA_NODES.map((n) =>
+              admin(n, (c) => c.ping()).then(
+                () => true,
+                () => false,
+              ),
+            ),
+          );
+          return up.some(Boolean) ? 'a data node still answers' : true;
+        },
+        10_000,
+      );
+      for (let round = 0; round < 4; round++) {
+        const started = performance.now();
+        const answers = await Promise.allSettled([
+          store.load(k),
+          store.commit(k, { set: { 'v:b': '2' }, unset: [] }, HOUR),
+          store.create(newKey(), record({ 'v:a': '1' }, { h: 'h-new' }), HOUR),
+        ]);
+        const took = performance.now() - started;
+        for (const answer of answers) {
+          expect(answer).toMatchObject({ status: 'rejected', reason: { code: 'STORE_UNAVAILABLE' } });
+        }
+        expect(took).toBeLessThan(300 + 400);
+        await sleep(250);
+      }
+    } finally {
+      // Back from nothing (the script restarts all three; the data nodes keep no data).
+      await promisify(execFile)('bash', [SCRIPT, 'start'], { timeout: 90_000 });
+    }
+    try {
+      const backMs = await waitFor(
+        'the store to serve a new session',
+        async () => {
+          const fresh = newKey();
+          if (!(await store.create(fresh, record({ 'v:a': 'back' }, { h: 'h1' }), HOUR)))
+            return 'create refused';
+          return (await store.load(fresh))?.values['v:a'] === 'back' ? true : 'not loaded';
+        },
+        30_000,
+      );
+      console.info(
+        `[sentinel ${suite.kind}] after the restart, the same client served a new session within ${backMs} ms`,
+      );
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onRejection);
+    }
+  }, 150_000);
 
   /**
    * A Sentinel failover while one writer per session keeps committing. With `durability`, a
