@@ -16,14 +16,9 @@ TIMEOUT=${SF_CLUSTER_TIMEOUT:-60}
 HOST=127.0.0.1
 PORTS=(7101 7102 7103 7104 7105 7106)
 
-log() { printf '[redis-cluster] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
-cli() { "$REDIS_CLI" -h "$HOST" -p "$1" "${@:2}" 2>/dev/null; }
-alive() { [[ $(cli "$1" ping || true) == PONG ]]; }
+LOG_TAG=redis-cluster
+# shellcheck source=lib/redis-nodes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/redis-nodes.sh"
 
 # One redis-cli call per node (process start-up dominates the cost of a poll): prints
 # "cluster_state known_nodes slots_assigned role connected_slaves master_link_status",
@@ -35,31 +30,6 @@ state() {
       n = split("cluster_state cluster_known_nodes cluster_slots_assigned role connected_slaves master_link_status", k, " ")
       for (i = 1; i <= n; i++) printf "%s%s", (k[i] in v ? v[k[i]] : "-"), (i < n ? " " : "\n")
     }'
-}
-
-# Polls `$2...` until it succeeds or $1 seconds have passed.
-wait_for() {
-  local timeout=$1
-  shift
-  local deadline=$((SECONDS + timeout))
-  until "$@"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.1
-  done
-}
-
-pid_of() {
-  local file=$BASE_DIR/$1/redis.pid
-  [[ -f $file ]] && cat "$file"
-  return 0
-}
-
-# True only for a live redis-server process listening on our port: a stale pid file never
-# makes us signal an unrelated process.
-our_process() {
-  local pid=$1 port=$2
-  [[ -n $pid && -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "redis-server.*:$port"
 }
 
 start_node() {
@@ -131,22 +101,7 @@ cmd_start() {
   log "cluster ok on ${PORTS[*]}"
 }
 
-cmd_stop() {
-  local p pid
-  for p in "${PORTS[@]}"; do
-    pid=$(pid_of "$p")
-    if alive "$p"; then cli "$p" shutdown nosave >/dev/null || true; fi
-    if our_process "$pid" "$p"; then
-      wait_for 10 bash -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done
-  for p in "${PORTS[@]}"; do
-    wait_for 10 bash -c "! '$REDIS_CLI' -h $HOST -p $p ping >/dev/null 2>&1" ||
-      die "something still answers on port $p (not started by this script?)"
-  done
-  rm -rf -- "$BASE_DIR"
-  log "stopped; removed $BASE_DIR"
-}
+cmd_stop() { stop_nodes "${PORTS[@]}"; }
 
 cmd_status() {
   local p cstate known slots role rest down=0

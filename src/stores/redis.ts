@@ -225,6 +225,10 @@ if not meta then
   return {0}
 end
 local before = tag(meta.userId)
+local function deadlineOf(m)
+  if type(m.deadline) == 'number' then return num(m.deadline) end
+  return ''
+end
 local function refused()
   -- A commit that moves the handle (ID change, login) sets a new handle that only it can set
   -- (from a fresh random token). Found in place, it means this very commit ran already and a
@@ -232,11 +236,7 @@ local function refused()
   -- reconnect, node-redis Sentinel retries on the new master): it answers as the first run did.
   if ARGV[2] ~= '' and ARGV[3] ~= '' and type(meta.h) == 'string' then
     local moved = cjson.decode(ARGV[2])[1].h
-    if moved == meta.h then
-      local deadline = ''
-      if type(meta.deadline) == 'number' then deadline = num(meta.deadline) end
-      return {1, before, before, deadline}
-    end
+    if moved == meta.h then return {1, before, before, deadlineOf(meta)} end
   end
   return {2, before}
 end
@@ -276,9 +276,7 @@ if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], '${META_FIELD}', encode(meta))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-local deadline = ''
-if type(meta.deadline) == 'number' then deadline = num(meta.deadline) end
-return {1, before, tag(meta.userId), deadline}
+return {1, before, tag(meta.userId), deadlineOf(meta)}
 `,
   true,
 );

@@ -875,17 +875,26 @@ describe.skipIf(memcachedSkip)(
 
 // ---- SQLite: another process's write lock ------------------------------------------------------
 
+/**
+ * A WAL database in the scratch directory whose handle waits up to 5 s for a lock, a SqliteStore
+ * on it with timeoutMs 300, and a session key and metadata for it (the session not created).
+ */
+async function busyTimeoutSetup(name: string) {
+  const { default: Database } = await import('better-sqlite3');
+  const { SqliteStore } = await import('../../src/stores/sqlite.js');
+  const file = join(scratch, name);
+  const db = new Database(file, { timeout: 5_000 });
+  db.pragma('journal_mode = WAL');
+  const store = new SqliteStore(db, { timeoutMs: 300 });
+  await store.migrate();
+  const k = randomBytes(32).toString('base64url');
+  const meta = { createdAt: Date.now(), lastSeenAt: Date.now(), deadline: Date.now() + 3_600_000 };
+  return { Database, db, store, k, meta, file };
+}
+
 describe('SQLite: a write lock held elsewhere', () => {
   it('a write waits at most timeoutMs (not the handle timeout of 5 s, which blocks the event loop), and the handle keeps its own timeout', async () => {
-    const { default: Database } = await import('better-sqlite3');
-    const { SqliteStore } = await import('../../src/stores/sqlite.js');
-    const file = join(scratch, 'busy.db');
-    const db = new Database(file, { timeout: 5_000 });
-    db.pragma('journal_mode = WAL');
-    const store = new SqliteStore(db, { timeoutMs: 300 });
-    await store.migrate();
-    const k = randomBytes(32).toString('base64url');
-    const meta = { createdAt: Date.now(), lastSeenAt: Date.now(), deadline: Date.now() + 3_600_000 };
+    const { Database, db, store, k, meta, file } = await busyTimeoutSetup('busy.db');
     expect(await store.create(k, { meta, values: {} }, 3_600_000)).toBe(true);
     // A second connection, as another process would be, takes the write lock and keeps it.
     const other = new Database(file);
@@ -915,15 +924,7 @@ describe('SQLite: a write lock held elsewhere', () => {
 
 describe('SQLite: the handle timeout the store lowers for its writes', () => {
   it("the store's first write is bounded too, and a busy_timeout the application changes between the store's writes is the one its handle keeps", async () => {
-    const { default: Database } = await import('better-sqlite3');
-    const { SqliteStore } = await import('../../src/stores/sqlite.js');
-    const file = join(scratch, 'busy-first.db');
-    const db = new Database(file, { timeout: 5_000 });
-    db.pragma('journal_mode = WAL');
-    const store = new SqliteStore(db, { timeoutMs: 300 });
-    await store.migrate();
-    const k = randomBytes(32).toString('base64url');
-    const meta = { createdAt: Date.now(), lastSeenAt: Date.now(), deadline: Date.now() + 3_600_000 };
+    const { Database, db, store, k, meta, file } = await busyTimeoutSetup('busy-first.db');
     const other = new Database(file);
     other.exec('BEGIN IMMEDIATE');
     try {
