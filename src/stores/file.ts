@@ -238,11 +238,29 @@ function readAllSync(fd: number): { buffer: Buffer; length: number } {
   return { buffer, length };
 }
 
+/**
+ * How a session file is opened for reading. Its mtime is its expiry, in the future, so under
+ * Linux's default `relatime` every read would also write the inode's access time (a dirty inode,
+ * a journal handle on ext4, a block to write back): O_NOATIME leaves the access time alone. The
+ * kernel grants it only to the file's owner; a file of another user (EPERM) is opened without it.
+ */
+const READ_FLAGS = constants.O_RDONLY | (constants.O_NOATIME ?? 0);
+
+// Both through the module object, so that a test can refuse O_NOATIME as the kernel does.
+function openReadSync(path: string): number {
+  try {
+    return nodeFs.openSync(path, READ_FLAGS);
+  } catch (err) {
+    if (READ_FLAGS === constants.O_RDONLY || errno(err) !== 'EPERM') throw err;
+    return nodeFs.openSync(path, constants.O_RDONLY);
+  }
+}
+
 /** The file's bytes, read synchronously (open, read, close; fstat only for the previous format). */
 function readRawSync(path: string): RawFile | null {
   let fd: number;
   try {
-    fd = openSync(path, 'r');
+    fd = openReadSync(path);
   } catch (err) {
     if (errno(err) === 'ENOENT') return null;
     throw err;
@@ -271,10 +289,24 @@ const unlinkAsync = promisify(unlink);
 const renameAsync = promisify(rename);
 const opendirAsync = promisify(opendir);
 
+const openAsync = (path: string, flags: number) =>
+  new Promise<number>((resolve, reject) =>
+    nodeFs.open(path, flags, (err, fd) => (err ? reject(err) : resolve(fd))),
+  );
+
+async function openRead(path: string): Promise<number> {
+  try {
+    return await openAsync(path, READ_FLAGS);
+  } catch (err) {
+    if (READ_FLAGS === constants.O_RDONLY || errno(err) !== 'EPERM') throw err;
+    return await openAsync(path, constants.O_RDONLY);
+  }
+}
+
 async function readRaw(path: string): Promise<RawFile | null> {
   let fd: number;
   try {
-    fd = await openFd(path, 'r');
+    fd = await openRead(path);
   } catch (err) {
     if (errno(err) === 'ENOENT') return null;
     throw err;

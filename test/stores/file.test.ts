@@ -106,6 +106,69 @@ describe('FileStore specifics', () => {
     expect(await readdir(dir)).not.toContain(`${key}.json`);
   });
 
+  // The expiry in the mtime is in the future, and under relatime (Linux's default) a plain read
+  // of such a file writes its access time every time: a dirty inode per request.
+  for (const io of ['auto', 'async'] as const) {
+    it(`a load leaves the file's access time alone (io: '${io}')`, async (ctx) => {
+      const dir = await tempDir();
+      const store = new FileStore({ dir, io });
+      const key = storageKey(newToken());
+      await store.create(key, { meta: meta(), values: { 'v:a': '1' } }, 60_000);
+      const file = join(dir, `${key}.json`);
+      const { mtime } = await stat(file);
+      const past = new Date(Math.floor(Date.now() / 1000) * 1000 - 3_600_000); // whole seconds: exact
+      await utimes(file, past, mtime);
+      await readFile(file);
+      // A file system mounted noatime (or lazytime, strictatime...) would not show the difference.
+      if ((await stat(file)).atimeMs === past.getTime()) ctx.skip();
+      await utimes(file, past, mtime);
+      for (let i = 0; i < 3; i++) expect(await store.load(key)).not.toBeNull();
+      const after = await stat(file);
+      expect(after.atimeMs).toBe(past.getTime());
+      expect(Math.round(after.mtimeMs)).toBe(mtime.getTime());
+    });
+  }
+
+  it("a file the kernel will not open with O_NOATIME (another user's) is read without it", async () => {
+    const dir = await tempDir();
+    const store = new FileStore({ dir });
+    const key = storageKey(newToken());
+    await store.create(key, { meta: meta(), values: { 'v:a': '1' } }, 60_000);
+    const noatime = nodeFs.constants.O_NOATIME ?? 0;
+    const refused: number[] = [];
+    const refuse = (flags: unknown) => {
+      if (typeof flags === 'number' && noatime !== 0 && (flags & noatime) !== 0) {
+        refused.push(flags);
+        throw Object.assign(new Error('EPERM: operation not permitted'), { code: 'EPERM' });
+      }
+    };
+    const openSync = nodeFs.openSync.bind(nodeFs);
+    vi.spyOn(nodeFs, 'openSync').mockImplementation(((path: string, flags: unknown, ...rest: unknown[]) => {
+      refuse(flags);
+      return (openSync as (...args: unknown[]) => number)(path, flags, ...rest);
+    }) as typeof nodeFs.openSync);
+    const open = nodeFs.open.bind(nodeFs);
+    vi.spyOn(nodeFs, 'open').mockImplementation(((path: string, flags: unknown, ...rest: unknown[]) => {
+      try {
+        refuse(flags);
+      } catch (err) {
+        const callback = rest.at(-1) as (err: Error) => void;
+        process.nextTick(() => callback(err as Error));
+        return;
+      }
+      (open as (...args: unknown[]) => void)(path, flags, ...rest);
+    }) as typeof nodeFs.open);
+    try {
+      expect((await store.load(key))?.values).toEqual({ 'v:a': '1' });
+      expect(await store.commit(key, { set: { 'v:b': '2' }, unset: [] }, 60_000)).toBe('ok');
+      const viaPool = new FileStore({ dir, io: 'async' });
+      expect((await viaPool.load(key))?.values).toEqual({ 'v:a': '1', 'v:b': '2' });
+      if (noatime !== 0) expect(refused.length).toBeGreaterThanOrEqual(3);
+    } finally {
+      vi.restoreAllMocks();
+    }
+  });
+
   it('SM-13: a key that is not base64url never reaches the file system', async () => {
     const store = new FileStore({ dir: await tempDir() });
     await expect(store.load('../../etc/passwd')).rejects.toMatchObject({ code: 'INVALID_KEY' });
