@@ -112,6 +112,18 @@ export interface FileStoreOptions {
   /** How long to wait for a session's lock before failing the request. @default 5000 */
   lockTimeoutMs?: number;
   /**
+   * Sessions whose file is kept open, so that a load can answer from the record it decoded last
+   * time after one `fstat` of the open file, instead of opening, reading and parsing it. The
+   * answer is never stale, whichever process wrote: every change this store makes to a session
+   * (a write, a logout, gc; in any process) links, renames over or unlinks its file, which
+   * changes the open file's ctime or link count, and a load that sees either change reads the
+   * file again. A file is kept only once its ctime is more than a second old (two changes
+   * within one tick of a coarse clock can share a ctime), only on a local file system with
+   * sub-second timestamps (see `io`), and never while gc runs. Each kept session holds one file
+   * descriptor; the least recently loaded is closed first. `0` turns it off. @default 256
+   */
+  openFiles?: number;
+  /**
    * Called when a file cannot be parsed; the session is then treated as absent.
    * @default the manager's `warn` (see `setWarn`), else console.warn
    */
@@ -254,6 +266,46 @@ function openReadSync(path: string): number {
     if (READ_FLAGS === constants.O_RDONLY || errno(err) !== 'EPERM') throw err;
     return nodeFs.openSync(path, constants.O_RDONLY);
   }
+}
+
+/**
+ * A session file kept open by `FileStore.load` (see `openFiles`): its decoded record, valid as
+ * long as an fstat of `fd` shows the same inode state (`sameFile`).
+ */
+interface OpenFile {
+  fd: number;
+  stat: nodeFs.BigIntStats;
+  record: Readonly<StoredSession>;
+  expiresAt: number;
+}
+
+/** How old (ns) a file's ctime must be before the file is kept open: see `openFiles`. */
+const SETTLED_NS = 1_000_000_000n;
+
+function sameFile(a: nodeFs.BigIntStats, b: nodeFs.BigIntStats): boolean {
+  return (
+    a.ctimeNs === b.ctimeNs &&
+    a.ino === b.ino &&
+    a.dev === b.dev &&
+    a.nlink === b.nlink &&
+    a.size === b.size &&
+    a.mtimeNs === b.mtimeNs
+  );
+}
+
+/** The file system under `dir` keeps timestamps finer than a second (its ctime has a fraction). */
+function fineTimes(dir: string): boolean {
+  try {
+    return statSync(dir, { bigint: true }).ctimeNs % 1_000_000_000n !== 0n;
+  } catch {
+    return false;
+  }
+}
+
+function freezeRecord(record: StoredSession): Readonly<StoredSession> {
+  Object.freeze(record.meta);
+  Object.freeze(record.values);
+  return Object.freeze(record);
 }
 
 /** The file's bytes, read synchronously (open, read, close; fstat only for the previous format). */
@@ -921,6 +973,8 @@ const READ_ATTEMPTS = 3;
  *   find the sessions that ended without looking at the live ones. gc removes only names of the
  *   store's own scheme and never touches the directory's mode.
  * - A user index (`users/<hash>/<key>` marker files) serves `sessionsOf`.
+ * - A load of a session whose file has settled answers from the file kept open, after one fstat
+ *   that shows it unchanged (see `openFiles`).
  */
 export class FileStore implements SessionStore {
   readonly capabilities = { listByUser: true, gc: true, nativeTtl: false } as const;
@@ -939,6 +993,11 @@ export class FileStore implements SessionStore {
   readonly #io = new IoMode();
   readonly #staleLockMs: number;
   readonly #lockTimeoutMs: number;
+  readonly #openMax: number;
+  /** Sessions kept open (see `openFiles`), least recently loaded first. */
+  readonly #open = new Map<string, OpenFile>();
+  /** The directory's timestamps are finer than a second (checked once by `#init`). */
+  #fineTimes = false;
   readonly #corrupt: CorruptLog;
   readonly #now: () => number;
   /** Each session's waiting jobs, in order; present while its queue is being worked through. */
@@ -974,6 +1033,7 @@ export class FileStore implements SessionStore {
       this.dir = defaultSessionDir();
       prepareDir(this.dir, { strict: true, create: this.#create });
       this.#io.allow(io === 'auto' && isLocalFileSystem(this.dir));
+      this.#fineTimes = fineTimes(this.dir);
       this.#ready = Promise.resolve();
     } else {
       this.dir = given;
@@ -984,6 +1044,11 @@ export class FileStore implements SessionStore {
     this.#fsync = options.fsync ?? true;
     this.#staleLockMs = options.staleLockMs ?? 10_000;
     this.#lockTimeoutMs = options.lockTimeoutMs ?? 5_000;
+    const openMax = options.openFiles ?? 256;
+    if (!Number.isInteger(openMax) || openMax < 0) {
+      throw new SessionError('INVALID_OPTION', 'FileStore: `openFiles` must be a whole number >= 0.');
+    }
+    this.#openMax = openMax;
     const onCorrupt = options.onCorrupt;
     this.#corrupt = new CorruptLog(
       onCorrupt ? (file, reason) => onCorrupt(file, new Error(reason)) : undefined,
@@ -1000,6 +1065,7 @@ export class FileStore implements SessionStore {
     this.#ready ??= (async () => {
       prepareDir(this.dir, { strict: false, create: this.#create });
       this.#io.allow(this.#ioOption === 'auto' && isLocalFileSystem(this.dir));
+      this.#fineTimes = fineTimes(this.dir);
     })().catch((err: unknown) => {
       // A directory that is not usable yet (mount not ready, wrong permissions, files to move
       // out) may be fixed while the process runs: try again on the next request.
@@ -1362,6 +1428,7 @@ export class FileStore implements SessionStore {
     if (userId !== undefined && userId !== previousUser) await this.#mark(key, userId, pending);
     const mode = create ? 'none' : previous?.current ? 'current' : 'legacy';
     await this.#write(key, record, expiresAt, mode, pending);
+    this.#forget(key); // the file kept open is now the spare, which the next write rewrites
     if (previousUser !== undefined && previousUser !== userId) await this.#unmark(key, previousUser);
   }
 
@@ -1372,6 +1439,7 @@ export class FileStore implements SessionStore {
     durable = true,
     sync = this.#io.sync,
   ): Promise<void> {
+    this.#forget(key); // a removed file kept open would hold its blocks until closed
     const removed = await this.#remove(this.#file(key), sync);
     await this.#remove(this.#spare(key), sync);
     // A logout must not come back after a power cut.
@@ -1692,6 +1760,10 @@ export class FileStore implements SessionStore {
   async load(key: string): Promise<StoredSession | null> {
     checkStorageKey('FileStore', key);
     await this.#init();
+    if (this.#openMax > 0 && this.#fineTimes && this.#io.sync) {
+      const kept = this.#loadKept(key);
+      if (kept !== undefined) return kept;
+    }
     const found = await this.#read(key, true);
     if (!found) return null;
     if (found.expiresAt <= this.#now()) {
@@ -1702,6 +1774,83 @@ export class FileStore implements SessionStore {
       return null;
     }
     return found.record;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Session files kept open (see `openFiles`).
+
+  /**
+   * `load` through the files kept open: the kept record while its file is as it was (one fstat),
+   * else the file read again (and kept once it has settled). undefined: not answered here (a
+   * file that is torn, of the previous format, expired or unreadable), `load` reads as usual.
+   */
+  #loadKept(key: string): Readonly<StoredSession> | null | undefined {
+    const kept = this.#open.get(key);
+    if (kept) {
+      const now = this.#io.run(() => fstatSync(kept.fd, { bigint: true }));
+      if (sameFile(now, kept.stat) && kept.expiresAt > this.#now()) {
+        this.#open.delete(key); // most recently loaded last
+        this.#open.set(key, kept);
+        return kept.record;
+      }
+      this.#forget(key);
+    }
+    return this.#io.run(() => this.#readKept(key));
+  }
+
+  /**
+   * Reads the session's file on one descriptor: fstat, read, decode. The file is kept open if
+   * its ctime is older than SETTLED_NS and, checked after the read, `path` still names it and
+   * nothing about it changed (a second fstat): from then on any change to it, or to what
+   * `path` names, changes its ctime or link count (see `openFiles`).
+   */
+  #readKept(key: string): Readonly<StoredSession> | null | undefined {
+    const path = this.#file(key);
+    let fd: number;
+    try {
+      fd = openReadSync(path);
+    } catch (err) {
+      return errno(err) === 'ENOENT' ? null : undefined;
+    }
+    let kept = false;
+    try {
+      const before = fstatSync(fd, { bigint: true });
+      const { buffer, length } = readAllSync(fd);
+      if (!isCurrentFormat(buffer, length)) return undefined;
+      const found = decodeFile({ buffer, length, mtimeMs: 0 }, true);
+      if (found === TORN || !found.record || !found.current || found.expiresAt <= this.#now())
+        return undefined;
+      const record = freezeRecord(found.record);
+      if (BigInt(Date.now()) * 1_000_000n - before.ctimeNs > SETTLED_NS) {
+        const named = statSync(path, { bigint: true, throwIfNoEntry: false });
+        const after = fstatSync(fd, { bigint: true });
+        if (named && named.ino === before.ino && named.dev === before.dev && sameFile(before, after)) {
+          this.#keep(key, { fd, stat: before, record, expiresAt: found.expiresAt });
+          kept = true;
+        }
+      }
+      return record;
+    } catch {
+      return undefined;
+    } finally {
+      if (!kept) closeSync(fd);
+    }
+  }
+
+  #keep(key: string, file: OpenFile): void {
+    this.#forget(key);
+    this.#open.set(key, file);
+    if (this.#open.size > this.#openMax) this.#forget(this.#open.keys().next().value!);
+  }
+
+  /** Closes the session's kept file, if any. */
+  #forget(key: string): void {
+    const kept = this.#open.get(key);
+    if (!kept) return;
+    this.#open.delete(key);
+    try {
+      closeSync(kept.fd);
+    } catch {}
   }
 
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
@@ -1980,6 +2129,7 @@ export class FileStore implements SessionStore {
   /** Stops the heartbeat and removes this store's owner file (locks it holds keep their owner). */
   async close(): Promise<void> {
     this.#stopHeartbeat();
+    for (const key of [...this.#open.keys()]) this.#forget(key);
     // Best effort: an owner file that cannot be removed (the directory is gone or unusable) is
     // recognised as a dead process's by the next gc.
     await fs.rm(this.#ownerFile, { force: true }).catch(() => undefined);
