@@ -1810,7 +1810,10 @@ export class FileStore implements SessionStore {
     try {
       fd = openReadSync(path);
     } catch (err) {
-      return errno(err) === 'ENOENT' ? null : undefined;
+      const code = errno(err);
+      // Out of descriptors: give back the ones kept here before the read as usual tries again.
+      if (code === 'EMFILE' || code === 'ENFILE') this.#forgetAll();
+      return code === 'ENOENT' ? null : undefined;
     }
     let kept = false;
     try {
@@ -1841,6 +1844,10 @@ export class FileStore implements SessionStore {
     this.#forget(key);
     this.#open.set(key, file);
     if (this.#open.size > this.#openMax) this.#forget(this.#open.keys().next().value!);
+  }
+
+  #forgetAll(): void {
+    for (const key of [...this.#open.keys()]) this.#forget(key);
   }
 
   /** Closes the session's kept file, if any. */
@@ -2129,7 +2136,7 @@ export class FileStore implements SessionStore {
   /** Stops the heartbeat and removes this store's owner file (locks it holds keep their owner). */
   async close(): Promise<void> {
     this.#stopHeartbeat();
-    for (const key of [...this.#open.keys()]) this.#forget(key);
+    this.#forgetAll();
     // Best effort: an owner file that cannot be removed (the directory is gone or unusable) is
     // recognised as a dead process's by the next gc.
     await fs.rm(this.#ownerFile, { force: true }).catch(() => undefined);

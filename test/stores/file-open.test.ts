@@ -172,6 +172,29 @@ describe.skipIf(process.platform !== 'linux')('FileStore: session files kept ope
     expect(() => new FileStore({ dir, openFiles: -1 })).toThrow(/openFiles/);
   });
 
+  it('out of descriptors (EMFILE): the kept files are given back and the load still answers', async () => {
+    const dir = await tempDir();
+    const a = store({ dir });
+    const keys = Array.from({ length: 3 }, () => storageKey(newToken()));
+    for (const key of keys) await a.create(key, { meta: meta(), values: { 'v:a': key } }, HOUR);
+    await settle();
+    for (const key of keys.slice(0, 2)) await a.load(key);
+    expect(openUnder(dir)).toBe(2);
+    const openSync = nodeFs.openSync.bind(nodeFs);
+    let refused = 0;
+    vi.spyOn(nodeFs, 'openSync').mockImplementation(((path: string, ...rest: unknown[]) => {
+      if (String(path).endsWith('.json') && refused === 0) {
+        refused++;
+        throw Object.assign(new Error('EMFILE: too many open files'), { code: 'EMFILE' });
+      }
+      return (openSync as (...args: unknown[]) => number)(path, ...rest);
+    }) as typeof nodeFs.openSync);
+    expect((await a.load(keys[2]!))?.values).toEqual({ 'v:a': keys[2] });
+    expect(refused).toBe(1);
+    expect(openUnder(dir)).toBeLessThanOrEqual(1);
+    expect((await a.load(keys[0]!))?.values).toEqual({ 'v:a': keys[0] });
+  });
+
   it('while gc runs nothing is kept; gc removing a kept session closes it', async () => {
     const dir = await tempDir();
     let now = Date.now();
