@@ -111,6 +111,19 @@ describe.skipIf(process.platform !== 'linux')('FileStore: session files kept ope
     expect(openUnder(dir)).toBe(0);
   });
 
+  it('the whole directory deleted (everyone logged out by hand): no kept session loads', async () => {
+    const dir = await tempDir();
+    const a = store({ dir });
+    const keys = Array.from({ length: 3 }, () => storageKey(newToken()));
+    for (const key of keys) await a.create(key, { meta: meta(), values: {} }, HOUR);
+    await settle();
+    for (const key of keys) expect(await a.load(key)).not.toBeNull();
+    expect(openUnder(dir)).toBe(3);
+    await rm(dir, { recursive: true, force: true });
+    for (const key of keys) expect(await a.load(key)).toBeNull();
+    expect(openUnder(dir)).toBe(0);
+  });
+
   it('a file replaced or rewritten from outside the store is read again', async () => {
     const dir = await tempDir();
     const a = store({ dir });
