@@ -16,7 +16,6 @@ import nodeFs, {
   linkSync,
   lstatSync,
   mkdirSync,
-  open,
   opendir,
   openSync,
   read,
@@ -45,6 +44,7 @@ import {
   checkStorageKey,
   decodeRecord,
   encodeRecord,
+  freezeRecord,
   isStorageKey,
 } from './kit.js';
 import {
@@ -302,12 +302,6 @@ function fineTimes(dir: string): boolean {
   }
 }
 
-function freezeRecord(record: StoredSession): Readonly<StoredSession> {
-  Object.freeze(record.meta);
-  Object.freeze(record.values);
-  return Object.freeze(record);
-}
-
 /** The file's bytes, read synchronously (open, read, close; fstat only for the previous format). */
 function readRawSync(path: string): RawFile | null {
   let fd: number;
@@ -330,7 +324,11 @@ function readRawSync(path: string): RawFile | null {
 // in bench/README.md): a read is open, read, close (plus an fstat for a file of the previous
 // format), one descriptor, so the content and the mtime are of the same file even if a writer
 // renames a new version over it meanwhile.
-const openFd = promisify(open);
+// Through the module object, so that a test can refuse O_NOATIME as the kernel does.
+const openFd = (path: string, flags: number) =>
+  new Promise<number>((resolve, reject) =>
+    nodeFs.open(path, flags, (err, fd) => (err ? reject(err) : resolve(fd))),
+  );
 const fstatFd = promisify(fstat);
 const readFd = promisify(read);
 const closeFd = promisify(close);
@@ -341,17 +339,12 @@ const unlinkAsync = promisify(unlink);
 const renameAsync = promisify(rename);
 const opendirAsync = promisify(opendir);
 
-const openAsync = (path: string, flags: number) =>
-  new Promise<number>((resolve, reject) =>
-    nodeFs.open(path, flags, (err, fd) => (err ? reject(err) : resolve(fd))),
-  );
-
 async function openRead(path: string): Promise<number> {
   try {
-    return await openAsync(path, READ_FLAGS);
+    return await openFd(path, READ_FLAGS);
   } catch (err) {
     if (READ_FLAGS === constants.O_RDONLY || errno(err) !== 'EPERM') throw err;
-    return await openAsync(path, constants.O_RDONLY);
+    return await openFd(path, constants.O_RDONLY);
   }
 }
 
@@ -385,7 +378,7 @@ async function readRaw(path: string): Promise<RawFile | null> {
 async function readWithStat(file: string, limit = Number.POSITIVE_INFINITY) {
   let fd: number;
   try {
-    fd = await openFd(file, 'r');
+    fd = await openFd(file, constants.O_RDONLY);
   } catch (err) {
     if (errno(err) === 'ENOENT') return null;
     throw err;
@@ -1032,8 +1025,7 @@ export class FileStore implements SessionStore {
       // The default directory is checked now, so that an unsafe one stops the app at start.
       this.dir = defaultSessionDir();
       prepareDir(this.dir, { strict: true, create: this.#create });
-      this.#io.allow(io === 'auto' && isLocalFileSystem(this.dir));
-      this.#fineTimes = fineTimes(this.dir);
+      this.#probeDir();
       this.#ready = Promise.resolve();
     } else {
       this.dir = given;
@@ -1061,11 +1053,16 @@ export class FileStore implements SessionStore {
     this.#corrupt.attach(warn);
   }
 
+  /** What the directory's file system allows: synchronous calls (`io`), files kept open. */
+  #probeDir(): void {
+    this.#io.allow(this.#ioOption === 'auto' && isLocalFileSystem(this.dir));
+    this.#fineTimes = fineTimes(this.dir);
+  }
+
   #init(): Promise<void> {
     this.#ready ??= (async () => {
       prepareDir(this.dir, { strict: false, create: this.#create });
-      this.#io.allow(this.#ioOption === 'auto' && isLocalFileSystem(this.dir));
-      this.#fineTimes = fineTimes(this.dir);
+      this.#probeDir();
     })().catch((err: unknown) => {
       // A directory that is not usable yet (mount not ready, wrong permissions, files to move
       // out) may be fixed while the process runs: try again on the next request.

@@ -65,6 +65,16 @@ export function decodeRecord(text: string): StoredSession | null {
 }
 
 /**
+ * Freezes a record as a store hands it out: loads may share one object (MemoryStore, FileStore's
+ * files kept open), and the manager only reads it.
+ */
+export function freezeRecord(record: StoredSession): Readonly<StoredSession> {
+  if (!Object.isFrozen(record.meta)) Object.freeze(record.meta);
+  if (!Object.isFrozen(record.values)) Object.freeze(record.values);
+  return Object.freeze(record);
+}
+
+/**
  * Where a store reports a corrupt record: the store's own `onCorrupt` option if given, else the
  * manager's `warn` once the manager has attached it, else `console.warn`. The message names the
  * store and the place, never the record's content.

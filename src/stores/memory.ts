@@ -1,5 +1,5 @@
 import { SessionError } from '../errors.js';
-import { checkStorageKey } from './kit.js';
+import { checkStorageKey, freezeRecord } from './kit.js';
 import {
   type CommitGuard,
   type CommitResult,
@@ -25,12 +25,6 @@ export interface MemoryStoreOptions {
   maxEntries?: number;
   /** Clock in milliseconds, for tests. @default Date.now */
   now?: () => number;
-}
-
-function freeze(record: StoredSession): Readonly<StoredSession> {
-  if (!Object.isFrozen(record.meta)) Object.freeze(record.meta);
-  if (!Object.isFrozen(record.values)) Object.freeze(record.values);
-  return Object.freeze(record);
 }
 
 /** Copies `from` into a plain object (fast properties; `__proto__` stays an own data key). */
@@ -65,7 +59,7 @@ function applyFrozen(record: Readonly<StoredSession>, delta: SessionDelta): Read
       if (delta.meta[k] === undefined) delete meta[k];
     }
   }
-  return freeze({ meta, values });
+  return freezeRecord({ meta, values });
 }
 
 // ---- slot layout ----------------------------------------------------------------------------
