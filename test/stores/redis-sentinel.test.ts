@@ -218,10 +218,18 @@ describeRedisSpecifics(sentinel, (suite) => {
    * had an unknown outcome (a 503: it may still have run, later).
    */
   async function failover(durable: boolean): Promise<void> {
+    // The test before this one may have restarted the deployment: start from a synced replica.
+    await waitFor('the Sentinel deployment to be healthy', healthy, 30_000);
     const durability = { replicas: 1, timeoutMs: 300 };
-    // The sessions are created with durability in both cases (so they are on the replica).
-    const creator = storeWith({ durability, timeoutMs: 1_000 });
-    const store = durable ? creator : storeWith({ prefix: creator.prefix, timeoutMs: 1_000 });
+    // The sessions are created with durability in both cases (so they are on the replica), with
+    // a generous WAIT: on a loaded machine a replica's first acknowledgement after a restart can
+    // take longer than the 300 ms the writers below are held to, and the setup is not under test.
+    const creator = storeWith({ durability: { replicas: 1, timeoutMs: 5_000 }, timeoutMs: 6_000 });
+    const store = storeWith({
+      prefix: creator.prefix,
+      timeoutMs: 1_000,
+      ...(durable ? { durability } : {}),
+    });
     const user = `u-${randomBytes(4).toString('hex')}`;
     const keys = Array.from({ length: 12 }, () => newKey());
     const signedIn = keys.slice(0, 4);
