@@ -411,8 +411,10 @@ async function syncDirectory(dir: string): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // Synchronous or through the thread pool.
 
-/** A synchronous step that kept the thread longer than this pauses the synchronous mode. */
+/** A synchronous step that kept the thread longer than this is slow (see IoMode). */
 const SLOW_SYNC_MS = 2;
+/** A slow step pauses the synchronous mode if another came less than this long before it. */
+const SLOW_AGAIN_MS = 1_000;
 /** How long a pause of the synchronous mode lasts at first; it doubles while slow calls keep coming. */
 const SYNC_PAUSE_MS = 1_000;
 /** The longest pause. */
@@ -468,18 +470,24 @@ function isLocalFileSystem(dir: string): boolean {
  * costs the system call (a few µs on cached data); the same call through the thread pool costs
  * two thread hand-offs on top (10 to 40 µs of CPU on a 2-core machine, measured in
  * bench/file-store.ts). A step that holds the thread longer than SLOW_SYNC_MS (a read from a
- * slow disk, a wait behind writeback or a directory lock) pauses the synchronous mode: for
- * SYNC_PAUSE_MS, doubled (up to SYNC_PAUSE_MAX_MS) each time a slow step comes soon after the
- * last pause ended (within ten pauses' length), so that a one-off costs a second of thread-pool
- * calls and a slow disk is kept off the event loop. The time the scheduler gave the CPU to other
- * processes meanwhile (the thread's run-queue wait) is not counted: the thread pool would not
- * have avoided it. Where that wait cannot be read, any slow step pauses.
+ * slow disk, a wait behind writeback or a directory lock) is slow. The second slow step within
+ * SLOW_AGAIN_MS pauses the synchronous mode: for SYNC_PAUSE_MS, doubled (up to
+ * SYNC_PAUSE_MAX_MS) each time a slow step comes soon after the last pause ended (within ten
+ * pauses' length; then one is enough). So a slow disk is kept off the event loop after two
+ * stalls, and a lone stall (a page fault waiting for the garbage collector's threads, the host
+ * running another guest: on a shared 2-vCPU VM one every few seconds) costs nothing more: each
+ * such pause used to cost a second of thread-pool calls, three times the CPU of a synchronous
+ * load. The time the scheduler gave the CPU to other processes meanwhile (the thread's
+ * run-queue wait) is not counted: the thread pool would not have avoided it. Where that wait
+ * cannot be read, every slow step counts.
  */
 class IoMode {
   #allowed = false;
   #pausedUntil = 0;
   #pauseMs = SYNC_PAUSE_MS;
   #resumedAt = Number.NEGATIVE_INFINITY;
+  /** When the last slow step ended. */
+  #slowAt = Number.NEGATIVE_INFINITY;
   /** While gc runs (`hold`), nothing is synchronous: see `FileStore.gc`. */
   #held = 0;
   /** The thread's run-queue wait as sampled at `#sampledAt`. */
@@ -533,6 +541,9 @@ class IoMode {
       before === undefined || after === undefined ? ended - started : ended - started - (after - before);
     if (held <= SLOW_SYNC_MS) return;
     const again = ended - this.#resumedAt < 10 * this.#pauseMs;
+    const repeated = ended - this.#slowAt < SLOW_AGAIN_MS;
+    this.#slowAt = ended;
+    if (!again && !repeated) return;
     this.#pauseMs = again ? Math.min(this.#pauseMs * 2, SYNC_PAUSE_MAX_MS) : SYNC_PAUSE_MS;
     this.#pausedUntil = ended + this.#pauseMs;
   }
