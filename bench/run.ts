@@ -100,12 +100,15 @@ interface ServerSpec {
   postgres?: true;
   /** Baselines answer without a session: no setup request. */
   baseline?: boolean;
+  /** FileStore only: `fsync: false` (see the durability table in docs/stores.md). */
+  fsync?: false;
 }
 
 const SERVERS = {
   bare: { file: 'bare.ts', baseline: true },
   sfHttpMemory: { file: 'sessionflow-http.ts', store: 'memory' },
   sfHttpFile: { file: 'sessionflow-http.ts', store: 'file' },
+  sfHttpFileNoSync: { file: 'sessionflow-http.ts', store: 'file', fsync: false },
   sfHttpRedis: { file: 'sessionflow-http.ts', store: 'redis', redis: 'sessionflow' },
   sfHttpPostgres: { file: 'sessionflow-http.ts', store: 'postgres', postgres: true },
   express: { file: 'express.ts', baseline: true },
@@ -145,6 +148,13 @@ const ROWS: RowSpec[] = (
       'write1',
       'create',
     ]),
+    row(
+      'sf-http-file-nofsync',
+      'sessionflow + node:http + FileStore (fsync: false)',
+      'sfHttpFileNoSync',
+      'http',
+      ['write', 'write1'],
+    ),
     row('sf-http-redis', 'sessionflow + node:http + RedisStore', 'sfHttpRedis', 'http', RWC),
     row('sf-http-postgres', 'sessionflow + node:http + PostgresStore', 'sfHttpPostgres', 'http', RWC),
     {
@@ -241,20 +251,31 @@ const TARGETS: Target[] = [
     min: 0.45,
     peer: 'express-session-file-read',
   },
-  {
-    label: 'node:http + file store, write (distinct sessions) >= 0.15 of bare',
-    row: 'sf-http-file-write',
-    of: 'bare',
-    min: 0.15,
-    peer: 'express-session-file-write',
-  },
-  {
-    label: `node:http + file store, ${ONE_SESSION_CONNECTIONS} connections writing one session >= 0.05 of bare`,
-    row: 'sf-http-file-write1',
-    of: 'bare',
-    min: 0.05,
-    peer: 'express-session-file-write1',
-  },
+  // The file store's writes in each durability mode (docs/stores.md, "Durability"). fsync true,
+  // the default: a power cut loses nothing acknowledged. fsync false: a process crash loses
+  // nothing, a power cut the changes of the last seconds to minutes.
+  ...([true, false] as const).flatMap((fsync): Target[] => {
+    const mode = fsync
+      ? 'fsync: true, a power cut loses nothing acknowledged'
+      : 'fsync: false, a power cut loses the last seconds';
+    const rows = fsync ? 'sf-http-file' : 'sf-http-file-nofsync';
+    return [
+      {
+        label: `node:http + file store (${mode}), write (distinct sessions) >= 0.15 of bare`,
+        row: `${rows}-write`,
+        of: 'bare',
+        min: 0.15,
+        peer: 'express-session-file-write',
+      },
+      {
+        label: `node:http + file store (${mode}), ${ONE_SESSION_CONNECTIONS} connections writing one session >= 0.05 of bare`,
+        row: `${rows}-write1`,
+        of: 'bare',
+        min: 0.05,
+        peer: 'express-session-file-write1',
+      },
+    ];
+  }),
   {
     label: 'node:http + PostgreSQL, read >= 0.25 of bare',
     row: 'sf-http-postgres-read',
@@ -635,6 +656,7 @@ async function runServer(
   if (spec.postgres && context.postgresProblem) return skip(context.postgresProblem, 'n/a');
   const config: ServerConfig = {};
   if (spec.store) config.store = spec.store;
+  if (spec.fsync === false) config.fsync = false;
   if (spec.store === 'file') {
     config.dir = mkdtempSync(join(tmpdir(), `sessionflow-bench-${serverId}-`));
     tempDirs.add(config.dir);

@@ -18,7 +18,10 @@ async function createStore(
       return { store: new core.MemoryStore({ maxEntries: 1_000_000 }), close: async () => {} };
     case 'file':
       if (!config.dir) throw new Error('the file store needs config.dir');
-      return { store: new core.FileStore({ dir: config.dir }), close: async () => {} };
+      return {
+        store: new core.FileStore({ dir: config.dir, ...(config.fsync === false ? { fsync: false } : {}) }),
+        close: async () => {},
+      };
     case 'redis': {
       const { RedisStore } = await redisStore();
       const client = await connectRedis(config.redisUrl);

@@ -28,6 +28,8 @@ export interface ServerConfig {
   store?: StoreKind;
   /** Directory for file stores (created and removed by the parent). */
   dir?: string;
+  /** FileStore `fsync` (default true): false trades what a power cut can lose for write speed. */
+  fsync?: boolean;
   redisUrl?: string;
   /** Key prefix for Redis stores (unique per run; the parent deletes its keys). */
   prefix?: string;
