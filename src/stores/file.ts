@@ -95,8 +95,8 @@ export interface FileStoreOptions {
    * (a new session, an index entry) and everything gc does always go through the thread pool,
    * and nothing is synchronous while gc runs. A synchronous call that holds the thread longer
    * than 2 ms (a cold cache on a slow disk, a wait behind writeback; the time the scheduler ran
-   * other processes is not counted) sends the store to the thread pool for a second, for longer
-   * (up to a minute) while such calls keep coming.
+   * other processes is not counted) is a stall; a second stall within a second sends the store
+   * to the thread pool for a second, for longer (up to a minute) while stalls keep coming.
    * `'async'`: every call goes through the thread pool, for storage whose stalls must never hold
    * up the event loop. A network or FUSE file system always gets `'async'`.
    * @default 'auto'
