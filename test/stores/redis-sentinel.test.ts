@@ -215,20 +215,24 @@ describeRedisSpecifics(sentinel, (suite) => {
    * must be there, and writes must resume within seconds. Half the sessions change their handle
    * on every write (as a login or regenerateId does): a client that re-sends such a write after
    * the switch must get 'ok' for it, never 'conflict', unless an earlier write of that session
-   * had an unknown outcome (a 503: it may still have run, later).
+   * had an unknown outcome (a 503: it may still have run, later) or, without durability, an
+   * acknowledged ID change was lost in the switch: then the session is back at an earlier handle
+   * and the write fails closed (seen with the machine's CPUs saturated).
    */
   async function failover(durable: boolean): Promise<void> {
     // The test before this one may have restarted the deployment: start from a synced replica.
     await waitFor('the Sentinel deployment to be healthy', healthy, 30_000);
-    const durability = { replicas: 1, timeoutMs: 300 };
+    // WAIT up to 1 s for the replica: with the machine's two CPUs saturated (two busy loops beside
+    // the suite), 300 ms left 3 of 12 sessions without an acknowledged write 45 s after the
+    // failover, every try answered 503 because the starved replica acknowledged late.
+    const durability = { replicas: 1, timeoutMs: 1_000 };
     // The sessions are created with durability in both cases (so they are on the replica), with
     // a generous WAIT: on a loaded machine a replica's first acknowledgement after a restart can
-    // take longer than the 300 ms the writers below are held to, and the setup is not under test.
+    // take seconds, and the setup is not under test.
     const creator = storeWith({ durability: { replicas: 1, timeoutMs: 5_000 }, timeoutMs: 6_000 });
     const store = storeWith({
       prefix: creator.prefix,
-      timeoutMs: 1_000,
-      ...(durable ? { durability } : {}),
+      ...(durable ? { durability, timeoutMs: 2_000 } : { timeoutMs: 1_000 }),
     });
     const user = `u-${randomBytes(4).toString('hex')}`;
     const keys = Array.from({ length: 12 }, () => newKey());
@@ -251,13 +255,22 @@ describeRedisSpecifics(sentinel, (suite) => {
     // The handle a session's next ID change guards on; the sessions with a 503 behind them.
     const handles = new Map(keys.map((k) => [k, 'h0']));
     const uncertain = new Set<string>();
+    // Every handle each session was at, as acknowledged to its writer or loaded.
+    const given = new Map(keys.map((k) => [k, new Set(['h0'])]));
     let rotations = 0;
-    const learnHandle = async (k: string) => {
+    // Acknowledged ID changes that the switch lost (possible without durability only).
+    let lost = 0;
+    const loadHandle = async (k: string): Promise<string> => {
       for (;;) {
         const loaded = await store.load(k).catch(() => undefined);
-        if (loaded !== undefined) return handles.set(k, String(loaded?.meta.h));
+        if (loaded !== undefined) return String(loaded?.meta.h);
         await sleep(20);
       }
+    };
+    const learnHandle = async (k: string) => {
+      const h = await loadHandle(k);
+      given.get(k)!.add(h);
+      handles.set(k, h);
     };
     const writers = keys.map(async (k, i) => {
       const rotating = i % 2 === 1;
@@ -277,10 +290,20 @@ describeRedisSpecifics(sentinel, (suite) => {
             acked.set(k, n);
             if (rotating) {
               handles.set(k, next);
+              given.get(k)!.add(next);
               rotations++;
             }
           } else if (answer === 'conflict' && uncertain.has(k)) {
             await learnHandle(k);
+          } else if (answer === 'conflict' && !durable) {
+            // Asynchronous replication: the old master may have acknowledged an ID change that
+            // never reached the replica it promoted. The guarded write then fails closed, and the
+            // session must be back at a handle it had before, never at one nobody was given.
+            const h = await loadHandle(k);
+            if (given.get(k)!.has(h) && h !== handles.get(k)) {
+              lost++;
+              handles.set(k, h);
+            } else unexpected.push(`conflict for write ${n} at handle ${h}, never acknowledged`);
           } else unexpected.push(`${answer} for write ${n}${rotating ? ' (an ID change)' : ''}`);
         } catch (err) {
           if (err instanceof SessionError && err.code === 'STORE_UNAVAILABLE') {
@@ -318,7 +341,7 @@ describeRedisSpecifics(sentinel, (suite) => {
           const behind = keys.filter((k) => (acked.get(k) ?? 0) <= (switched.get(k) ?? 0));
           return behind.length === 0 ? true : `${behind.length} sessions without a new write`;
         },
-        durable ? 45_000 : 10_000,
+        durable ? 60_000 : 10_000,
       );
       stop = true;
       await Promise.all(writers);
@@ -335,7 +358,7 @@ describeRedisSpecifics(sentinel, (suite) => {
       expect((await store.sessionsOf(user)).map((s) => s.key).sort()).toEqual([...signedIn].sort());
       // For the record, in the test's output: how long the switch cost the writers.
       console.info(
-        `[sentinel ${suite.kind}${durable ? ', durability' : ''}] failover ${before.port} -> ${(await masterNode()).port}: new master named after ${namedMs} ms, every session's writes acknowledged again ${followedMs} ms later; ${unavailable} writes answered 503 meanwhile; ${rotations} ID changes acknowledged, ${uncertain.size} of ${keys.length} sessions had a write of unknown outcome`,
+        `[sentinel ${suite.kind}${durable ? ', durability' : ''}] failover ${before.port} -> ${(await masterNode()).port}: new master named after ${namedMs} ms, every session's writes acknowledged again ${followedMs} ms later; ${unavailable} writes answered 503 meanwhile; ${rotations} ID changes acknowledged (${lost} of them lost in the switch), ${uncertain.size} of ${keys.length} sessions had a write of unknown outcome`,
       );
     } finally {
       stop = true;
@@ -351,5 +374,5 @@ describeRedisSpecifics(sentinel, (suite) => {
 
   it('a failover under writes with durability: every acknowledged write is on the new master; writes wait (503) until the old master rejoins as a replica', async () => {
     await failover(true);
-  }, 120_000);
+  }, 150_000);
 });
