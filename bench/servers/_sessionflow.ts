@@ -19,7 +19,7 @@ async function createStore(
     case 'file':
       if (!config.dir) throw new Error('the file store needs config.dir');
       return {
-        store: new core.FileStore({ dir: config.dir, ...(config.fsync === false ? { fsync: false } : {}) }),
+        store: new core.FileStore({ dir: config.dir, fsync: config.fsync !== false }),
         close: async () => {},
       };
     case 'redis': {

@@ -258,12 +258,17 @@ function readAllSync(fd: number): { buffer: Buffer; length: number } {
  */
 const READ_FLAGS = constants.O_RDONLY | (constants.O_NOATIME ?? 0);
 
+/** The kernel refused O_NOATIME (not the file's owner): open it again without. */
+function refusedNoatime(err: unknown): boolean {
+  return READ_FLAGS !== constants.O_RDONLY && errno(err) === 'EPERM';
+}
+
 // Both through the module object, so that a test can refuse O_NOATIME as the kernel does.
 function openReadSync(path: string): number {
   try {
     return nodeFs.openSync(path, READ_FLAGS);
   } catch (err) {
-    if (READ_FLAGS === constants.O_RDONLY || errno(err) !== 'EPERM') throw err;
+    if (!refusedNoatime(err)) throw err;
     return nodeFs.openSync(path, constants.O_RDONLY);
   }
 }
@@ -343,7 +348,7 @@ async function openRead(path: string): Promise<number> {
   try {
     return await openFd(path, READ_FLAGS);
   } catch (err) {
-    if (READ_FLAGS === constants.O_RDONLY || errno(err) !== 'EPERM') throw err;
+    if (!refusedNoatime(err)) throw err;
     return await openFd(path, constants.O_RDONLY);
   }
 }
@@ -1832,6 +1837,7 @@ export class FileStore implements SessionStore {
       if (found === TORN || !found.record || !found.current || found.expiresAt <= this.#now())
         return undefined;
       const record = freezeRecord(found.record);
+      // The kernel's clock, as the ctime is (not the store's `now`, which tests may move).
       if (BigInt(Date.now()) * 1_000_000n - before.ctimeNs > SETTLED_NS) {
         const named = statSync(path, { bigint: true, throwIfNoEntry: false });
         const after = fstatSync(fd, { bigint: true });
