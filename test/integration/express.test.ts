@@ -1,6 +1,6 @@
 import { createServer } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { SessionError } from '../../src/index.js';
 import { csrfProtection, session } from '../../src/integrations/express.js';
 import { CSRF_CONTENT_TYPES, contentTypeHeader } from '../helpers/csrf-matrix.js';
@@ -43,6 +43,10 @@ beforeAll(async () => {
   app.get('/app-cookie', (req, res) => {
     req.session.set('n', 1);
     res.cookie('theme', 'dark').send('ok');
+  });
+  app.get('/throw', (req) => {
+    req.session.set('n', 1);
+    throw new Error('handler bug');
   });
   app.use((err: SessionError, _req: Request, res: Response, _next: NextFunction) => {
     errors.push(err);
@@ -129,6 +133,26 @@ describe('Express: req.session', () => {
     expect(errors[0]).toMatchObject({ name: 'SessionError', status: 503, code: 'STORE_UNAVAILABLE' });
     expect(res.headers.getSetCookie()).toEqual([]);
   });
+
+  it("a handler that throws after the session loaded reaches Express's error handler; the server stays up", async () => {
+    const res = await fetch(`${url}/throw`);
+    expect(res.status).toBe(500);
+    expect(errors.map((e) => e.message)).toEqual(['handler bug']);
+    expect((await fetch(`${url}/visit`)).status).toBe(200);
+  });
+
+  it("requests still complete while a test has replaced the timers with fake ones (the app's next turn is not a faked setImmediate)", async () => {
+    vi.useFakeTimers({ toFake: ['setImmediate', 'clearImmediate', 'setTimeout', 'clearTimeout'] });
+    try {
+      const first = await fetch(`${url}/visit`);
+      expect(await first.json()).toEqual({ visits: 1 });
+      const cookie = sessionCookieOf(first, NAME)!;
+      const second = await fetch(`${url}/visit`, { headers: { cookie } });
+      expect(await second.json()).toEqual({ visits: 2 });
+    } finally {
+      vi.useRealTimers();
+    }
+  }, 5000);
 
   it('SM-56: a store failure at commit answers 503 without a session cookie', async () => {
     kit.store.failing.add('create');
