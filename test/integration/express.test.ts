@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { createServer } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -12,6 +13,8 @@ let url: string;
 let origin: string;
 let close: () => Promise<void>;
 const errors: SessionError[] = [];
+/** A request-scoped context as loggers and tracers keep one, set before session() runs. */
+const context = new AsyncLocalStorage<{ requestId: string }>();
 
 beforeAll(async () => {
   kit = setup({ cookie: { name: NAME, secure: false } });
@@ -19,8 +22,12 @@ beforeAll(async () => {
   app.use(express.urlencoded({ extended: false }));
   app.use(express.json());
   app.use(express.text({ type: ['text/*', 'multipart/*'] }));
+  app.use((req, _res, next) => context.run({ requestId: String(req.headers['x-request-id']) }, next));
   app.use(session(kit.manager));
   app.use(csrfProtection(kit.manager));
+  app.get('/context', (_req, res) => {
+    res.json({ requestId: context.getStore()?.requestId ?? null });
+  });
   app.get('/visit', (req, res) => {
     const visits = ((req.session.get('visits') as number | undefined) ?? 0) + 1;
     req.session.set('visits', visits);
@@ -153,6 +160,20 @@ describe('Express: req.session', () => {
       vi.useRealTimers();
     }
   }, 5000);
+
+  it("the app's handlers still see the request's AsyncLocalStorage context, with a fast or a slow store", async () => {
+    const ids = Array.from({ length: 20 }, (_, i) => `req-${i}`);
+    const seen = async () =>
+      Promise.all(
+        ids.map(async (id) => {
+          const res = await fetch(`${url}/context`, { headers: { 'x-request-id': id } });
+          return ((await res.json()) as { requestId: string | null }).requestId;
+        }),
+      );
+    expect(await seen()).toEqual(ids);
+    kit.store.latencyMs = 5;
+    expect(await seen()).toEqual(ids);
+  });
 
   it('SM-56: a store failure at commit answers 503 without a session cookie', async () => {
     kit.store.failing.add('create');
