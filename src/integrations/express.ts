@@ -27,8 +27,17 @@ declare module 'express-serve-static-core' {
 
 type AnyManager = SessionManager<object>;
 
-/** Taken when the module loads, so that a test's fake timers (which replace it) never stall a request. */
+/**
+ * Taken when the module loads, so that a test's fake timers installed afterwards never stall a
+ * request. Fake timers installed before (a setup file, Jest's `fakeTimers: { enableGlobally }`)
+ * are recognised as Testing Library does: @sinonjs/fake-timers (Vitest, Jest) marks its fakes
+ * with `clock`, `jest.fn()` with `_isMockFunction`; the app then always goes on at once.
+ */
 const defer = setImmediate;
+const deferring = !(
+  Object.prototype.hasOwnProperty.call(defer, 'clock') ||
+  (defer as { _isMockFunction?: unknown })._isMockFunction === true
+);
 
 /** How many check phases of the event loop have passed (counted only while requests come). */
 let turn = 0;
@@ -95,7 +104,7 @@ export function session<D extends MountableSessionData>(
   // Not an async function: Express 5 would then also watch the promise it returns.
   return function sessionflow(req: Request, res: Response, next: NextFunction): void {
     const info = requestInfo(m, req);
-    const at = currentTurn();
+    const at = deferring ? currentTurn() : -1;
     m.load(info).then((s) => {
       // A load answered in the turn that read the request (memory store, a file kept open): the
       // rest of the app runs in this turn's check phase, not in the microtask right after the
