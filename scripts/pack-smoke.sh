@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the packed tarball into a fresh project, as a user would, and checks that it works there:
 # `npm i <tarball> express@4` without ERESOLVE, the `sessionflow` bin, require() and import() of
-# every subpath (one module instance for both), and a TypeScript consumer in CJS and ESM.
+# every subpath (one module instance for both), a TypeScript consumer in CJS and ESM, and Jest 29
+# and 30 requiring every subpath under globally faked timers.
 #
 #   bash scripts/pack-smoke.sh            # builds first
 #   SKIP_BUILD=1 bash scripts/pack-smoke.sh
@@ -165,5 +166,59 @@ EOF
   --types node --typeRoots "$root/node_modules/@types" consumer.cts consumer.mts ||
   fail "a TypeScript consumer does not type-check"
 echo "consumer.cts, consumer.mts: no errors"
+
+step "Jest 29 and 30 (CommonJS tests, timers faked for the whole suite): every subpath, an Express app"
+# Jest's module registry cannot require() an ES module on Node < 24.9: the entries fall back to
+# the CommonJS copy in dist/cjs/lib (scripts/cjs-entries.mjs).
+mkdir "$app/jest"
+cat >"$app/jest/jest.config.cjs" <<'EOF'
+module.exports = { testEnvironment: 'node', fakeTimers: { enableGlobally: true } };
+EOF
+cat >"$app/jest/app.test.cjs" <<'EOF'
+const express = require('express');
+const names = JSON.parse(process.env.SUBPATHS);
+test('every subpath loads', () => {
+  for (const name of names) expect(Object.keys(require(name)).length).toBeGreaterThan(0);
+});
+test('an Express app keeps its session across two requests, the clock never advanced', async () => {
+  expect(Object.prototype.hasOwnProperty.call(setImmediate, 'clock')).toBe(true);
+  const { SessionManager } = require('sessionflow');
+  const { session } = require('sessionflow/express');
+  const { MemoryStore } = require('sessionflow/stores/memory');
+  const sessions = new SessionManager({
+    secret: 'pack-smoke-secret-0123456789-abcdefghijklmnopqrstuvwxyz',
+    store: new MemoryStore(),
+    cookie: { secure: false },
+  });
+  const app = express();
+  app.use(session(sessions));
+  app.get('/', (req, res) => {
+    const visits = (req.session.get('visits') ?? 0) + 1;
+    req.session.set('visits', visits);
+    res.send(`visits: ${visits}`);
+  });
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  });
+  try {
+    const url = `http://127.0.0.1:${server.address().port}/`;
+    const first = await fetch(url);
+    expect(await first.text()).toBe('visits: 1');
+    const cookie = first.headers.get('set-cookie').split(';')[0];
+    const second = await fetch(url, { headers: { cookie } });
+    expect(await second.text()).toBe('visits: 2');
+  } finally {
+    server.close();
+  }
+}, 10000);
+EOF
+# shellcheck disable=SC2086
+subpaths_json=$(node -p "JSON.stringify(process.argv.slice(1))" $subpaths)
+for jest in 29 30; do
+  npm install --no-audit --no-fund --loglevel=error "jest@$jest"
+  out=$(cd "$app/jest" && SUBPATHS="$subpaths_json" npx --no -- jest --rootDir . --testMatch '**/*.test.cjs' 2>&1) ||
+    fail "jest@$jest:\n$out"
+  echo "jest@$(node -p "require('jest/package.json').version"): $(grep -E '^Tests:' <<<"$out")"
+done
 
 printf '\npack-smoke: OK\n'
