@@ -29,6 +29,12 @@ const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 const problems = [];
 let written = 0;
 
+/** What the file `from` passes to require() to load `to` (both package-relative paths). */
+function requireSpec(from, to) {
+  const spec = posix.relative(posix.dirname(from), to);
+  return spec.startsWith('.') ? spec : `./${spec}`;
+}
+
 for (const [subpath, target] of Object.entries(pkg.exports)) {
   if (typeof target === 'string') continue; // ./package.json
   const esm = typeof target.import === 'string' ? target.import : target.import?.default;
@@ -48,14 +54,11 @@ for (const [subpath, target] of Object.entries(pkg.exports)) {
     problems.push(`${subpath}: "require.types" must be ${types}`);
     continue;
   }
-  let spec = posix.relative(posix.dirname(cjs), esm);
-  if (!spec.startsWith('.')) spec = `./${spec}`;
+  const spec = requireSpec(cjs, esm);
   const file = join(root, cjs);
   mkdirSync(dirname(file), { recursive: true });
-  let copy = posix.relative(posix.dirname(cjs), posix.join('./dist/cjs/lib', posix.relative('./dist', esm)));
-  if (!copy.startsWith('.')) copy = `./${copy}`;
-  let loader = posix.relative(posix.dirname(cjs), './dist/cjs/load.cjs');
-  if (!loader.startsWith('.')) loader = `./${loader}`;
+  const copy = requireSpec(cjs, posix.join('./dist/cjs/lib', posix.relative('./dist', esm)));
+  const loader = requireSpec(cjs, './dist/cjs/load.cjs');
   writeFileSync(
     file,
     `'use strict';\n// require('${pkg.name}${subpath.slice(1)}'): the ES module itself (require(esm), Node 20.19+), else\n// its CommonJS copy (Jest's module registry; see load.cjs).\nmodule.exports = require('${loader}')(\n  () => require('${spec}'),\n  () => require('${copy}'),\n);\n`,

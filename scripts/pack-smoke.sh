@@ -86,43 +86,57 @@ echo "$out"
 grep -q 'Warning' <<<"$out" && fail "require() printed a warning:\n$out"
 
 step "an Express 4 app, written with require()"
-cat >express4.cjs <<'EOF'
-const assert = require('node:assert/strict');
+# Two visits through an Express app on sessionflow's memory store: the texts of both answers and
+# the session cookie of the first. The Jest step below runs the same app.
+cat >visits.cjs <<'EOF'
 const express = require('express');
 const { SessionManager } = require('sessionflow');
 const { session } = require('sessionflow/express');
 const { MemoryStore } = require('sessionflow/stores/memory');
-const version = require('express/package.json').version;
-assert.match(version, /^4\./);
-const sessions = new SessionManager({
-  secret: 'pack-smoke-secret-0123456789-abcdefghijklmnopqrstuvwxyz',
-  store: new MemoryStore(),
-  cookie: { secure: false },
-});
-const app = express();
-app.use(session(sessions));
-app.get('/', (req, res) => {
-  const visits = (req.session.get('visits') ?? 0) + 1;
-  req.session.set('visits', visits);
-  res.send(`visits: ${visits}`);
-});
-const server = app.listen(0, '127.0.0.1', async () => {
+exports.twoVisits = async function twoVisits() {
+  const sessions = new SessionManager({
+    secret: 'pack-smoke-secret-0123456789-abcdefghijklmnopqrstuvwxyz',
+    store: new MemoryStore(),
+    cookie: { secure: false },
+  });
+  const app = express();
+  app.use(session(sessions));
+  app.get('/', (req, res) => {
+    const visits = (req.session.get('visits') ?? 0) + 1;
+    req.session.set('visits', visits);
+    res.send(`visits: ${visits}`);
+  });
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  });
   try {
     const url = `http://127.0.0.1:${server.address().port}/`;
     const first = await fetch(url);
-    assert.equal(await first.text(), 'visits: 1');
     const cookie = first.headers.get('set-cookie')?.split(';')[0];
-    assert.ok(cookie, 'the first response set no session cookie');
-    const second = await fetch(url, { headers: { cookie } });
-    assert.equal(await second.text(), 'visits: 2');
-    console.log(`express@${version}: one session across two requests`);
-  } catch (error) {
-    console.error(error);
-    process.exitCode = 1;
+    const second = await fetch(url, cookie ? { headers: { cookie } } : {});
+    return { first: await first.text(), cookie, second: await second.text() };
   } finally {
     server.close();
   }
-});
+};
+EOF
+cat >express4.cjs <<'EOF'
+const assert = require('node:assert/strict');
+const { twoVisits } = require('./visits.cjs');
+const version = require('express/package.json').version;
+assert.match(version, /^4\./);
+twoVisits().then(
+  ({ first, cookie, second }) => {
+    assert.equal(first, 'visits: 1');
+    assert.ok(cookie, 'the first response set no session cookie');
+    assert.equal(second, 'visits: 2');
+    console.log(`express@${version}: one session across two requests`);
+  },
+  (error) => {
+    console.error(error);
+    process.exitCode = 1;
+  },
+);
 EOF
 node express4.cjs || fail "the Express 4 app did not keep its session"
 
@@ -175,41 +189,16 @@ cat >"$app/jest/jest.config.cjs" <<'EOF'
 module.exports = { testEnvironment: 'node', fakeTimers: { enableGlobally: true } };
 EOF
 cat >"$app/jest/app.test.cjs" <<'EOF'
-const express = require('express');
 const names = JSON.parse(process.env.SUBPATHS);
 test('every subpath loads', () => {
   for (const name of names) expect(Object.keys(require(name)).length).toBeGreaterThan(0);
 });
 test('an Express app keeps its session across two requests, the clock never advanced', async () => {
   expect(Object.prototype.hasOwnProperty.call(setImmediate, 'clock')).toBe(true);
-  const { SessionManager } = require('sessionflow');
-  const { session } = require('sessionflow/express');
-  const { MemoryStore } = require('sessionflow/stores/memory');
-  const sessions = new SessionManager({
-    secret: 'pack-smoke-secret-0123456789-abcdefghijklmnopqrstuvwxyz',
-    store: new MemoryStore(),
-    cookie: { secure: false },
-  });
-  const app = express();
-  app.use(session(sessions));
-  app.get('/', (req, res) => {
-    const visits = (req.session.get('visits') ?? 0) + 1;
-    req.session.set('visits', visits);
-    res.send(`visits: ${visits}`);
-  });
-  const server = await new Promise((resolve) => {
-    const s = app.listen(0, '127.0.0.1', () => resolve(s));
-  });
-  try {
-    const url = `http://127.0.0.1:${server.address().port}/`;
-    const first = await fetch(url);
-    expect(await first.text()).toBe('visits: 1');
-    const cookie = first.headers.get('set-cookie').split(';')[0];
-    const second = await fetch(url, { headers: { cookie } });
-    expect(await second.text()).toBe('visits: 2');
-  } finally {
-    server.close();
-  }
+  const { first, cookie, second } = await require('../visits.cjs').twoVisits();
+  expect(first).toBe('visits: 1');
+  expect(cookie).toBeTruthy();
+  expect(second).toBe('visits: 2');
 }, 10000);
 EOF
 # shellcheck disable=SC2086
