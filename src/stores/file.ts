@@ -11,6 +11,7 @@ import nodeFs, {
   fstatSync,
   fsync,
   ftruncateSync,
+  futimes,
   futimesSync,
   link,
   linkSync,
@@ -74,8 +75,9 @@ export interface FileStoreOptions {
   create?: boolean;
   /**
    * `true`: a change is durable before it is acknowledged, and survives a power cut or a kernel
-   * crash: the new version of the file is fdatasynced before it replaces the old one (rename),
-   * the directory is fsynced after the rename or removal (one directory fsync serves every change
+   * crash: a version written in place (into the file's other slot) is fdatasynced; a new file is
+   * fdatasynced before it replaces the old one (rename), and the directory fsynced after the
+   * rename or removal (one directory fsync serves every change
    * that waits for it, across sessions), and the index entries a change needs (user, expiry) are
    * fsynced before the record that needs them. A logout (destroy) is durable too.
    * `false`: a process crash loses nothing that was acknowledged and never leaves a torn record
@@ -88,8 +90,9 @@ export interface FileStoreOptions {
   fsync?: boolean;
   /**
    * `'auto'`: on a local file system (ext4, XFS, Btrfs, tmpfs, … on Linux), the calls that work on
-   * cached data (reads, the lock's link and unlink, and a write into the session's spare inode:
-   * the copy of its content, renames, link, timestamps) are made synchronously, a few
+   * cached data (reads, the lock's link and unlink, a write in place and its timestamps, and a
+   * write into the session's spare inode: the copy of its content, renames, link, timestamps) are
+   * made synchronously, a few
    * microseconds each, instead of through libuv's thread pool, where each call costs far more
    * in thread hand-offs than the system call itself. fsync and fdatasync, the creation of a file
    * (a new session, an index entry) and everything gc does always go through the thread pool,
@@ -115,7 +118,8 @@ export interface FileStoreOptions {
    * Sessions whose file is kept open, so that a load can answer from the record it decoded last
    * time after one `fstat` of the open file, instead of opening, reading and parsing it. The
    * answer is never stale, whichever process wrote: every change this store makes to a session
-   * (a write, a logout, gc; in any process) links, renames over or unlinks its file, which
+   * (a write, a logout, gc; in any process) rewrites its file in place, links, renames over or
+   * unlinks it, which
    * changes the open file's ctime or link count, and a load that sees either change reads the
    * file again. A file is kept only once its ctime is more than a second old (two changes
    * within one tick of a coarse clock can share a ctime), only on a local file system with
@@ -141,6 +145,8 @@ interface FileRecord {
   record: StoredSession | null;
   expiresAt: number;
   current: boolean;
+  /** A file of two slots: the slot the record came from and its sequence number (see `#writeInPlace`). */
+  slot?: Slot;
 }
 
 const errno = (err: unknown): string | undefined => (err as NodeJS.ErrnoException | null)?.code;
@@ -158,53 +164,194 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 // ---------------------------------------------------------------------------------------------
 // The file format.
 //
+// A file of two slots, rewritten in place (a record of up to SLOT - 1 bytes):
+//
+//   slot 0, at byte 0:    {"c":"<checksum>","q":<sequence>,"x":<expiry, ms>,"meta":{…},"values":{…}}\n
+//   slot 1, at byte SLOT: the same, or nothing yet (the file ends before it)
+//
+// Each slot holds one version of the record, ended by a newline (JSON text never holds a raw
+// one). `c` is the first 22 base64url characters (132 bits) of SHA-256 over everything after `",`
+// up to the newline: it tells a whole slot from one being written, or torn by a crash. The
+// record is the one in the slot with the higher sequence number whose checksum matches. A write
+// goes into the other slot, so the version it replaces stays whole on disk until the write is
+// done (and fsynced): a crash at any point leaves the old version or the new one. Slots start on
+// 4 KiB boundaries, so a write of one never touches the blocks of the other.
+//
+// A larger record is a file of one version, replaced by a rename:
+//
 //   {"c":"<checksum>","x":<expiry, ms>,"meta":{…},"values":{…}}
 //
-// `c` is the first 22 base64url characters (132 bits) of SHA-256 over everything after `",`
-// (from `"x":` to the end): it tells a whole record from a torn read (a reader in another
-// process that opened an inode the store has since reused, see `#write`). The expiry is in the
-// content, so a read needs no fstat; the file's mtime is set to it too, for gc and for older
-// versions of sessionflow. Files of the previous format (`{"meta":…,"values":…}`, the expiry
-// only in the mtime) are read as before, and rewritten in this one at their next change.
+// The expiry is in the content, so a read needs no fstat; the file's mtime is set to it too, for
+// gc. Files of the oldest format (`{"meta":…,"values":…}`, the expiry only in the mtime) are read
+// as before, and rewritten in a current one at their next change.
 
 const HEAD = Buffer.from('{"c":"');
 const SUM_LENGTH = 22;
 /** Where the checksummed part starts: after `{"c":"<checksum>",`. */
 const BODY_AT = HEAD.length + SUM_LENGTH + 2;
+/** The size of a slot, and where slot 1 starts. */
+const SLOT = 4096;
+const NEWLINE = 0x0a;
+/**
+ * Written over the head of a slot whose write failed: a checksum that never matches (not
+ * base64url) and sequence number 0, below the other slot's, so that readers take the other slot
+ * without reading again.
+ */
+const SPOILED = Buffer.from(`{"c":"${'!'.repeat(SUM_LENGTH)}","q":0,`);
 const checksum = (body: string | Uint8Array) => digest('sha256', body, 'base64url').slice(0, SUM_LENGTH);
 
-function encodeFile(record: StoredSession, expiresAt: number): Buffer {
-  const body = `"x":${expiresAt},${encodeRecord(record).slice(1)}`;
-  return Buffer.from(`{"c":"${checksum(body)}",${body}`);
+/** Where a record of a two-slot file lives: slot 0 or 1, and the sequence number it was written with. */
+interface Slot {
+  at: 0 | 1;
+  seq: number;
+}
+
+/**
+ * The bytes of a file for `record`: one slot with sequence number `seq` (ended by a newline) if
+ * given and the record fits in a slot, else a whole file of one version.
+ */
+function encodeFile(record: StoredSession, expiresAt: number, seq?: number): Buffer {
+  const rest = `"x":${expiresAt},${encodeRecord(record).slice(1)}`;
+  if (seq !== undefined) {
+    const body = `"q":${seq},${rest}`;
+    const data = Buffer.from(`{"c":"${checksum(body)}",${body}\n`);
+    if (data.length <= SLOT) return data;
+  }
+  return Buffer.from(`{"c":"${checksum(rest)}",${rest}`);
 }
 
 /** A read that came back with a checksum that does not match: read again. */
 const TORN = Symbol('torn');
 
-/** Bytes of the file: `length` of `buffer`; `mtimeMs` only for a file of the previous format. */
+/** Bytes of the file: `length` of `buffer`; `mtimeMs` only for a file of the oldest format. */
 interface RawFile {
   buffer: Buffer;
   length: number;
   mtimeMs: number;
 }
 
-function isCurrentFormat(buffer: Buffer, length: number): boolean {
+/** `{"c":"<22 characters>",` at `at`. */
+function hasHead(buffer: Buffer, at: number, length: number): boolean {
   return (
-    length > BODY_AT &&
-    buffer.compare(HEAD, 0, HEAD.length, 0, HEAD.length) === 0 &&
-    buffer[BODY_AT - 2] === 0x22 &&
-    buffer[BODY_AT - 1] === 0x2c
+    length > at + BODY_AT &&
+    buffer.compare(HEAD, 0, HEAD.length, at, at + HEAD.length) === 0 &&
+    buffer[at + BODY_AT - 2] === 0x22 &&
+    buffer[at + BODY_AT - 1] === 0x2c
   );
+}
+
+/** `"q":` after the head at `at`: a slot. */
+function isSlotAt(buffer: Buffer, at: number, length: number): boolean {
+  return (
+    hasHead(buffer, at, length) &&
+    buffer[at + BODY_AT] === 0x22 &&
+    buffer[at + BODY_AT + 1] === 0x71 &&
+    buffer[at + BODY_AT + 2] === 0x22 &&
+    buffer[at + BODY_AT + 3] === 0x3a
+  );
+}
+
+/**
+ * 'slots' (either slot's head says so: one of them may be mid-write), 'whole' (a checksummed
+ * file of one version), or 'oldest' (no checksum; the expiry in the mtime).
+ */
+function formatOf(buffer: Buffer, length: number): 'slots' | 'whole' | 'oldest' {
+  if (isSlotAt(buffer, 0, length) || (length > SLOT && isSlotAt(buffer, SLOT, length))) return 'slots';
+  return hasHead(buffer, 0, length) ? 'whole' : 'oldest';
+}
+
+/** The sequence number in the slot at `at` (its digits after `"q":`), or -1. */
+function seqAt(buffer: Buffer, at: number, end: number): number {
+  let seq = 0;
+  let i = at + BODY_AT + 4;
+  for (; i < end && i < at + BODY_AT + 20; i++) {
+    const c = buffer[i]!;
+    if (c === 0x2c) break;
+    if (c < 0x30 || c > 0x39) return -1;
+    seq = seq * 10 + (c - 0x30);
+  }
+  return i > at + BODY_AT + 4 && i < end && buffer[i] === 0x2c ? seq : -1;
+}
+
+/** The record in `buffer[start, end)`, its checksum already checked (or not to be). */
+function parseRecord(
+  buffer: Buffer,
+  start: number,
+  end: number,
+): { record: StoredSession; expiresAt: number } | null {
+  let parsed: { x?: unknown; meta?: unknown; values?: unknown };
+  try {
+    parsed = JSON.parse(buffer.toString('utf8', start, end));
+  } catch {
+    return null;
+  }
+  const meta = asMeta(parsed.meta);
+  const values = asValues(parsed.values);
+  const expiresAt = parsed.x;
+  if (!meta || !values || typeof expiresAt !== 'number' || !Number.isFinite(expiresAt)) return null;
+  return { record: { meta, values }, expiresAt };
+}
+
+const NOT_A_RECORD: FileRecord = { record: null, expiresAt: 0, current: false };
+
+/**
+ * The record of a two-slot file: from the slot with the higher sequence number whose checksum
+ * matches. A write puts a slot's head (the checksum and the sequence number) last (see
+ * `#writeInPlace`), so a slot that is not whole still shows the sequence number of the version it
+ * held before. If that number is higher than the whole slot's (or unreadable), the whole slot is
+ * not the latest version: the other one was complete and has been rewritten since, while this
+ * read ran (two writes between the reader's copies of the two slots). The read then is TORN and
+ * is made again, as is a read with no whole slot. Under the lock (`check` false) no write runs:
+ * the whole slot is the record; with none, the file was edited outside the store or damaged,
+ * and its newer slot (or, for an edit that dropped the newline, the whole file) is taken as it
+ * parses, not `current` (the next write replaces the file).
+ */
+function decodeSlots(buffer: Buffer, length: number, check: boolean): FileRecord | typeof TORN {
+  let best: { at: 0 | 1; seq: number; start: number; end: number } | undefined;
+  let newest: { start: number; end: number; seq: number } | undefined;
+  /** The highest sequence number in the head of a slot that is not whole (-1: none; NaN: unreadable). */
+  let brokenSeq = -1;
+  for (const at of [0, 1] as const) {
+    const start = at * SLOT;
+    if (!isSlotAt(buffer, start, length)) continue;
+    // The buffer may be longer than the file (a shared read buffer): nothing past `limit` counts.
+    const limit = Math.min(length, start + SLOT);
+    const seq = seqAt(buffer, start, limit);
+    const found = buffer.indexOf(NEWLINE, start + BODY_AT);
+    const end = found < limit ? found : -1;
+    const whole =
+      seq >= 0 &&
+      end >= 0 &&
+      checksum(buffer.subarray(start + BODY_AT, end)) ===
+        buffer.toString('latin1', start + HEAD.length, start + BODY_AT - 2);
+    if (whole) {
+      if (!best || seq > best.seq) best = { at, seq, start, end };
+    } else {
+      brokenSeq = seq < 0 ? Number.NaN : Math.max(brokenSeq, seq);
+      if (seq >= 0 && end >= 0 && (!newest || seq > newest.seq)) newest = { start, end, seq };
+    }
+  }
+  if (best && (!check || brokenSeq < best.seq)) {
+    const parsed = parseRecord(buffer, best.start, best.end);
+    if (!parsed) return NOT_A_RECORD;
+    return { ...parsed, current: true, slot: { at: best.at, seq: best.seq } };
+  }
+  if (check) return TORN;
+  // An edit may have dropped the newline, or made one long line: then the whole file is the record.
+  const parsed = (newest && parseRecord(buffer, newest.start, newest.end)) ?? parseRecord(buffer, 0, length);
+  return parsed ? { ...parsed, current: false } : NOT_A_RECORD;
 }
 
 /**
  * The record in a file's bytes. A checksum that does not match is TORN, unless `check` is false
  * (a read under the session's lock, where no write runs: the file was edited outside the store,
  * or damaged): the content is then taken as it parses, as files were before the checksum, and
- * the inode is not reused (`current: false`).
+ * the inode is neither reused nor written in place (`current: false`).
  */
 function decodeFile({ buffer, length, mtimeMs }: RawFile, check = true): FileRecord | typeof TORN {
-  if (!isCurrentFormat(buffer, length)) {
+  const format = formatOf(buffer, length);
+  if (format === 'slots') return decodeSlots(buffer, length, check);
+  if (format === 'oldest') {
     return {
       record: decodeRecord(buffer.toString('utf8', 0, length)),
       expiresAt: Math.round(mtimeMs),
@@ -214,18 +361,8 @@ function decodeFile({ buffer, length, mtimeMs }: RawFile, check = true): FileRec
   const whole =
     checksum(buffer.subarray(BODY_AT, length)) === buffer.toString('latin1', HEAD.length, BODY_AT - 2);
   if (!whole && check) return TORN;
-  let parsed: { x?: unknown; meta?: unknown; values?: unknown };
-  try {
-    parsed = JSON.parse(buffer.toString('utf8', 0, length));
-  } catch {
-    return { record: null, expiresAt: 0, current: false };
-  }
-  const meta = asMeta(parsed.meta);
-  const values = asValues(parsed.values);
-  const expiresAt = parsed.x;
-  if (!meta || !values || typeof expiresAt !== 'number' || !Number.isFinite(expiresAt))
-    return { record: null, expiresAt: 0, current: false };
-  return { record: { meta, values }, expiresAt, current: whole };
+  const parsed = parseRecord(buffer, 0, length);
+  return parsed ? { ...parsed, current: whole } : NOT_A_RECORD;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,7 +455,7 @@ function readRawSync(path: string): RawFile | null {
   }
   try {
     const { buffer, length } = readAllSync(fd);
-    const mtimeMs = isCurrentFormat(buffer, length) ? 0 : fstatSync(fd).mtimeMs;
+    const mtimeMs = formatOf(buffer, length) === 'oldest' ? fstatSync(fd).mtimeMs : 0;
     return { buffer, length, mtimeMs };
   } finally {
     closeSync(fd);
@@ -342,6 +479,27 @@ const fdatasyncFd = promisify(fdatasync);
 const linkAsync = promisify(link);
 const unlinkAsync = promisify(unlink);
 const renameAsync = promisify(rename);
+const futimesFd = promisify(futimes);
+/** fdatasync through the module object, so that a test can make it fail as a failing disk does. */
+const datasyncFd = (fd: number) =>
+  new Promise<void>((resolve, reject) => nodeFs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+
+/** Writes all of `data` at `position` (a write to a regular file is short only when it fails). */
+function writeAllSync(fd: number, data: Buffer, position: number): void {
+  // Through the module object, so that a test can make it fail like a full disk.
+  for (let at = 0; at < data.length; ) at += nodeFs.writeSync(fd, data, at, data.length - at, position + at);
+}
+
+async function writeAll(fd: number, data: Buffer, position: number): Promise<void> {
+  for (let at = 0; at < data.length; ) {
+    const written = await new Promise<number>((resolve, reject) =>
+      nodeFs.write(fd, data, at, data.length - at, position + at, (err, n) =>
+        err ? reject(err) : resolve(n),
+      ),
+    );
+    at += written;
+  }
+}
 const opendirAsync = promisify(opendir);
 
 async function openRead(path: string): Promise<number> {
@@ -372,7 +530,7 @@ async function readRaw(path: string): Promise<RawFile | null> {
       buffer.copy(bigger, 0, 0, length);
       buffer = bigger;
     }
-    const mtimeMs = isCurrentFormat(buffer, length) ? 0 : (await fstatFd(fd)).mtimeMs;
+    const mtimeMs = formatOf(buffer, length) === 'oldest' ? (await fstatFd(fd)).mtimeMs : 0;
     return { buffer, length, mtimeMs };
   } finally {
     await closeFd(fd);
@@ -953,18 +1111,22 @@ const READ_ATTEMPTS = 3;
  * One file per session (Phalcon's Stream adapter), the default store: no server needed.
  *
  * - Files are named by the record key, mode 0600, in a directory owned by the app's user and
- *   marked as the store's own (`.sessionflow-store`). The content is the shared record JSON with
- *   a checksum and the expiry in front (see "The file format" above); the file's mtime is the
- *   expiry too. A file that does not decode is reported and treated as absent.
- * - A write goes to a temp file, which is fsynced (`fsync: true`), then renamed over the old
- *   file: a reader sees the old or the new record, never a torn one. A write that fails removes
- *   its temp file. The inode of the version a write replaces is kept as the session's spare
- *   (`users/.spare/<key>`, a hard link made before the rename) and becomes the temp file of the next
- *   write, so a steady write load neither allocates nor frees inodes (on ext4 without a journal,
- *   allocating one can cost a millisecond of CPU once many were freed recently). A reader that
- *   still holds such an inode open while it is rewritten sees a checksum that does not match and
- *   reads again (after three such reads, once under the session's lock). Versions of sessionflow
- *   from before the checksum do not check it: do not let them read a directory this one writes.
+ *   marked as the store's own (`.sessionflow-store`). A file holds two slots, each the shared
+ *   record JSON with a checksum, a sequence number and the expiry in front (see "The file
+ *   format" above); the file's mtime is the expiry too. A file that does not decode is reported
+ *   and treated as absent.
+ * - A write goes into the slot that does not hold the current version, in place, then is
+ *   fdatasynced (`fsync: true`): a reader sees the old or the new record, never a torn one (see
+ *   `#writeInPlace`). A new session, and a record too large for a slot, is a new file: a temp
+ *   file, fsynced, then renamed over the old file; a write that fails removes its temp file.
+ *   For such records, the inode of the version a write replaces is kept as the session's spare
+ *   (`users/.spare/<key>`, a hard link made before the rename) and becomes the temp file of the
+ *   next write, so a steady write load neither allocates nor frees inodes (on ext4 without a
+ *   journal, allocating one can cost a millisecond of CPU once many were freed recently). A
+ *   reader that still holds such an inode open while it is rewritten sees a checksum that does
+ *   not match and reads again (after three such reads, once under the session's lock). Versions
+ *   of sessionflow from before the two slots take a two-slot file for a damaged one: do not let
+ *   them read a directory this one writes.
  * - A per-session lock (in-process queue + a lock file, so several processes can share the
  *   directory) makes each commit one step: read, check the guard, merge only the keys the
  *   request changed, write. Commits that queue for one session while a write is in progress are
@@ -1139,22 +1301,26 @@ export class FileStore implements SessionStore {
   async #read(
     key: string,
     unlocked = false,
-  ): Promise<{ record: StoredSession; expiresAt: number; current: boolean } | null> {
+  ): Promise<{ record: StoredSession; expiresAt: number; current: boolean; slot?: Slot } | null> {
     const found = await this.#inspect(key, this.#io.sync, unlocked);
     if (!found) return null;
     if (!found.record) {
       this.#corrupt.report('FileStore', this.#file(key), 'not a session record');
       return null;
     }
-    return { record: found.record, expiresAt: found.expiresAt, current: found.current };
+    const { record, expiresAt, current, slot } = found;
+    return { record, expiresAt, current, slot };
   }
 
   /**
-   * Writes the file of `key` (under its lock): into the session's spare inode if it has one (see
+   * Writes a new file for `key` (under its lock), as a two-slot file (the record in slot 0) if
+   * it fits, else as a file of one version: into the session's spare inode if it has one (see
    * `#writeReused`), else into a new temp file, then renamed over the session file. `previous`:
-   * what is there now: 'none' (create), 'legacy' (a file of the previous format, or one that did
-   * not decode) or 'current'. Only an inode that held the current format becomes a spare, so a
-   * reader that meets a rewritten one always finds a checksum to check.
+   * what is there now: 'none' (create), 'legacy' (a file of the oldest format, one that did not
+   * decode, or a two-slot file) or 'current' (a checksummed file of one version). Only an inode
+   * that held a checksummed file of one version becomes a spare, and only when the new file is
+   * one too (a two-slot file is rewritten in place and needs none): a reader that meets a
+   * rewritten inode always finds a checksum to check.
    */
   async #write(
     key: string,
@@ -1167,8 +1333,8 @@ export class FileStore implements SessionStore {
     const spare = this.#spare(key);
     this.#temps = (this.#temps + 1) >>> 0;
     const tmp = `${this.#base}.tmp-${key}-${this.#ownerId}-${this.#temps.toString(16).padStart(8, '0')}`;
-    const data = encodeFile(record, expiresAt);
-    const keep = previous === 'current';
+    const data = encodeFile(record, expiresAt, 1);
+    const keep = previous === 'current' && data[data.length - 1] !== NEWLINE;
     let reused: { handle: fs.FileHandle; size: number } | null = null;
     if (previous !== 'none') {
       if (this.#io.sync) {
@@ -1206,6 +1372,77 @@ export class FileStore implements SessionStore {
       await this.#remove(tmp).catch(() => {});
       throw err;
     }
+  }
+
+  /**
+   * Writes `record` into the slot of the session's two-slot file that does not hold the version
+   * read under the lock (`slot`), with the next sequence number. The inode, its name and the
+   * directory stay as they are: a write is one pwrite, the timestamps (the mtime is the expiry)
+   * and, with fsync, one fdatasync; no rename, no directory fsync, no spare. Until the write is
+   * complete, readers (in any process) find the version before it whole in the other slot: a
+   * slot being written fails its checksum. False, having changed nothing, when the record does
+   * not fit in a slot or the file is gone (`#write` then makes a new file).
+   *
+   * The slot's head (its checksum and sequence number) is written after the rest of it, so that
+   * a slot being written still shows the number of the version it held (see `decodeSlots`).
+   * A load may see the new version while its fdatasync runs, before it is acknowledged. A write
+   * that fails (a full disk when the file first grows into slot 1, an I/O error, a failed
+   * fdatasync) spoils the head of the slot it wrote, so that the version before it is the record
+   * again, and fails.
+   */
+  async #writeInPlace(
+    key: string,
+    record: StoredSession,
+    expiresAt: number,
+    slot: Slot,
+    pending: Promise<void>[],
+  ): Promise<boolean> {
+    const data = encodeFile(record, expiresAt, slot.seq + 1);
+    if (data[data.length - 1] !== NEWLINE) return false;
+    // The index entries the record needs are durable (with fsync) before it reaches the file:
+    // written in place, it is visible, and may be written back, from its write on.
+    if (pending.length > 0) await Promise.all(pending);
+    const at = (1 - slot.at) * SLOT;
+    const expiry = expiresAt / 1000;
+    const path = this.#file(key);
+    const sync = this.#io.sync;
+    let fd: number;
+    try {
+      fd = sync
+        ? this.#io.run(() => openSync(path, constants.O_WRONLY))
+        : await openFd(path, constants.O_WRONLY);
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return false;
+      throw err;
+    }
+    try {
+      try {
+        // The head (checksum and sequence number) after the rest: see `decodeSlots`.
+        const head = BODY_AT + 4 + String(slot.seq + 1).length + 1;
+        if (sync) {
+          this.#io.run(() => {
+            writeAllSync(fd, data.subarray(head), at + head);
+            writeAllSync(fd, data.subarray(0, head), at);
+            // After the content (a write sets the mtime to now).
+            futimesSync(fd, expiry, expiry);
+          });
+        } else {
+          await writeAll(fd, data.subarray(head), at + head);
+          await writeAll(fd, data.subarray(0, head), at);
+          await futimesFd(fd, expiry, expiry);
+        }
+        if (this.#fsync) await datasyncFd(fd);
+      } catch (err) {
+        try {
+          nodeFs.writeSync(fd, SPOILED, 0, SPOILED.length, at);
+        } catch {}
+        throw err;
+      }
+    } finally {
+      if (sync) this.#io.run(() => closeSync(fd));
+      else await closeFd(fd);
+    }
+    return true;
   }
 
   /**
@@ -1430,7 +1667,7 @@ export class FileStore implements SessionStore {
     key: string,
     record: StoredSession,
     expiresAt: number,
-    previous: { userId: string | undefined; expiresAt: number; current: boolean } | null,
+    previous: { userId: string | undefined; expiresAt: number; current: boolean; slot?: Slot } | null,
     create = false,
   ) {
     const pending: Promise<void>[] = [];
@@ -1439,9 +1676,14 @@ export class FileStore implements SessionStore {
     const previousUser = previous?.userId;
     const userId = record.meta.userId;
     if (userId !== undefined && userId !== previousUser) await this.#mark(key, userId, pending);
-    const mode = create ? 'none' : previous?.current ? 'current' : 'legacy';
-    await this.#write(key, record, expiresAt, mode, pending);
-    this.#forget(key); // the file kept open is now the spare, which the next write rewrites
+    const slot = previous?.current ? previous.slot : undefined;
+    const inPlace =
+      !create && slot !== undefined && (await this.#writeInPlace(key, record, expiresAt, slot, pending));
+    if (!inPlace) {
+      const mode = create ? 'none' : previous?.current && !slot ? 'current' : 'legacy';
+      await this.#write(key, record, expiresAt, mode, pending);
+      this.#forget(key); // the file kept open is now the spare, which the next write rewrites
+    }
     if (previousUser !== undefined && previousUser !== userId) await this.#unmark(key, previousUser);
   }
 
@@ -1572,6 +1814,7 @@ export class FileStore implements SessionStore {
           userId: existing.record.meta.userId,
           expiresAt: existing.expiresAt,
           current: existing.current,
+          slot: existing.slot,
         };
         let record: StoredSession | null = existing.record;
         let expiresAt = existing.expiresAt;
@@ -1832,7 +2075,7 @@ export class FileStore implements SessionStore {
     try {
       const before = fstatSync(fd, { bigint: true });
       const { buffer, length } = readAllSync(fd);
-      if (!isCurrentFormat(buffer, length)) return undefined;
+      if (formatOf(buffer, length) === 'oldest') return undefined;
       const found = decodeFile({ buffer, length, mtimeMs: 0 }, true);
       if (found === TORN || !found.record || !found.current || found.expiresAt <= this.#now())
         return undefined;
@@ -1884,6 +2127,7 @@ export class FileStore implements SessionStore {
         userId: existing.record.meta.userId,
         expiresAt: existing.expiresAt,
         current: existing.current,
+        slot: existing.slot,
       };
       await this.#store(key, record, this.#now() + ttlMs, previous, true);
       return true;

@@ -303,6 +303,42 @@ describe('FileStore specifics', () => {
 
 const isRoot = process.getuid?.() === 0;
 const record = (values: Record<string, string> = {}) => ({ meta: meta(), values });
+/** A value that makes a record too large for a slot: such a record is a file of one version. */
+const LARGE = JSON.stringify('x'.repeat(5_000));
+
+/** The two slots of a session file: each one's sequence number (null: empty or not whole). */
+async function slots(file: string): Promise<[number | null, number | null]> {
+  const bytes = await readFile(file);
+  const seq = (at: number): number | null => {
+    const end = bytes.indexOf(0x0a, at);
+    if (at >= bytes.length || end < 0 || end > at + 4096) return null;
+    const text = bytes.toString('utf8', at, end);
+    const found = /^\{"c":"([A-Za-z0-9_-]{22})",("q":(\d+),.*)$/.exec(text);
+    if (!found) return null;
+    const sum = createHash('sha256').update(found[2]!).digest('base64url').slice(0, 22);
+    return sum === found[1] ? Number(found[3]) : null;
+  };
+  return [seq(0), seq(4096)];
+}
+
+/** Makes `method` fail for the descriptors of `file` (compared by inode) with `code`. */
+function failOn(file: string, method: 'writeSync' | 'fdatasync', code: 'ENOSPC' | 'EIO') {
+  const ino = nodeFs.statSync(file).ino;
+  const error = () => Object.assign(new Error(`${code}: simulated, ${method}`), { code });
+  if (method === 'writeSync') {
+    const write = nodeFs.writeSync.bind(nodeFs) as (...args: unknown[]) => number;
+    vi.spyOn(nodeFs, 'writeSync').mockImplementation(((fd: number, ...rest: unknown[]) => {
+      if (nodeFs.fstatSync(fd).ino === ino) throw error();
+      return write(fd, ...rest);
+    }) as typeof nodeFs.writeSync);
+  } else {
+    const datasync = nodeFs.fdatasync.bind(nodeFs);
+    vi.spyOn(nodeFs, 'fdatasync').mockImplementation(((fd: number, callback: (err: Error | null) => void) => {
+      if (nodeFs.fstatSync(fd).ino === ino) setImmediate(() => callback(error()));
+      else datasync(fd, callback);
+    }) as typeof nodeFs.fdatasync);
+  }
+}
 
 /** A fresh directory that exists (tempDir's does not yet). */
 async function existingDir(mode = 0o700): Promise<string> {
@@ -514,19 +550,62 @@ describe('FileStore: a failed write', () => {
   }
 
   for (const method of ['writeFile', 'datasync'] as const) {
-    it(`removes its temp file at once and keeps the old record (ENOSPC in ${method})`, async () => {
+    it(`a record too large for a slot: removes its temp file at once and keeps the old record (ENOSPC in ${method})`, async () => {
       const dir = await tempDir();
       const store = new FileStore({ dir });
       const key = storageKey(newToken());
-      await store.create(key, record({ 'v:a': '1' }), 60_000);
+      await store.create(key, record({ 'v:a': '1', 'v:large': LARGE }), 60_000);
       diskFullOn(method);
       await expect(store.commit(key, { set: { 'v:a': '2' }, unset: [] }, 60_000)).rejects.toMatchObject({
         code: 'ENOSPC',
       });
       vi.restoreAllMocks();
       expect((await readdir(dir)).filter((n) => n.startsWith('.tmp-') || n.endsWith('.lock'))).toEqual([]);
-      expect((await store.load(key))?.values).toEqual({ 'v:a': '1' });
+      expect((await store.load(key))?.values).toEqual({ 'v:a': '1', 'v:large': LARGE });
     });
+  }
+
+  for (const [method, code] of [
+    ['writeSync', 'ENOSPC'],
+    ['fdatasync', 'EIO'],
+  ] as const) {
+    for (const io of ['auto', 'async'] as const) {
+      it(`a write in place that fails (${code} in ${method}, io ${io}) leaves the record as it was; the next write works`, async () => {
+        const dir = await tempDir();
+        const store = new FileStore({ dir, io });
+        const key = storageKey(newToken());
+        const file = join(dir, `${key}.json`);
+        await store.create(key, record({ 'v:a': '1' }), 60_000);
+        expect(await store.commit(key, { set: { 'v:a': '2' }, unset: [] }, 60_000)).toBe('ok');
+        const before = await slots(file);
+        expect(before).toEqual([1, 2]);
+        // io 'async' writes through nodeFs.write: make that fail too.
+        if (method === 'writeSync' && io === 'async') {
+          const ino = nodeFs.statSync(file).ino;
+          const write = nodeFs.write.bind(nodeFs) as (...args: unknown[]) => void;
+          vi.spyOn(nodeFs, 'write').mockImplementation(((fd: number, ...rest: unknown[]) => {
+            const callback = rest.at(-1) as (err: Error | null) => void;
+            if (nodeFs.fstatSync(fd).ino === ino)
+              setImmediate(() => callback(Object.assign(new Error('ENOSPC: simulated'), { code: 'ENOSPC' })));
+            else write(fd, ...rest);
+          }) as typeof nodeFs.write);
+        } else {
+          failOn(file, method, code);
+        }
+        await expect(store.commit(key, { set: { 'v:a': '3' }, unset: [] }, 60_000)).rejects.toMatchObject({
+          code,
+        });
+        vi.restoreAllMocks();
+        // The slot it wrote is spoiled (or untouched): the version before is the record.
+        expect((await slots(file))[1]).toBe(2);
+        expect([null, 1]).toContain((await slots(file))[0]);
+        expect((await store.load(key))?.values).toEqual({ 'v:a': '2' });
+        expect((await readdir(dir)).filter((n) => n.startsWith('.tmp-') || n.endsWith('.lock'))).toEqual([]);
+        expect(await store.commit(key, { set: { 'v:a': '4' }, unset: [] }, 60_000)).toBe('ok');
+        expect(await slots(file)).toEqual([3, 2]);
+        expect((await new FileStore({ dir }).load(key))?.values).toEqual({ 'v:a': '4' });
+      });
+    }
   }
 });
 
@@ -686,7 +765,9 @@ describe('FileStore: group commit (commits queued for one session share one writ
     const rename = vi.spyOn(fsp, 'rename');
     await release();
     expect(await results).toEqual(['ok', 'conflict', 'ok', 'ok', 'conflict', 'ok', 'ok']);
-    expect(rename).toHaveBeenCalledTimes(1); // one write for the seven
+    // One write for the seven: in place, into slot 1, with the sequence number after creation's.
+    expect(await slots(join(dir, `${key}.json`))).toEqual([1, 2]);
+    expect(rename).not.toHaveBeenCalled();
     const loaded = await store.load(key);
     expect(loaded?.meta).toMatchObject({ h: 'h1', ph: 'h0', userId: 'alice', lastSeenAt: 42 });
     expect({ ...loaded?.values }).toEqual({ 'v:a': '1', 'v:d': '1' });
@@ -711,16 +792,7 @@ describe('FileStore: group commit (commits queued for one session share one writ
 
   it('a batch whose write fails: answers given before the first change stand, the others are the error', async () => {
     const { dir, store, key, release } = await held();
-    const open = fsp.open.bind(fsp);
-    vi.spyOn(fsp, 'open').mockImplementation((async (...args: Parameters<typeof fsp.open>) => {
-      const handle = await open(...args);
-      if (String(args[0]).includes('.tmp-')) {
-        handle.writeFile = async () => {
-          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
-        };
-      }
-      return handle;
-    }) as typeof fsp.open);
+    failOn(join(dir, `${key}.json`), 'writeSync', 'ENOSPC');
     const results = [
       store.commit(key, { set: { 'v:x': '1' }, unset: [] }, 60_000, { handle: 'nope' }),
       store.commit(key, { set: { 'v:a': '1' }, unset: [] }, 60_000, { handle: 'h0' }),
@@ -746,29 +818,154 @@ describe('FileStore: the file format and the spare inode', () => {
 
   const inode = async (path: string) => (await stat(path)).ino;
 
-  it('a write reuses the inode of the version before the last one (no inode allocated or freed)', async () => {
+  it('a write rewrites the file in place, in the slot that does not hold the record: same inode, no spare, no temp file', async () => {
+    const dir = await tempDir();
+    const store = new FileStore({ dir });
+    const key = storageKey(newToken());
+    const file = join(dir, `${key}.json`);
+    await store.create(key, record({ 'v:n': '0' }), 60_000);
+    const first = await inode(file);
+    expect(await readFile(file, 'utf8')).toMatch(/^\{"c":"[A-Za-z0-9_-]{22}","q":1,"x":\d+,"meta":.*\}\n$/);
+    expect(await slots(file)).toEqual([1, null]);
+    const rename = vi.spyOn(fsp, 'rename');
+    expect(
+      await store.commit(key, { set: { 'v:n': '1', 'v:long': 'x'.repeat(500) }, unset: [] }, 60_000),
+    ).toBe('ok');
+    expect(await slots(file)).toEqual([1, 2]);
+    expect(await store.commit(key, { set: { 'v:n': '2' }, unset: [] }, 60_000)).toBe('ok');
+    expect(await slots(file)).toEqual([3, 2]);
+    // A shorter record in slot 1, whose longer one was there before: nothing of it is read.
+    expect(await store.commit(key, { set: { 'v:n': '3' }, unset: ['v:long'] }, 60_000)).toBe('ok');
+    expect(await slots(file)).toEqual([3, 4]);
+    expect(rename).not.toHaveBeenCalled();
+    expect(await inode(file)).toBe(first);
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+    expect((await store.load(key))?.values).toEqual({ 'v:n': '3' });
+    expect((await new FileStore({ dir }).load(key))?.values).toEqual({ 'v:n': '3' });
+    // The mtime follows the expiry (gc's hint).
+    expect(Math.abs((await stat(file)).mtimeMs - (Date.now() + 60_000))).toBeLessThan(5_000);
+    expect(await readdir(join(dir, 'users', '.spare'))).toEqual([]);
+    expect((await readdir(dir)).filter((n) => n.startsWith('.tmp-'))).toEqual([]);
+    await store.destroy(key);
+    expect((await readdir(dir)).filter((n) => n.includes(key))).toEqual([]);
+  });
+
+  it('a slot torn by a crash: the other slot is the record, and the next write goes into the torn one', async () => {
+    const dir = await tempDir();
+    const reported: string[] = [];
+    const store = new FileStore({ dir, onCorrupt: (file) => reported.push(file) });
+    const key = storageKey(newToken());
+    const file = join(dir, `${key}.json`);
+    await store.create(key, record({ 'v:n': '1' }), 60_000);
+    await store.commit(key, { set: { 'v:n': '2' }, unset: [] }, 60_000);
+    await store.commit(key, { set: { 'v:n': '3' }, unset: [] }, 60_000);
+    expect(await slots(file)).toEqual([3, 2]);
+    // Slot 0 (the newer) half rewritten, as a power cut in the middle of its write leaves it.
+    const handle = await fsp.open(file, 'r+');
+    await handle.write(Buffer.from('"v:n":"9","garbage'), 0, undefined, 120);
+    await handle.close();
+    expect(await slots(file)).toEqual([null, 2]);
+    expect((await store.load(key))?.values).toEqual({ 'v:n': '2' });
+    expect((await new FileStore({ dir, io: 'async' }).load(key))?.values).toEqual({ 'v:n': '2' });
+    expect(await store.commit(key, { set: { 'v:m': '1' }, unset: [] }, 60_000)).toBe('ok');
+    expect(await slots(file)).toEqual([3, 2]); // into the torn slot; slot 1 untouched
+    expect((await store.load(key))?.values).toEqual({ 'v:n': '2', 'v:m': '1' });
+    expect(reported).toEqual([]);
+  });
+
+  it('a torn slot whose head shows a newer version than the whole one: the read waits for the lock, as the whole one may be stale', async () => {
+    const dir = await tempDir();
+    const store = new FileStore({ dir });
+    const key = storageKey(newToken());
+    const file = join(dir, `${key}.json`);
+    await store.create(key, record({ 'v:n': '1' }), 60_000);
+    await store.commit(key, { set: { 'v:n': '2' }, unset: [] }, 60_000);
+    await store.commit(key, { set: { 'v:n': '3' }, unset: [] }, 60_000);
+    await store.commit(key, { set: { 'v:n': '4' }, unset: [] }, 60_000);
+    expect(await slots(file)).toEqual([3, 4]);
+    const tear = async (at: number) => {
+      const handle = await fsp.open(file, 'r+');
+      await handle.write(Buffer.from('"v:n":"9","garbage'), 0, undefined, at + 120);
+      await handle.close();
+    };
+    // A reader that copied slot 0 (3), then slot 1 while versions 5 (slot 0) and 6 (slot 1,
+    // head not yet written) were being written, would see this: version 3 whole and slot 1
+    // broken with the head of version 4, which was complete before the read began.
+    await tear(4096);
+    expect(await slots(file)).toEqual([3, null]);
+    const [id] = await readdir(join(dir, 'owners'));
+    const owner = JSON.parse(await readFile(join(dir, 'owners', id!), 'utf8'));
+    const lock = join(dir, `${key}.json.lock`);
+    await writeFile(lock, JSON.stringify({ ...owner, id: 'abcdef0123456789' }));
+    let answered = false;
+    const loading = new FileStore({ dir }).load(key).then((r) => {
+      answered = true;
+      return r;
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(answered).toBe(false); // not version 3 at once: it reads again under the lock
+    await rm(lock);
+    // Under the lock no write runs: the broken slot is a crash's, and version 3 the record.
+    expect((await loading)?.values).toEqual({ 'v:n': '3' });
+
+    // The usual case: the broken slot shows an older version than the whole one (a write of
+    // version 5 into slot 0 in progress, its head not yet written): answered at once.
+    await store.commit(key, { set: { 'v:n': '5' }, unset: [] }, 60_000); // into slot 1
+    expect(await slots(file)).toEqual([3, 4]);
+    await tear(0);
+    await writeFile(lock, JSON.stringify({ ...owner, id: 'abcdef0123456789' }));
+    expect((await new FileStore({ dir }).load(key))?.values).toEqual({ 'v:n': '5' });
+    await rm(lock);
+  });
+
+  it('a two-slot file cut short is absent and reported, whatever an earlier read of another file left in the read buffer', async () => {
+    const dir = await tempDir();
+    const reported: string[] = [];
+    const store = new FileStore({ dir, onCorrupt: (file) => reported.push(file) });
+    const [long, short] = [storageKey(newToken()), storageKey(newToken())];
+    await store.create(long, record({ 'v:other': JSON.stringify('o'.repeat(2_000)) }), 60_000);
+    await store.create(short, record({ 'v:a': '1' }), 60_000);
+    const file = join(dir, `${short}.json`);
+    const text = await readFile(file, 'utf8');
+    await writeFile(file, text.slice(0, -20)); // no newline: the slot never ended
+    for (const io of ['auto', 'async'] as const) {
+      const reader = new FileStore({ dir, io, onCorrupt: (f) => reported.push(f) });
+      expect((await reader.load(long))?.values['v:other']).toBeDefined();
+      expect(await reader.load(short)).toBeNull();
+    }
+    expect(reported).toEqual([file, file]);
+  });
+
+  it('a record that outgrows a slot moves to a file of one version (renamed, spare kept), and back into slots', async () => {
     const dir = await tempDir();
     const store = new FileStore({ dir });
     const key = storageKey(newToken());
     const file = join(dir, `${key}.json`);
     const spare = join(dir, 'users', '.spare', key);
     await store.create(key, record({ 'v:n': '0' }), 60_000);
+    const slotted = await inode(file);
+    expect(await store.commit(key, { set: { 'v:large': LARGE }, unset: [] }, 60_000)).toBe('ok');
+    expect(await readFile(file, 'utf8')).toMatch(/^\{"c":"[A-Za-z0-9_-]{22}","x":\d+,"meta":/);
     const first = await inode(file);
+    expect(first).not.toBe(slotted);
+    expect(await readdir(join(dir, 'users', '.spare'))).toEqual([]); // a two-slot inode is never a spare
     expect(await store.commit(key, { set: { 'v:n': '1' }, unset: [] }, 60_000)).toBe('ok');
     const second = await inode(file);
     expect(second).not.toBe(first);
     expect(await inode(spare)).toBe(first); // the replaced version, kept as the spare
-    expect(
-      await store.commit(key, { set: { 'v:n': '2', 'v:long': 'x'.repeat(500) }, unset: [] }, 60_000),
-    ).toBe('ok');
+    expect(await store.commit(key, { set: { 'v:n': '2' }, unset: [] }, 60_000)).toBe('ok');
     expect(await inode(file)).toBe(first); // written into the spare
     expect(await inode(spare)).toBe(second);
-    expect(await store.commit(key, { set: { 'v:n': '3' }, unset: ['v:long'] }, 60_000)).toBe('ok');
+    expect((await store.load(key))?.values).toEqual({ 'v:n': '2', 'v:large': LARGE });
+    // Small again: a two-slot file, written into the spare (no bytes of the large record left).
+    expect(await store.commit(key, { set: { 'v:n': '3' }, unset: ['v:large'] }, 60_000)).toBe('ok');
     expect(await inode(file)).toBe(second);
-    // A shorter record in a reused inode: no bytes of the longer one are left over.
-    expect(decodeRecord(await readFile(file, 'utf8'))?.values).toEqual({ 'v:n': '3' });
-    expect((await stat(file)).mode & 0o777).toBe(0o600);
-    expect((await store.load(key))?.values).toEqual({ 'v:n': '3' });
+    expect(await slots(file)).toEqual([1, null]);
+    expect((await stat(file)).size).toBeLessThan(4096);
+    expect(await store.commit(key, { set: { 'v:n': '4' }, unset: [] }, 60_000)).toBe('ok');
+    expect(await inode(file)).toBe(second);
+    expect(await slots(file)).toEqual([1, 2]);
+    expect((await store.load(key))?.values).toEqual({ 'v:n': '4' });
     await store.destroy(key);
     expect((await readdir(dir)).filter((n) => n.includes(key))).toEqual([]);
     expect(await readdir(join(dir, 'users', '.spare'))).toEqual([]);
@@ -779,7 +976,7 @@ describe('FileStore: the file format and the spare inode', () => {
     let now = Date.now();
     const store = new FileStore({ dir, now: () => now });
     const key = storageKey(newToken());
-    await store.create(key, record(), 60_000);
+    await store.create(key, record({ 'v:large': LARGE }), 60_000);
     await store.commit(key, { set: { 'v:a': '1' }, unset: [] }, 60_000);
     await store.commit(key, { set: { 'v:a': '2' }, unset: [] }, 60_000);
     expect(await readdir(join(dir, 'users', '.spare'))).toEqual([key]);
@@ -789,29 +986,37 @@ describe('FileStore: the file format and the spare inode', () => {
     expect(await readdir(join(dir, 'users', '.spare'))).toEqual([]);
   });
 
-  it('the file starts with a checksum of the rest; a file edited outside the store is read as it parses and its inode never reused', async () => {
-    const dir = await tempDir();
-    const reported: string[] = [];
-    const store = new FileStore({ dir, onCorrupt: (file) => reported.push(file) });
-    const key = storageKey(newToken());
-    await store.create(key, record({ 'v:role': '"user"' }), 60_000);
-    const file = join(dir, `${key}.json`);
-    const text = await readFile(file, 'utf8');
-    expect(text).toMatch(/^\{"c":"[A-Za-z0-9_-]{22}","x":\d+,"meta":/);
-    // Same length, valid JSON, one value changed: the checksum no longer matches. Not a torn read
-    // (it fails under the session's lock too): an edit, taken as it parses, as before checksums.
-    const edited = text.replace('user', 'root');
-    expect(edited).not.toBe(text);
-    await writeFile(file, edited);
-    expect((await store.load(key))?.values).toEqual({ 'v:role': '"root"' });
-    expect(reported).toEqual([]);
-    const editedInode = await inode(file);
-    expect(await store.commit(key, { set: { 'v:a': '1' }, unset: [] }, 60_000)).toBe('ok');
-    expect(await readdir(join(dir, 'users', '.spare'))).not.toContain(key);
-    expect(await inode(file)).not.toBe(editedInode);
-  });
+  for (const large of [false, true]) {
+    it(`a file edited outside the store (${large ? 'one version' : 'two slots'}) is read as it parses, not reported, and replaced by a new inode`, async () => {
+      const dir = await tempDir();
+      const reported: string[] = [];
+      const store = new FileStore({ dir, onCorrupt: (file) => reported.push(file) });
+      const key = storageKey(newToken());
+      const extra: Record<string, string> = large ? { 'v:large': LARGE } : {};
+      await store.create(key, record({ 'v:role': '"user"', ...extra }), 60_000);
+      const file = join(dir, `${key}.json`);
+      const text = await readFile(file, 'utf8');
+      expect(text).toMatch(
+        large
+          ? /^\{"c":"[A-Za-z0-9_-]{22}","x":\d+,"meta":/
+          : /^\{"c":"[A-Za-z0-9_-]{22}","q":1,"x":\d+,"meta":/,
+      );
+      // Same length, valid JSON, one value changed: the checksum no longer matches. Not a torn read
+      // (it fails under the session's lock too): an edit, taken as it parses, as before checksums.
+      const edited = text.replace('user', 'root');
+      expect(edited).not.toBe(text);
+      await writeFile(file, edited);
+      expect((await store.load(key))?.values).toEqual({ 'v:role': '"root"', ...extra });
+      expect(reported).toEqual([]);
+      const editedInode = await inode(file);
+      expect(await store.commit(key, { set: { 'v:a': '1' }, unset: [] }, 60_000)).toBe('ok');
+      expect(await readdir(join(dir, 'users', '.spare'))).not.toContain(key);
+      expect(await inode(file)).not.toBe(editedInode);
+      expect((await store.load(key))?.values).toEqual({ 'v:role': '"root"', 'v:a': '1', ...extra });
+    });
+  }
 
-  it('a record of the previous format (expiry in the mtime) is read, and rewritten in the current one by its next commit', async () => {
+  it('a record of the oldest format (expiry in the mtime) is read, and rewritten in two slots by its next commit', async () => {
     const dir = await existingDir();
     const key = storageKey(newToken());
     await mkdir(join(dir, 'users'));
@@ -822,9 +1027,9 @@ describe('FileStore: the file format and the spare inode', () => {
     expect((await store.load(key))?.values).toEqual({ 'v:a': '1' });
     const old = await inode(file);
     expect(await store.commit(key, { set: { 'v:b': '1' }, unset: [] }, 60_000)).toBe('ok');
-    expect(await readFile(file, 'utf8')).toMatch(/^\{"c":"/);
+    expect(await slots(file)).toEqual([1, null]);
     expect((await store.load(key))?.values).toEqual({ 'v:a': '1', 'v:b': '1' });
-    // The inode of the previous format is not kept as a spare (its readers check no checksum).
+    // The inode of the oldest format is not kept as a spare (its readers check no checksum).
     expect(await readdir(join(dir, 'users', '.spare'))).not.toContain(key);
     expect(await inode(file)).not.toBe(old);
   });
@@ -835,8 +1040,9 @@ describe('FileStore: the file format and the spare inode', () => {
       const dir = await tempDir();
       const store = new FileStore({ dir });
       const key = storageKey(newToken());
-      await store.create(key, record({ 'v:a': '1' }), 60_000);
+      await store.create(key, record({ 'v:a': '1', 'v:large': LARGE }), 60_000);
       await store.commit(key, { set: { 'v:a': '2' }, unset: [] }, 60_000); // now it has a spare
+      expect(await readdir(join(dir, 'users', '.spare'))).toEqual([key]);
       const write = nodeFs.writeSync.bind(nodeFs) as (...args: unknown[]) => number;
       vi.spyOn(nodeFs, 'writeSync').mockImplementation(((fd: number, ...rest: unknown[]) => {
         if (readlinkSync(`/proc/self/fd/${fd}`).includes('.tmp-'))
@@ -848,10 +1054,10 @@ describe('FileStore: the file format and the spare inode', () => {
       });
       vi.restoreAllMocks();
       expect((await readdir(dir)).filter((n) => n.startsWith('.tmp-') || n.endsWith('.lock'))).toEqual([]);
-      expect((await store.load(key))?.values).toEqual({ 'v:a': '2' });
+      expect((await store.load(key))?.values).toEqual({ 'v:a': '2', 'v:large': LARGE });
       // The next commit works (without a spare: a new temp file).
       expect(await store.commit(key, { set: { 'v:a': '4' }, unset: [] }, 60_000)).toBe('ok');
-      expect((await store.load(key))?.values).toEqual({ 'v:a': '4' });
+      expect((await store.load(key))?.values).toEqual({ 'v:a': '4', 'v:large': LARGE });
     },
   );
 });
