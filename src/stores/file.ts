@@ -412,14 +412,21 @@ function openReadSync(path: string): number {
 
 /**
  * A session file kept open by `FileStore.load` (see `openFiles`): its decoded record, valid as
- * long as an fstat of `fd` shows the same inode state (`sameFile`).
+ * long as an fstat of `fd` shows the same inode state (`sameFile`) if `settled`. A two-slot file
+ * (`slots`) is also kept before it has settled: a load then reads it again through `fd`, which
+ * saves the open and close of its path (see `#rereadKept`).
  */
 interface OpenFile {
   fd: number;
   stat: nodeFs.BigIntStats;
   record: Readonly<StoredSession>;
   expiresAt: number;
+  settled: boolean;
+  slots: boolean;
 }
+
+/** The ctime of `stat` is more than SETTLED_NS old, by the kernel's clock (not the store's `now`). */
+const settledAt = (stat: nodeFs.BigIntStats) => BigInt(Date.now()) * 1_000_000n - stat.ctimeNs > SETTLED_NS;
 
 /** How old (ns) a file's ctime must be before the file is kept open: see `openFiles`. */
 const SETTLED_NS = 1_000_000_000n;
@@ -1286,6 +1293,16 @@ export class FileStore implements SessionStore {
    * (Every caller but `load` holds the lock.)
    */
   async #inspect(key: string, sync = this.#io.sync, unlocked = false): Promise<FileRecord | null> {
+    if (!unlocked && sync) {
+      // Under the lock, a two-slot file kept open is read through its descriptor (see `#rereadKept`).
+      const kept = this.#open.get(key);
+      if (kept?.slots) {
+        const found = this.#io.run(() =>
+          fstatSync(kept.fd).nlink > 0 ? decodeFile({ ...readAllSync(kept.fd), mtimeMs: 0 }, false) : TORN,
+        );
+        if (found !== TORN) return found;
+      }
+    }
     const path = this.#file(key);
     for (let attempt = 1; ; attempt++) {
       const raw = sync ? this.#io.run(() => readRawSync(path)) : await readRaw(path);
@@ -2044,14 +2061,44 @@ export class FileStore implements SessionStore {
     const kept = this.#open.get(key);
     if (kept) {
       const now = this.#io.run(() => fstatSync(kept.fd, { bigint: true }));
-      if (sameFile(now, kept.stat) && kept.expiresAt > this.#now()) {
+      if (kept.settled && sameFile(now, kept.stat) && kept.expiresAt > this.#now()) {
         this.#open.delete(key); // most recently loaded last
         this.#open.set(key, kept);
         return kept.record;
       }
+      if (kept.slots && now.nlink > 0) {
+        const again = this.#io.run(() => this.#rereadKept(kept, now));
+        if (again) {
+          this.#open.delete(key);
+          this.#open.set(key, kept);
+          return again;
+        }
+      }
       this.#forget(key);
     }
     return this.#io.run(() => this.#readKept(key));
+  }
+
+  /**
+   * Reads a kept two-slot file again through its descriptor (`now`: its fstat): the record, the
+   * kept entry updated; undefined if the read is not a whole live record of two slots (the
+   * caller reads the path as usual). Such an inode is the session's file as long as it has a
+   * name: the store never gives a two-slot inode a second name (only files of one version become
+   * spares), and every change that replaces or removes it (a larger record, a logout, gc)
+   * unlinks it, so a link count above 0 is the check that `#readKept` makes with a stat of the
+   * path. The entry is settled (answered from without reading) once its ctime is old enough and
+   * a second fstat shows nothing changed during the read.
+   */
+  #rereadKept(kept: OpenFile, now: nodeFs.BigIntStats): Readonly<StoredSession> | undefined {
+    const { buffer, length } = readAllSync(kept.fd);
+    const found = decodeFile({ buffer, length, mtimeMs: 0 }, true);
+    if (found === TORN || !found.record || !found.slot || found.expiresAt <= this.#now()) return undefined;
+    const record = freezeRecord(found.record);
+    kept.record = record;
+    kept.expiresAt = found.expiresAt;
+    kept.stat = now;
+    kept.settled = settledAt(now) && sameFile(now, fstatSync(kept.fd, { bigint: true }));
+    return record;
   }
 
   /**
@@ -2080,14 +2127,19 @@ export class FileStore implements SessionStore {
       if (found === TORN || !found.record || !found.current || found.expiresAt <= this.#now())
         return undefined;
       const record = freezeRecord(found.record);
+      const slots = found.slot !== undefined;
       // The kernel's clock, as the ctime is (not the store's `now`, which tests may move).
-      if (BigInt(Date.now()) * 1_000_000n - before.ctimeNs > SETTLED_NS) {
+      if (settledAt(before)) {
         const named = statSync(path, { bigint: true, throwIfNoEntry: false });
         const after = fstatSync(fd, { bigint: true });
         if (named && named.ino === before.ino && named.dev === before.dev && sameFile(before, after)) {
-          this.#keep(key, { fd, stat: before, record, expiresAt: found.expiresAt });
+          this.#keep(key, { fd, stat: before, record, expiresAt: found.expiresAt, settled: true, slots });
           kept = true;
         }
+      } else if (slots) {
+        // Opened by its path just now, so the session's file: read again through `fd` next time.
+        this.#keep(key, { fd, stat: before, record, expiresAt: found.expiresAt, settled: false, slots });
+        kept = true;
       }
       return record;
     } catch {

@@ -73,17 +73,51 @@ describe.skipIf(process.platform !== 'linux')('FileStore: session files kept ope
     const key = storageKey(newToken());
     await a.create(key, { meta: meta(), values: { 'v:a': '1' } }, HOUR);
     const opens = countOpens();
-    // Just written: its ctime is too fresh to trust, so every load reads the file.
+    // Just written: its ctime is too fresh to trust the record read, so every load reads the
+    // file again, through the descriptor the first one kept (a two-slot file keeps its inode).
     expect((await a.load(key))?.values).toEqual({ 'v:a': '1' });
     expect((await a.load(key))?.values).toEqual({ 'v:a': '1' });
-    expect(opens.count).toBe(2);
-    expect(openUnder(dir)).toBe(0);
+    expect(opens.count).toBe(1);
+    expect(openUnder(dir)).toBe(1);
     await settle();
     expect((await a.load(key))?.values).toEqual({ 'v:a': '1' });
-    expect(opens.count).toBe(3);
-    expect(openUnder(dir)).toBe(1);
     for (let i = 0; i < 5; i++) expect((await a.load(key))?.values).toEqual({ 'v:a': '1' });
-    expect(opens.count).toBe(3);
+    expect(opens.count).toBe(1);
+    expect(openUnder(dir)).toBe(1);
+    // A file of one version (a record too large for a slot) is kept only once settled.
+    const large = storageKey(newToken());
+    await a.create(large, { meta: meta(), values: { 'v:l': JSON.stringify('x'.repeat(5_000)) } }, HOUR);
+    expect(opens.count).toBe(2); // create's look for a file of that name
+    expect((await a.load(large))?.values['v:l']).toBeDefined();
+    expect((await a.load(large))?.values['v:l']).toBeDefined();
+    expect(opens.count).toBe(4);
+  });
+
+  it('a two-slot file kept open before it settled: a change by another process is read through it, a replaced file by its path', async () => {
+    const dir = await tempDir();
+    const a = store({ dir });
+    const b = store({ dir });
+    const key = storageKey(newToken());
+    await a.create(key, { meta: meta(), values: { 'v:a': '1' } }, HOUR);
+    expect((await a.load(key))?.values).toEqual({ 'v:a': '1' });
+    expect(openUnder(dir)).toBe(1);
+    for (let n = 2; n <= 5; n++) {
+      expect(await b.commit(key, set({ 'v:a': String(n) }), HOUR)).toBe('ok');
+      expect((await a.load(key))?.values).toEqual({ 'v:a': String(n) });
+    }
+    // Too large for a slot: b renames a new file over the one a holds open (now unlinked).
+    const large = JSON.stringify('x'.repeat(5_000));
+    expect(await b.commit(key, set({ 'v:l': large }), HOUR)).toBe('ok');
+    expect((await a.load(key))?.values).toEqual({ 'v:a': '5', 'v:l': large });
+    // Small again: a new two-slot inode, which a reads by its path and then keeps.
+    expect(await b.commit(key, { set: { 'v:a': '6' }, unset: ['v:l'] }, HOUR)).toBe('ok');
+    expect((await a.load(key))?.values).toEqual({ 'v:a': '6' });
+    expect(await a.commit(key, set({ 'v:a': '7' }), HOUR)).toBe('ok');
+    expect((await b.load(key))?.values).toEqual({ 'v:a': '7' });
+    expect((await a.load(key))?.values).toEqual({ 'v:a': '7' });
+    await b.destroy(key);
+    expect(await a.load(key)).toBeNull();
+    expect(await a.commit(key, set({ 'v:a': '8' }), HOUR)).toBe('gone');
   });
 
   it('a commit, an ID change and a logout by another process are seen by the very next load', async () => {

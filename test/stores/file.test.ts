@@ -131,7 +131,8 @@ describe('FileStore specifics', () => {
 
   it("a file the kernel will not open with O_NOATIME (another user's) is read without it", async () => {
     const dir = await tempDir();
-    const store = new FileStore({ dir });
+    // No file kept open: every read opens the path.
+    const store = new FileStore({ dir, openFiles: 0 });
     const key = storageKey(newToken());
     await store.create(key, { meta: meta(), values: { 'v:a': '1' } }, 60_000);
     const noatime = nodeFs.constants.O_NOATIME ?? 0;
@@ -172,10 +173,10 @@ describe('FileStore specifics', () => {
   // io: 'auto' runs cheap calls synchronously on a local disk and moves them to the thread pool
   // when the disk stalls. A lone stall (the thread off the CPU 5 ms once, as a page fault behind
   // the garbage collector or the host running another guest does) must not; a second one within
-  // a second must. A file changed under a second ago is not kept open: every load opens it.
+  // a second must. No file is kept open (openFiles: 0): every load opens it.
   it("io: 'auto': one stall keeps calls synchronous, a second within a second sends them to the thread pool", async (ctx) => {
     const dir = await tempDir();
-    const store = new FileStore({ dir });
+    const store = new FileStore({ dir, openFiles: 0 });
     const key = storageKey(newToken());
     await store.create(key, { meta: meta(), values: { 'v:a': '1' } }, 60_000);
     const calls = { sync: 0, pool: 0 };
