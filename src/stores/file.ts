@@ -77,9 +77,9 @@ export interface FileStoreOptions {
    * `true`: a change is durable before it is acknowledged, and survives a power cut or a kernel
    * crash: a version written in place (into the file's other slot) is fdatasynced; a new file is
    * fdatasynced before it replaces the old one (rename), and the directory fsynced after the
-   * rename or removal (one directory fsync serves every change
-   * that waits for it, across sessions), and the index entries a change needs (user, expiry) are
-   * fsynced before the record that needs them. A logout (destroy) is durable too.
+   * rename or removal (one directory fsync serves every change that waits for it, across
+   * sessions), and the index entries a change needs (user, expiry) are fsynced before the record
+   * that needs them. A logout (destroy) is durable too.
    * `false`: a process crash loses nothing that was acknowledged and never leaves a torn record
    * (every system call of a change has returned before it is acknowledged); a power cut or kernel
    * crash can lose the changes of the last seconds to minutes (the kernel's writeback), which can
@@ -92,9 +92,8 @@ export interface FileStoreOptions {
    * `'auto'`: on a local file system (ext4, XFS, Btrfs, tmpfs, … on Linux), the calls that work on
    * cached data (reads, the lock's link and unlink, a write in place and its timestamps, and a
    * write into the session's spare inode: the copy of its content, renames, link, timestamps) are
-   * made synchronously, a few
-   * microseconds each, instead of through libuv's thread pool, where each call costs far more
-   * in thread hand-offs than the system call itself. fsync and fdatasync, the creation of a file
+   * made synchronously, a few microseconds each, instead of through libuv's thread pool, where
+   * each call costs far more in thread hand-offs than the system call itself. fsync and fdatasync, the creation of a file
    * (a new session, an index entry) and everything gc does always go through the thread pool,
    * and nothing is synchronous while gc runs. A synchronous call that holds the thread longer
    * than 2 ms (a cold cache on a slow disk, a wait behind writeback; the time the scheduler ran
@@ -119,11 +118,12 @@ export interface FileStoreOptions {
    * time after one `fstat` of the open file, instead of opening, reading and parsing it. The
    * answer is never stale, whichever process wrote: every change this store makes to a session
    * (a write, a logout, gc; in any process) rewrites its file in place, links, renames over or
-   * unlinks it, which
-   * changes the open file's ctime or link count, and a load that sees either change reads the
-   * file again. A file is kept only once its ctime is more than a second old (two changes
-   * within one tick of a coarse clock can share a ctime), only on a local file system with
-   * sub-second timestamps (see `io`), and never while gc runs. Each kept session holds one file
+   * unlinks it, which changes the open file's ctime or link count, and a load that sees either
+   * change reads the file again. A record is answered from without reading only once its file's
+   * ctime is more than a second old (two changes within one tick of a coarse clock can share a
+   * ctime); before that, a two-slot file is kept open too and read again through its descriptor
+   * on each load, saving the open and close of its path. Files are kept only on a local file
+   * system with sub-second timestamps (see `io`), and never while gc runs. Each kept session holds one file
    * descriptor; the least recently loaded is closed first. `0` turns it off. @default 256
    */
   openFiles?: number;
@@ -2179,7 +2179,6 @@ export class FileStore implements SessionStore {
         userId: existing.record.meta.userId,
         expiresAt: existing.expiresAt,
         current: existing.current,
-        slot: existing.slot,
       };
       await this.#store(key, record, this.#now() + ttlMs, previous, true);
       return true;

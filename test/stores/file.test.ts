@@ -819,12 +819,18 @@ describe('FileStore: the file format and the spare inode', () => {
 
   const inode = async (path: string) => (await stat(path)).ino;
 
-  it('a write rewrites the file in place, in the slot that does not hold the record: same inode, no spare, no temp file', async () => {
+  /** A store on a new directory with one session of `values`; `reported`: what it found corrupt. */
+  async function oneSession(values: Record<string, string>) {
     const dir = await tempDir();
-    const store = new FileStore({ dir });
+    const reported: string[] = [];
+    const store = new FileStore({ dir, onCorrupt: (file) => reported.push(file) });
     const key = storageKey(newToken());
-    const file = join(dir, `${key}.json`);
-    await store.create(key, record({ 'v:n': '0' }), 60_000);
+    await store.create(key, record(values), 60_000);
+    return { dir, store, key, file: join(dir, `${key}.json`), reported };
+  }
+
+  it('a write rewrites the file in place, in the slot that does not hold the record: same inode, no spare, no temp file', async () => {
+    const { dir, store, key, file } = await oneSession({ 'v:n': '0' });
     const first = await inode(file);
     expect(await readFile(file, 'utf8')).toMatch(/^\{"c":"[A-Za-z0-9_-]{22}","q":1,"x":\d+,"meta":.*\}\n$/);
     expect(await slots(file)).toEqual([1, null]);
@@ -852,12 +858,7 @@ describe('FileStore: the file format and the spare inode', () => {
   });
 
   it('a slot torn by a crash: the other slot is the record, and the next write goes into the torn one', async () => {
-    const dir = await tempDir();
-    const reported: string[] = [];
-    const store = new FileStore({ dir, onCorrupt: (file) => reported.push(file) });
-    const key = storageKey(newToken());
-    const file = join(dir, `${key}.json`);
-    await store.create(key, record({ 'v:n': '1' }), 60_000);
+    const { dir, store, key, file, reported } = await oneSession({ 'v:n': '1' });
     await store.commit(key, { set: { 'v:n': '2' }, unset: [] }, 60_000);
     await store.commit(key, { set: { 'v:n': '3' }, unset: [] }, 60_000);
     expect(await slots(file)).toEqual([3, 2]);
@@ -875,11 +876,7 @@ describe('FileStore: the file format and the spare inode', () => {
   });
 
   it('a torn slot whose head shows a newer version than the whole one: the read waits for the lock, as the whole one may be stale', async () => {
-    const dir = await tempDir();
-    const store = new FileStore({ dir });
-    const key = storageKey(newToken());
-    const file = join(dir, `${key}.json`);
-    await store.create(key, record({ 'v:n': '1' }), 60_000);
+    const { dir, store, key, file } = await oneSession({ 'v:n': '1' });
     await store.commit(key, { set: { 'v:n': '2' }, unset: [] }, 60_000);
     await store.commit(key, { set: { 'v:n': '3' }, unset: [] }, 60_000);
     await store.commit(key, { set: { 'v:n': '4' }, unset: [] }, 60_000);
@@ -938,12 +935,8 @@ describe('FileStore: the file format and the spare inode', () => {
   });
 
   it('a record that outgrows a slot moves to a file of one version (renamed, spare kept), and back into slots', async () => {
-    const dir = await tempDir();
-    const store = new FileStore({ dir });
-    const key = storageKey(newToken());
-    const file = join(dir, `${key}.json`);
+    const { dir, store, key, file } = await oneSession({ 'v:n': '0' });
     const spare = join(dir, 'users', '.spare', key);
-    await store.create(key, record({ 'v:n': '0' }), 60_000);
     const slotted = await inode(file);
     expect(await store.commit(key, { set: { 'v:large': LARGE }, unset: [] }, 60_000)).toBe('ok');
     expect(await readFile(file, 'utf8')).toMatch(/^\{"c":"[A-Za-z0-9_-]{22}","x":\d+,"meta":/);
