@@ -32,7 +32,8 @@ const USAGE = `Usage: npm run bench -- [options]
                        others (default 1)
   --only <substring>   run only rows whose id or label contains it (repeatable); the baselines
                        the selected rows are compared with always run too
-  --rounds <n>         run everything n times and keep each row's best round (default 1)
+  --rounds <n>         run everything n times: each row shows its best round, its ratios the
+                       median of its rounds (default 1)
   --json <file>        also write the raw results as JSON
   --profile <dir>      run each server with --cpu-prof; V8 CPU profiles go to <dir>/<server>/
   --no-build           use dist/ as it is (by default the package is built first: the servers
@@ -556,8 +557,20 @@ interface RowResult {
   otherCpu?: number;
   vsBare?: number;
   vsFramework?: number;
+  /**
+   * Baselines measured right beside the row, in req/s: bare node:http (`bare`) and, for an
+   * Express or Fastify row, plain Express or plain Fastify (`framework`), just before the row
+   * and just after it (half the row's duration in all for each, a quarter with two). The row's
+   * ratios are taken against these, so a machine whose speed changes during the run (a shared
+   * host) changes both sides alike.
+   */
+  beside?: { bare?: number; framework?: number };
+  /** rps / beside; with --rounds > 1, the median over the rounds. */
+  ratios?: { bare?: number; framework?: number };
   /** With --rounds > 1: req/s of every round (the row shows the best). */
   rounds?: number[];
+  /** With --rounds > 1: the ratios of every round. */
+  roundRatios?: { bare?: number; framework?: number }[];
 }
 
 function load(port: number, mode: Mode, cookies: string[] | null, seconds: number): Promise<Result> {
@@ -580,8 +593,16 @@ async function measure(
   spec: RowSpec,
   cookies: string[] | null,
   warmup: number,
+  bases: Bases,
 ): Promise<RowResult> {
   if (warmup > 0) await load(running.port, spec.mode, cookies, warmup);
+  // The baselines before the row, then after it in the reverse order: a change of the machine's
+  // speed that runs steadily through the measurement weighs on the row and its baselines alike.
+  const each = DURATION / (bases.framework ? 4 : 2);
+  const baseLoad = (base: Running | null) =>
+    base ? load(base.port, 'read', [DUMMY_COOKIE], each) : Promise.resolve(undefined);
+  const bare0 = await baseLoad(bases.bare);
+  const framework0 = await baseLoad(bases.framework);
   const srv0 = await serverCpu(running.child);
   const gen0 = process.cpuUsage();
   const m0 = machineBusyUs();
@@ -593,13 +614,27 @@ async function measure(
   const machine = machineBusyUs() - m0;
   const s1 = stealTicks();
   const srv1 = await serverCpu(running.child);
+  const framework1 = await baseLoad(bases.framework);
+  const bare1 = await baseLoad(bases.bare);
+  const rps = r.requests.total / r.duration;
+  const beside: { bare?: number; framework?: number } = {};
+  const ratios: { bare?: number; framework?: number } = {};
+  for (const [name, a, b] of [
+    ['bare', bare0, bare1],
+    ['framework', framework0, framework1],
+  ] as const) {
+    if (!a || !b) continue;
+    beside[name] = (a.requests.total + b.requests.total) / (a.duration + b.duration);
+    ratios[name] = rps / beside[name];
+  }
   return {
     id: spec.id,
     label: spec.label,
     mode: spec.mode,
     family: spec.family,
     status: 'ok',
-    rps: r.requests.total / r.duration,
+    rps,
+    ...(Object.keys(beside).length > 0 ? { beside, ratios } : {}),
     p50: r.latency.p50,
     p99: r.latency.p99,
     errors: r.errors,
@@ -638,6 +673,31 @@ async function redisReachable(): Promise<string | null> {
 interface RunContext {
   redisProblem: string | null;
   postgresProblem: string | null;
+  /** Baseline servers measured beside the rows, kept running to the end of the run. */
+  bases: Map<ServerId, Promise<Running | null>>;
+}
+
+/** The baselines measured beside a row (see `RowResult.beside`). */
+interface Bases {
+  bare: Running | null;
+  framework: Running | null;
+}
+
+/** A running baseline server (started and warmed at its first use, then kept). */
+function baseline(id: 'bare' | 'express' | 'fastify', context: RunContext): Promise<Running | null> {
+  let base = context.bases.get(id);
+  if (!base) {
+    base = startServer(SERVERS[id], {}).then(
+      async (running) => {
+        if ('unavailable' in running) return null;
+        if (WARMUP > 0) await load(running.port, 'read', [DUMMY_COOKIE], WARMUP);
+        return running;
+      },
+      () => null,
+    );
+    context.bases.set(id, base);
+  }
+  return base;
 }
 
 /** Starts one server, measures its rows in the given order, stops it and removes its files. */
@@ -690,8 +750,12 @@ async function runServer(
           sessions ??= await setupSessions(running.port, CONNECTIONS, BODY.read);
           cookies = r.mode === 'write1' ? [sessions[0]!] : sessions;
         }
+        const bases: Bases = {
+          bare: spec.baseline ? null : await baseline('bare', context),
+          framework: spec.baseline || r.family === 'http' ? null : await baseline(r.family, context),
+        };
         // The server is warm after its first row: later rows only warm their own route.
-        result = await measure(running, r, cookies, index === 0 ? WARMUP : WARMUP / 2);
+        result = await measure(running, r, cookies, index === 0 ? WARMUP : WARMUP / 2, bases);
       } catch (err) {
         const reason = (err as Error).message;
         result = { id: r.id, label: r.label, mode: r.mode, family: r.family, status: 'failed', reason };
@@ -746,7 +810,7 @@ async function main(): Promise<void> {
     `sessionflow bench: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node ${machine.node}, ${machine.os}`,
   );
   console.log(
-    `${rows.length} rows${ROUNDS > 1 ? ` × ${ROUNDS} rounds (best kept)` : ''}, ${CONNECTIONS} connections, ${WARMUP} s warm-up + ${DURATION} s measured each; load average at start ${machine.loadAverage.join(' ')}`,
+    `${rows.length} rows${ROUNDS > 1 ? ` × ${ROUNDS} rounds (best req/s shown, median ratio)` : ''}, ${CONNECTIONS} connections, ${WARMUP} s warm-up + ${DURATION} s measured each, its baseline ${DURATION / 2} s before and after; load average at start ${machine.loadAverage.join(' ')}`,
   );
   if (machine.cpus < 2)
     console.log('warning: fewer than 2 cores: the server and the load generator share one.');
@@ -767,7 +831,7 @@ async function main(): Promise<void> {
   const order: ServerId[] = [...new Set(rows.map((r) => r.server))];
   const total = rows.length * ROUNDS;
   let done = 0;
-  const context: RunContext = { redisProblem, postgresProblem };
+  const context: RunContext = { redisProblem, postgresProblem, bases: new Map() };
   const outcome = (result: RowResult) =>
     result.status === 'ok' ? `${fmtInt(result.rps!)} req/s` : result.reason!;
   for (let round = 0; round < ROUNDS; round++) {
@@ -786,7 +850,25 @@ async function main(): Promise<void> {
   for (const [id, list] of runs) {
     const ok = list.filter((r) => r.status === 'ok');
     const best = ok.length > 0 ? ok.reduce((a, b) => (b.rps! > a.rps! ? b : a)) : list[0]!;
-    results.set(id, ROUNDS > 1 && ok.length > 0 ? { ...best, rounds: ok.map((r) => r.rps!) } : best);
+    const of = (name: 'bare' | 'framework') =>
+      ok.flatMap((r) => (r.ratios?.[name] === undefined ? [] : [r.ratios[name]]));
+    const ratios: { bare?: number; framework?: number } = {};
+    if (of('bare').length > 0) ratios.bare = median(of('bare'));
+    if (of('framework').length > 0) ratios.framework = median(of('framework'));
+    results.set(
+      id,
+      ROUNDS > 1 && ok.length > 0
+        ? {
+            ...best,
+            rounds: ok.map((r) => r.rps!),
+            ...(best.ratios ? { ratios, roundRatios: ok.map((r) => r.ratios ?? {}) } : {}),
+          }
+        : best,
+    );
+  }
+  for (const base of context.bases.values()) {
+    const running = await base;
+    if (running) await stopServer(running.child);
   }
   // The machine may be shared: measure the baseline again to show how much it drifted.
   let drift: { start: number; end: number } | undefined;
@@ -812,7 +894,24 @@ async function main(): Promise<void> {
     const change = drift.end / drift.start - 1;
     console.log();
     console.log(
-      `baseline drift: bare node:http ${fmtInt(drift.start)} req/s at the start, ${fmtInt(drift.end)} at the end (${change >= 0 ? '+' : ''}${(change * 100).toFixed(0)}%)${Math.abs(change) > 0.1 ? ' -- over 10%: the machine was not quiet, rerun for ratios you can trust' : ''}`,
+      `baseline drift: bare node:http ${fmtInt(drift.start)} req/s at the start, ${fmtInt(drift.end)} at the end (${change >= 0 ? '+' : ''}${(change * 100).toFixed(0)}%)${Math.abs(change) > 0.1 ? ' -- over 10%: the machine was not quiet; each ratio is to baselines measured beside its row, but rerun with --rounds 3 before trusting a single row' : ''}`,
+    );
+  }
+  // How far the baselines measured beside the rows spread: the machine's own variation.
+  for (const [name, label] of [
+    ['bare', 'bare node:http'],
+    ['express', 'plain Express'],
+    ['fastify', 'plain Fastify'],
+  ] as const) {
+    const beside = [...runs.values()].flat().flatMap((r) => {
+      const rps = name === 'bare' ? r.beside?.bare : r.family === name ? r.beside?.framework : undefined;
+      return rps === undefined ? [] : [rps];
+    });
+    if (beside.length < 2) continue;
+    const low = Math.min(...beside);
+    const high = Math.max(...beside);
+    console.log(
+      `${label} measured beside the rows: ${fmtInt(low)} to ${fmtInt(high)} req/s (${((high / low - 1) * 100).toFixed(0)}% apart); each row's ratios are to the baselines measured beside it`,
     );
   }
   const stolen = ordered.filter((r) => (r.steal ?? 0) > 0.05);
@@ -861,10 +960,17 @@ function addRatios(rows: RowResult[]): void {
   };
   for (const r of rows) {
     if (r.status !== 'ok' || r.rps === undefined) continue;
-    if (bare) r.vsBare = r.rps / bare;
+    // Against the baselines measured beside the row (the baseline rows themselves have none).
+    if (bare) r.vsBare = r.ratios?.bare ?? r.rps / bare;
     const base = framework[r.family];
-    if (base) r.vsFramework = r.rps / base;
+    if (base) r.vsFramework = r.ratios?.framework ?? r.rps / base;
   }
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 function problems(r: RowResult): string {
