@@ -1,7 +1,8 @@
 /**
  * `npm run bench:instr`: the read rows of `npm run bench` (memory store on node:http, Express and
- * Fastify, the file store on node:http, their baselines and the anonymous visitor), measured in CPU instructions per request
- * instead of req/s.
+ * Fastify, the file store on node:http, their baselines), the anonymous visitor and the new
+ * visitor whose session is made (memory store on node:http), measured in CPU instructions per
+ * request instead of req/s.
  *
  * Each row's server (the same files in bench/servers/, same IPC protocol) runs under
  * `valgrind --tool=callgrind --instr-atstart=no`, in a fresh process: it answers `--warm`
@@ -92,7 +93,7 @@ const ONLY = (args.only ?? []).map((s) => s.toLowerCase());
 
 // ---- rows ------------------------------------------------------------------------------------
 
-type Mode = 'read' | 'anon';
+type Mode = 'read' | 'anon' | 'create';
 type Base = 'bare' | 'express' | 'fastify';
 
 interface Row {
@@ -127,6 +128,14 @@ const ROWS: Row[] = [
     of: 'bare',
   },
   {
+    id: 'sf-http-memory-create',
+    label: 'sessionflow + node:http + MemoryStore (new visitor, session made)',
+    file: 'sessionflow-http.ts',
+    store: 'memory',
+    mode: 'create',
+    of: 'bare',
+  },
+  {
     id: 'sf-http-file-read',
     label: 'sessionflow + node:http + FileStore',
     file: 'sessionflow-http.ts',
@@ -154,8 +163,8 @@ const ROWS: Row[] = [
   },
 ];
 
-const PATH: Record<Mode, string> = { read: '/read', anon: '/anon' };
-const BODY: Record<Mode, string> = { read: 'hello', anon: 'anon' };
+const PATH: Record<Mode, string> = { read: '/read', anon: '/anon', create: '/setup' };
+const BODY: Record<Mode, string> = { read: 'hello', anon: 'anon', create: 'ok' };
 /** Baselines get a cookie of a session cookie's size, so requests weigh the same (as in run.ts). */
 const DUMMY_COOKIE = `id=${'x'.repeat(43)}.${'y'.repeat(43)}`;
 
