@@ -559,10 +559,10 @@ interface RowResult {
   vsFramework?: number;
   /**
    * Baselines measured right beside the row, in req/s: bare node:http (`bare`) and, for an
-   * Express or Fastify row, plain Express or plain Fastify (`framework`), just before the row
-   * and just after it (half the row's duration in all for each, a quarter with two). The row's
-   * ratios are taken against these, so a machine whose speed changes during the run (a shared
-   * host) changes both sides alike.
+   * Express or Fastify row, plain Express or plain Fastify (`framework`), each just before the
+   * row and just after it, for half the row's duration each time (a quarter with two baselines).
+   * The row's ratios are taken against these, so a machine whose speed changes during the run
+   * (a shared host) changes both sides alike.
    */
   beside?: { bare?: number; framework?: number };
   /** rps / beside; with --rounds > 1, the median over the rounds. */
@@ -810,7 +810,7 @@ async function main(): Promise<void> {
     `sessionflow bench: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node ${machine.node}, ${machine.os}`,
   );
   console.log(
-    `${rows.length} rows${ROUNDS > 1 ? ` × ${ROUNDS} rounds (best req/s shown, median ratio)` : ''}, ${CONNECTIONS} connections, ${WARMUP} s warm-up + ${DURATION} s measured each, its baseline ${DURATION / 2} s before and after; load average at start ${machine.loadAverage.join(' ')}`,
+    `${rows.length} rows${ROUNDS > 1 ? ` × ${ROUNDS} rounds (best req/s shown, median ratio)` : ''}, ${CONNECTIONS} connections, ${WARMUP} s warm-up + ${DURATION} s measured each, between runs of its baselines just before and after it; load average at start ${machine.loadAverage.join(' ')}`,
   );
   if (machine.cpus < 2)
     console.log('warning: fewer than 2 cores: the server and the load generator share one.');
@@ -850,11 +850,11 @@ async function main(): Promise<void> {
   for (const [id, list] of runs) {
     const ok = list.filter((r) => r.status === 'ok');
     const best = ok.length > 0 ? ok.reduce((a, b) => (b.rps! > a.rps! ? b : a)) : list[0]!;
-    const of = (name: 'bare' | 'framework') =>
-      ok.flatMap((r) => (r.ratios?.[name] === undefined ? [] : [r.ratios[name]]));
     const ratios: { bare?: number; framework?: number } = {};
-    if (of('bare').length > 0) ratios.bare = median(of('bare'));
-    if (of('framework').length > 0) ratios.framework = median(of('framework'));
+    for (const name of ['bare', 'framework'] as const) {
+      const each = ok.flatMap((r) => (r.ratios?.[name] === undefined ? [] : [r.ratios[name]]));
+      if (each.length > 0) ratios[name] = median(each);
+    }
     results.set(
       id,
       ROUNDS > 1 && ok.length > 0

@@ -93,9 +93,9 @@ export interface FileStoreOptions {
    * cached data (reads, the lock's link and unlink, a write in place and its timestamps, and a
    * write into the session's spare inode: the copy of its content, renames, link, timestamps) are
    * made synchronously, a few microseconds each, instead of through libuv's thread pool, where
-   * each call costs far more in thread hand-offs than the system call itself. fsync and fdatasync, the creation of a file
-   * (a new session, an index entry) and everything gc does always go through the thread pool,
-   * and nothing is synchronous while gc runs. A synchronous call that holds the thread longer
+   * each call costs far more in thread hand-offs than the system call itself. fsync and
+   * fdatasync, the creation of a file (a new session, an index entry) and everything gc does
+   * always go through the thread pool, and nothing is synchronous while gc runs. A synchronous call that holds the thread longer
    * than 2 ms (a cold cache on a slow disk, a wait behind writeback; the time the scheduler ran
    * other processes is not counted) is a stall; a second stall within a second sends the store
    * to the thread pool for a second, for longer (up to a minute) while stalls keep coming.
@@ -123,8 +123,9 @@ export interface FileStoreOptions {
    * ctime is more than a second old (two changes within one tick of a coarse clock can share a
    * ctime); before that, a two-slot file is kept open too and read again through its descriptor
    * on each load, saving the open and close of its path. Files are kept only on a local file
-   * system with sub-second timestamps (see `io`), and never while gc runs. Each kept session holds one file
-   * descriptor; the least recently loaded is closed first. `0` turns it off. @default 256
+   * system with sub-second timestamps (see `io`), and never while gc runs. Each kept session
+   * holds one file descriptor; the least recently loaded is closed first. `0` turns it off.
+   * @default 256
    */
   openFiles?: number;
   /**
