@@ -1,8 +1,9 @@
 /**
  * `npm run bench:instr`: the read rows of `npm run bench` (memory store on node:http, Express and
- * Fastify, the file store on node:http, their baselines), the anonymous visitor and the new
- * visitor whose session is made (memory store on node:http), measured in CPU instructions per
- * request instead of req/s.
+ * Fastify, the file store on node:http and Express, their baselines), the anonymous visitor and
+ * the new visitor whose session is made (memory store on node:http), measured in CPU instructions
+ * per request instead of req/s. The file rows count the thread-pool path of the file store: under
+ * valgrind its synchronous reads hold the thread long enough to count as stalls (bench/README.md).
  *
  * Each row's server (the same files in bench/servers/, same IPC protocol) runs under
  * `valgrind --tool=callgrind --instr-atstart=no`, in a fresh process: it answers `--warm`
@@ -149,6 +150,14 @@ const ROWS: Row[] = [
     label: 'sessionflow + Express + MemoryStore',
     file: 'sessionflow-express.ts',
     store: 'memory',
+    mode: 'read',
+    of: 'express',
+  },
+  {
+    id: 'sf-express-file-read',
+    label: 'sessionflow + Express + FileStore',
+    file: 'sessionflow-express.ts',
+    store: 'file',
     mode: 'read',
     of: 'express',
   },
