@@ -29,6 +29,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { SessionStore, StoredSession } from '../src/stores/store.js';
+import { median } from './lib/stats.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -173,11 +174,6 @@ async function run(scenario: Scenario, store: SessionStore): Promise<Sample> {
   if (problem) throw new Error(`${scenario.name}: ${problem}`);
   return { wall: (elapsed * 1000) / ops, cpu: (used.user + used.system) / ops, ops };
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 
 const samples = new Map<string, Sample[]>();
 // One unmeasured round first (JIT, page cache, directory entries).

@@ -35,6 +35,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import type { SessionMeta, SessionStore, StoredSession } from '../src/stores/store.js';
+import { median } from './lib/stats.js';
 import { verdict } from './lib/verdict.js';
 
 const { values: args } = parseArgs({
@@ -261,12 +262,6 @@ async function postgresBackend(): Promise<Backend> {
 
 function percentile(sorted: Float64Array, p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** `count` loads of random live keys of `space`, one at a time; the time of each in µs, sorted. */

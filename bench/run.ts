@@ -20,6 +20,7 @@ import autocannon, { type Result } from 'autocannon';
 import Table from 'cli-table3';
 import { createClient } from 'redis';
 import { setupSessions } from './lib/sessions.js';
+import { median } from './lib/stats.js';
 import type { ServerConfig, ServerMessage, StoreKind } from './servers/_shared.js';
 
 // ---- options ---------------------------------------------------------------------------------
@@ -965,12 +966,6 @@ function addRatios(rows: RowResult[]): void {
     const base = framework[r.family];
     if (base) r.vsFramework = r.ratios?.framework ?? r.rps / base;
   }
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 function problems(r: RowResult): string {

@@ -95,10 +95,11 @@ export interface FileStoreOptions {
    * made synchronously, a few microseconds each, instead of through libuv's thread pool, where
    * each call costs far more in thread hand-offs than the system call itself. fsync and
    * fdatasync, the creation of a file (a new session, an index entry) and everything gc does
-   * always go through the thread pool, and nothing is synchronous while gc runs. A synchronous call that holds the thread longer
-   * than 2 ms (a cold cache on a slow disk, a wait behind writeback; the time the scheduler ran
-   * other processes is not counted) is a stall; a second stall within a second sends the store
-   * to the thread pool for a second, for longer (up to a minute) while stalls keep coming.
+   * always go through the thread pool, and nothing is synchronous while gc runs. A synchronous
+   * call that holds the thread longer than 2 ms (a cold cache on a slow disk, a wait behind
+   * writeback; the time the scheduler ran other processes is not counted) is a stall; a second
+   * stall within a second sends the store to the thread pool for a second, for longer (up to a
+   * minute) while stalls keep coming.
    * `'async'`: every call goes through the thread pool, for storage whose stalls must never hold
    * up the event loop. A network or FUSE file system always gets `'async'`.
    * @default 'auto'
