@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { SessionError } from '../errors.js';
 import { asMeta, CorruptLog, checkStorageKey, isStorageKey } from './kit.js';
 import { Budget, ClientErrorLog, checkTimeout, DEFAULT_TIMEOUT_MS, withDeadline } from './sql-common.js';
@@ -293,11 +294,14 @@ return ''
 );
 
 // User index (a sorted set, member = session key, score = an upper bound of its expiry).
-// A score ending in .5 marks an entry written before its session was changed ("pending"); the
-// integer score, written once the change is done ("settled"), re-adds the entry if a reader
-// pruned it meanwhile. A pending score never equals a settled one, and INDEX_PRUNE removes only
-// unchanged scores, so no reader's stale view can drop an entry that a writer is working on.
-// The integer part (the expiry bound) never decreases.
+// A score ending in .5 marks an entry written before its session was changed or, on Cluster,
+// together with its creation ("pending"). A reader never prunes a pending entry whose record is
+// missing: that record may be on its way. It prunes a pending entry whose record belongs to
+// someone else; the integer score, written once the change is done ("settled"), re-adds it. A
+// reader that finds the record its user's settles the entry itself. A pending score never
+// equals a settled one, and INDEX_TIDY changes only unchanged scores, so no reader's stale view
+// can drop an entry that a writer is working on. The integer part (the expiry bound) never
+// decreases.
 const LUA_INDEX_ADD = `
 local function indexAdd(index, member, boundArg, state, trim, skew)
   redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. trim)
@@ -350,17 +354,27 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 `);
 
-// ARGV: member, score pairs as read. Removes an entry only if its score is unchanged.
-const INDEX_PRUNE = script(`
-local removed = 0
-for i = 1, #ARGV, 2 do
+// ARGV: member, score as read, 'prune' | 'settle' triples. Acts on an entry only if its score is
+// unchanged since it was read: 'prune' removes it, 'settle' turns a pending score into the
+// settled one (its integer part, the same expiry bound).
+const INDEX_TIDY = script(
+  `
+local changed = 0
+for i = 1, #ARGV, 3 do
   local current = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if current and tonumber(current) == tonumber(ARGV[i + 1]) then
-    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+    if ARGV[i + 2] == 'prune' then
+      changed = changed + redis.call('ZREM', KEYS[1], ARGV[i])
+    else
+      redis.call('ZADD', KEYS[1], 'XX', num(math.floor(tonumber(current))), ARGV[i])
+      changed = changed + 1
+    end
   end
 end
-return removed
-`);
+return changed
+`,
+  true,
+);
 
 // ---- client adapter -------------------------------------------------------------------------
 
@@ -855,22 +869,24 @@ export class RedisStore implements SessionStore {
   }
 
   /**
-   * Creates the session unless the key exists (false then). With a user: where one server holds
-   * every key, the record and its user index entry are written by one script (one round trip);
-   * on Cluster, where they lie in different slots, the record first, then the index entry.
+   * Creates the session unless the key exists (false then). With a user, one round trip: where
+   * one server holds every key, one script writes the record and its user index entry; on
+   * Cluster, where they lie in different slots, the record and a pending index entry go to
+   * their two masters at once.
    */
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     const redisKey = this.#hashKey(key);
     const ttl = ttlArg(ttlMs);
     const userId = record.meta.userId;
-    const indexed = userId !== undefined && this.#driver.oneServer;
+    const indexed = userId !== undefined && ttl !== '0';
+    const oneScript = indexed && this.#driver.oneServer;
     const args = [ttl, JSON.stringify(record.meta)];
-    if (indexed) {
+    if (oneScript) {
       const bound = this.#bound(ttl, record.meta.deadline);
       args.push(key, String(bound), String(this.#now() - INDEX_SKEW_MS), String(INDEX_SKEW_MS));
     }
     for (const [field, value] of Object.entries(record.values)) args.push(VALUE_PREFIX + field, value);
-    if (indexed) {
+    if (oneScript) {
       const keys = [redisKey, this.#indexKey(userId)];
       return this.#within(
         'create',
@@ -878,31 +894,48 @@ export class RedisStore implements SessionStore {
           Number(await this.#driver.run(CREATE_INDEXED, keys, args, this.#durability, signal)) === 1,
       );
     }
-    return this.#within('create', (signal) => this.#create(key, redisKey, record, ttl, args, signal));
+    if (indexed) {
+      const bound = this.#bound(ttl, record.meta.deadline);
+      return this.#within('create', (signal) =>
+        this.#createAcross(key, redisKey, userId, bound, args, signal),
+      );
+    }
+    return this.#within(
+      'create',
+      async (signal) =>
+        Number(await this.#driver.run(CREATE, redisKey, args, this.#durability, signal)) === 1,
+    );
   }
 
-  async #create(
+  /**
+   * A signed-in create on Cluster: the record and its user's index entry, in two slots, sent at
+   * once. The entry is pending, and readers keep a pending entry whose record is missing, so it
+   * may land before the record. Until create returns, no cookie carries this session: what a
+   * failure leaves behind needs no revoking. If the index write fails, the record is deleted and
+   * the create throws; if the record's write fails, the pending entry stays until its expiry
+   * bound has passed (a reader skips it: its record is missing).
+   */
+  async #createAcross(
     key: string,
     redisKey: string,
-    record: StoredSession,
-    ttl: string,
+    userId: string,
+    bound: number,
     args: string[],
     signal: AbortSignal,
   ): Promise<boolean> {
-    const created = Number(await this.#driver.run(CREATE, redisKey, args, this.#durability, signal)) === 1;
-    const userId = record.meta.userId;
-    if (created && ttl !== '0' && userId !== undefined) {
-      // Cluster: the index lies in another slot. Indexed after the record exists (never before:
-      // a reader could prune an entry whose record is not written yet). Until create returns no
-      // cookie carries this session, so a crash in between leaves nothing that needs revoking.
-      try {
-        await this.#indexAdd(userId, key, this.#bound(ttl, record.meta.deadline), 'settled');
-      } catch (err) {
-        await this.#driver.run(DESTROY, redisKey, []).catch(() => undefined);
-        throw err;
-      }
+    const [entry, record] = await Promise.allSettled([
+      this.#indexAdd(userId, key, bound, 'pending', signal),
+      this.#driver.run(CREATE, redisKey, args, this.#durability, signal),
+    ]);
+    if (record.status === 'rejected') throw record.reason;
+    // The key is someone else's: nothing of this create was written but the entry, which
+    // readers prune (its record belongs to another user, or to none).
+    if (Number(record.value) !== 1) return false;
+    if (entry.status === 'rejected') {
+      await this.#driver.run(DESTROY, redisKey, []).catch(() => undefined);
+      throw entry.reason;
     }
-    return created;
+    return true;
   }
 
   /**
@@ -997,32 +1030,41 @@ export class RedisStore implements SessionStore {
 
   async #sessionsOf(userId: string, signal: AbortSignal): Promise<SessionSummary[]> {
     const index = this.#indexKey(userId);
+    // Up to META_BATCH reads carry this one signal, and node-redis listens on it per command.
+    setMaxListeners(META_BATCH + 1, signal);
     const entries = list(
       await this.#driver.run(INDEX_READ, index, [String(this.#now() - INDEX_SKEW_MS)], undefined, signal),
     );
     const out: SessionSummary[] = [];
-    const stale: string[] = [];
+    const tidy: string[] = [];
     for (let start = 0; start < entries.length; start += META_BATCH * 2) {
       const batch: Promise<void>[] = [];
       for (let i = start; i + 1 < entries.length && i < start + META_BATCH * 2; i += 2) {
         const key = text(entries[i]) ?? '';
         const score = text(entries[i + 1]) ?? '';
         if (!isStorageKey(key)) {
-          stale.push(key, score);
+          tidy.push(key, score, 'prune');
           continue;
         }
         batch.push(
           this.#driver.run(META, this.#hashKey(key), [], undefined, signal).then((raw) => {
             const rawMeta = text(raw);
             const meta = rawMeta === null ? null : this.#parseMeta(this.#hashKey(key), rawMeta);
-            if (meta && meta.userId === userId) out.push({ key, meta });
-            else stale.push(key, score);
+            const pending = !Number.isInteger(Number(score));
+            if (meta && meta.userId === userId) {
+              out.push({ key, meta });
+              if (pending) tidy.push(key, score, 'settle');
+            } else if (!(pending && rawMeta === null)) {
+              tidy.push(key, score, 'prune');
+            }
+            // A pending entry whose record is missing is kept: on Cluster its record may be
+            // on its way (a signed-in create sends both at once). It goes once its bound passes.
           }),
         );
       }
       await Promise.all(batch);
     }
-    if (stale.length > 0) await this.#driver.run(INDEX_PRUNE, index, stale, undefined, signal);
+    if (tidy.length > 0) await this.#driver.run(INDEX_TIDY, index, tidy, undefined, signal);
     return out;
   }
 }

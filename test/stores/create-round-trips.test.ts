@@ -1,7 +1,7 @@
 /**
  * A signed-in `create` (a `create` whose record has a user id, e.g. `login()` on a request without
- * a stored session) costs one round trip on Redis (standalone) and Memcached, as an anonymous one
- * does; and the races around it keep every revocation guarantee.
+ * a stored session) costs one round trip on Redis (standalone and Cluster) and Memcached, as an
+ * anonymous one does; and the races around it keep every revocation guarantee.
  *
  * Round trips are counted as waves: a request sent before any earlier request of the operation
  * has answered is in the same wave (they travel together); one sent after an answer arrived
@@ -71,31 +71,64 @@ function wrap<T extends object>(target: T, override: Record<string, unknown>): T
 const REDIS = { host: '127.0.0.1', port: Number(process.env.REDIS_PORT ?? 6379) };
 
 type Kind = 'node-redis' | 'ioredis';
+
+/**
+ * A hold on the next script run on one Redis key: `before` delays sending it, `answered` is told
+ * when its answer arrives, `fail` makes it fail without being sent.
+ */
+interface RedisHold {
+  key: string;
+  before?: () => Promise<void>;
+  answered?: () => void;
+  fail?: Error;
+}
+
 interface Counted {
   client: RedisClientLike;
   waves: Waves;
+  holds: RedisHold[];
   close: () => Promise<void>;
+}
+
+/** The arguments of a command as strings, whatever the client's call shape. */
+function words(args: unknown[]): string[] {
+  return args.flat(2).map((a) => (Buffer.isBuffer(a) ? a.toString() : String(a)));
+}
+
+/** Sends through `send`, counting waves and applying the first hold on a key the command names. */
+function holding(waves: Waves, holds: RedisHold[], send: (...args: unknown[]) => Promise<unknown>) {
+  return (...args: unknown[]) => {
+    const w = words(args);
+    const i = /^EVAL/i.test(w.find((x) => /^EVAL/i.test(x)) ?? '')
+      ? holds.findIndex((h) => w.includes(h.key))
+      : -1;
+    const hold = i >= 0 ? holds.splice(i, 1)[0] : undefined;
+    if (hold?.fail) return Promise.reject(hold.fail);
+    const go = () => {
+      const answer = waves.track(send(...args), waves.sent());
+      if (hold?.answered) void answer.then(hold.answered, hold.answered);
+      return answer;
+    };
+    return hold?.before ? hold.before().then(go) : go();
+  };
 }
 
 async function redisClient(kind: Kind, cluster: boolean): Promise<Counted> {
   const waves = new Waves();
+  const holds: RedisHold[] = [];
   if (kind === 'node-redis') {
     if (cluster) {
       const c = createCluster({ rootNodes: CLUSTER_NODES.map((n) => ({ socket: n })) });
       c.on('error', () => undefined);
       await c.connect();
       const send = c.sendCommand.bind(c) as (...args: unknown[]) => Promise<unknown>;
-      const client = wrap(c, {
-        sendCommand: (...args: unknown[]) => waves.track(send(...args), waves.sent()),
-      }) as unknown as RedisClientLike;
-      return { client, waves, close: () => c.close() };
+      const client = wrap(c, { sendCommand: holding(waves, holds, send) }) as unknown as RedisClientLike;
+      return { client, waves, holds, close: () => c.close() };
     }
     const c = await createClient({ socket: REDIS }).connect();
     const send = c.sendCommand.bind(c) as (...args: unknown[]) => Promise<unknown>;
-    const client = wrap(c, {
-      sendCommand: (...args: unknown[]) => waves.track(send(...args), waves.sent()),
-    }) as unknown as RedisClientLike;
-    return { client, waves, close: () => c.close() };
+    const client = wrap(c, { sendCommand: holding(waves, holds, send) }) as unknown as RedisClientLike;
+    return { client, waves, holds, close: () => c.close() };
   }
   const c = cluster
     ? new Cluster(CLUSTER_NODES, { lazyConnect: true })
@@ -103,17 +136,29 @@ async function redisClient(kind: Kind, cluster: boolean): Promise<Counted> {
   c.on('error', () => undefined);
   await c.connect();
   const call = c.call.bind(c) as (...args: unknown[]) => Promise<unknown>;
-  const client = wrap(c, {
-    call: (...args: unknown[]) => waves.track(call(...args), waves.sent()),
-  }) as unknown as RedisClientLike;
+  const client = wrap(c, { call: holding(waves, holds, call) }) as unknown as RedisClientLike;
   return {
     client,
     waves,
+    holds,
     close: async () => {
       await c.quit();
     },
   };
 }
+
+/** A promise and the function that settles it. */
+function gate(): { wait: Promise<void>; open: () => void } {
+  let open = () => {};
+  const wait = new Promise<void>((r) => {
+    open = r;
+  });
+  return { wait, open };
+}
+
+const redisKeyOf = (prefix: string, key: string) => `${prefix}{${key}}`;
+const indexKeyOf = (prefix: string, user: string) =>
+  `${prefix}u:{${createHash('sha256').update(user).digest('base64url')}}`;
 
 const redisSkip = await serverAvailable(`Redis at ${REDIS.host}:${REDIS.port}`, async () => {
   const c = createClient({ socket: { ...REDIS, reconnectStrategy: false, connectTimeout: 2_000 } });
@@ -176,20 +221,24 @@ for (const [topology, cluster, skip] of [
         expect(conn.waves.count).toBe(1);
       });
 
-      it(`signed-in create: ${cluster ? 'two round trips (record and index lie in different slots)' : 'one round trip, record and user index together'}`, async () => {
+      it(`signed-in create: one round trip, ${cluster ? 'record and pending index entry sent to their two masters at once' : 'record and user index in one script'}`, async () => {
         const user = newUser();
         const keys = [newKey(), newKey()];
         for (const k of keys) {
           conn.waves.reset();
           expect(await store.create(k, record({ userId: user }), HOUR)).toBe(true);
-          expect(conn.waves.count).toBe(cluster ? 2 : 1);
+          expect(conn.waves.count).toBe(1);
         }
         expect((await store.sessionsOf(user)).map((s) => s.key).sort()).toEqual([...keys].sort());
-        // The key exists: false, nothing written, the index unchanged.
+        // The key exists: false, the record untouched; the other user lists nothing (on Cluster
+        // the entry sent beside the refused create is pruned: its record is another user's).
+        const other = newUser();
         conn.waves.reset();
-        expect(await store.create(keys[0]!, record({ userId: newUser() }), HOUR)).toBe(false);
+        expect(await store.create(keys[0]!, record({ userId: other }), HOUR)).toBe(false);
         expect(conn.waves.count).toBe(1);
         expect((await store.load(keys[0]!))?.meta.userId).toBe(user);
+        expect(await store.sessionsOf(other)).toEqual([]);
+        expect((await store.sessionsOf(user)).map((s) => s.key).sort()).toEqual([...keys].sort());
       });
 
       it('signed-in creates racing sessionsOf and revocations: every acknowledged session is listed, every revoked one is gone', async () => {
@@ -215,6 +264,139 @@ for (const [topology, cluster, skip] of [
         for (const k of created) expect(await store.load(k)).toBeNull();
         expect(await store.sessionsOf(user)).toEqual([]);
       });
+
+      if (cluster)
+        describe('the two writes of a signed-in create on Cluster, in either order', () => {
+          let admin: ReturnType<typeof createCluster>;
+          beforeAll(async () => {
+            admin = createCluster({ rootNodes: CLUSTER_NODES.map((n) => ({ socket: n })) });
+            admin.on('error', () => undefined);
+            await admin.connect();
+          });
+          afterAll(async () => {
+            await admin?.close();
+          });
+          const scoreOf = (user: string, k: string) => admin.zScore(indexKeyOf(prefix, user), k);
+          const listed = async (user: string) => (await store.sessionsOf(user)).map((s) => s.key).sort();
+
+          it('the index entry lands first: a reader in between keeps it (its record is missing); once create returns, the session is listed and revocable', async () => {
+            const user = newUser();
+            const k = newKey();
+            const recordHeld = gate();
+            const entryLanded = gate();
+            conn.holds.push({ key: redisKeyOf(prefix, k), before: () => recordHeld.wait });
+            conn.holds.push({ key: indexKeyOf(prefix, user), answered: entryLanded.open });
+            const creating = store.create(k, record({ userId: user }), HOUR);
+            await entryLanded.wait;
+            expect(await listed(user)).toEqual([]); // not acknowledged yet: no cookie carries it
+            const pending = await scoreOf(user, k);
+            expect(pending !== null && !Number.isInteger(pending)).toBe(true);
+            recordHeld.open();
+            expect(await creating).toBe(true);
+            expect(await listed(user)).toEqual([k]);
+            // The reader that found the record its user's settled the entry.
+            expect(Number.isInteger(await scoreOf(user, k))).toBe(true);
+            for (const s of await store.sessionsOf(user)) await store.destroy(s.key);
+            expect(await store.load(k)).toBeNull();
+            expect(await listed(user)).toEqual([]);
+          });
+
+          it('the record lands first: not listed before create returns, listed after', async () => {
+            const user = newUser();
+            const k = newKey();
+            const entryHeld = gate();
+            const recordLanded = gate();
+            conn.holds.push({ key: indexKeyOf(prefix, user), before: () => entryHeld.wait });
+            conn.holds.push({ key: redisKeyOf(prefix, k), answered: recordLanded.open });
+            const creating = store.create(k, record({ userId: user }), HOUR);
+            await recordLanded.wait;
+            expect(await listed(user)).toEqual([]);
+            entryHeld.open();
+            expect(await creating).toBe(true);
+            expect(await listed(user)).toEqual([k]);
+          });
+
+          it('the index write fails: the record is deleted and create throws (no cookie, nothing to revoke)', async () => {
+            const user = newUser();
+            const k = newKey();
+            conn.holds.push({ key: indexKeyOf(prefix, user), fail: new Error('index master unreachable') });
+            await expect(store.create(k, record({ userId: user }), HOUR)).rejects.toThrow(
+              'index master unreachable',
+            );
+            expect(await store.load(k)).toBeNull();
+            expect(await listed(user)).toEqual([]);
+          });
+
+          it('the record write fails: create throws; the pending entry left is never listed and goes once its expiry bound has passed', async () => {
+            const user = newUser();
+            const k = newKey();
+            conn.holds.push({ key: redisKeyOf(prefix, k), fail: new Error('session master unreachable') });
+            await expect(store.create(k, record({ userId: user }), HOUR)).rejects.toThrow(
+              'session master unreachable',
+            );
+            expect(await listed(user)).toEqual([]);
+            expect(await scoreOf(user, k)).not.toBeNull(); // kept: a reader cannot tell it from one in flight
+            const later = new RedisStore({
+              client: conn.client,
+              prefix,
+              now: () => Date.now() + HOUR + 60_000,
+            });
+            expect(await later.sessionsOf(user)).toEqual([]);
+            expect(await scoreOf(user, k)).toBeNull();
+          });
+
+          it('a session listed once and then expired is pruned by the next reader', async () => {
+            const user = newUser();
+            const k = newKey();
+            expect(await store.create(k, record({ userId: user }), 300)).toBe(true);
+            expect(await listed(user)).toEqual([k]); // settles the entry
+            for (let i = 0; i < 100 && (await store.load(k)) !== null; i++)
+              await new Promise((r) => setTimeout(r, 20));
+            expect(await listed(user)).toEqual([]);
+            expect(await scoreOf(user, k)).toBeNull();
+          });
+
+          it('randomized: 200 signed-in creates, both writes held and released in a random order around readers; every acknowledged session is listed, then revoked', async () => {
+            const shuffle = <T>(xs: T[]): T[] => {
+              for (let i = xs.length - 1; i > 0; i--) {
+                const j = Math.floor(Math.random() * (i + 1));
+                [xs[i], xs[j]] = [xs[j]!, xs[i]!];
+              }
+              return xs;
+            };
+            const users = Array.from({ length: 10 }, newUser);
+            const acked = new Map<string, string[]>(users.map((u) => [u, []]));
+            for (let trial = 0; trial < 200; trial++) {
+              const user = users[trial % users.length]!;
+              const k = newKey();
+              const rec = gate();
+              const entry = gate();
+              conn.holds.push({ key: redisKeyOf(prefix, k), before: () => rec.wait });
+              conn.holds.push({ key: indexKeyOf(prefix, user), before: () => entry.wait });
+              const creating = store.create(k, record({ userId: user }), HOUR);
+              const readers: Promise<unknown>[] = [];
+              for (const step of shuffle<(() => void) | 'read'>([rec.open, entry.open, 'read', 'read'])) {
+                if (step === 'read') {
+                  const r = store.sessionsOf(user);
+                  if (Math.random() < 0.5) await r;
+                  else readers.push(r);
+                } else {
+                  step();
+                  await new Promise((r) => setImmediate(r));
+                }
+              }
+              if (await creating) acked.get(user)!.push(k);
+              await Promise.all(readers);
+              expect(await listed(user)).toEqual([...acked.get(user)!].sort());
+            }
+            for (const user of users) {
+              for (const s of await store.sessionsOf(user)) await store.destroy(s.key);
+              for (const k of acked.get(user)!) expect(await store.load(k)).toBeNull();
+              expect(await store.sessionsOf(user)).toEqual([]);
+            }
+            expect([...acked.values()].flat()).toHaveLength(200);
+          });
+        });
 
       it('a TTL <= 0 signed-in create writes neither the record nor the index', async () => {
         const user = newUser();
