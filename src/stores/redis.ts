@@ -295,12 +295,12 @@ return ''
 
 // User index (a sorted set, member = session key, score = an upper bound of its expiry).
 // A score ending in .5 marks an entry written before its session was changed or, on Cluster,
-// together with its creation ("pending"). A reader never prunes a pending entry whose record is
-// missing: that record may be on its way. It prunes a pending entry whose record belongs to
-// someone else; the integer score, written once the change is done ("settled"), re-adds it. A
-// reader that finds the record its user's settles the entry itself. A pending score never
-// equals a settled one, and INDEX_TIDY changes only unchanged scores, so no reader's stale view
-// can drop an entry that a writer is working on. The integer part (the expiry bound) never
+// together with its creation ("pending"); the integer score, written once the change is done
+// ("settled"), also re-adds the entry if it is missing. A reader never prunes a pending entry,
+// whatever its record shows: the record may be on its way, or the change that will make it the
+// user's may be running. A reader that finds the record its user's settles the entry itself.
+// Readers prune settled entries only, and only if the score is unchanged since they read it; a
+// pending score never equals a settled one. The integer part (the expiry bound) never
 // decreases.
 const LUA_INDEX_ADD = `
 local function indexAdd(index, member, boundArg, state, trim, skew)
@@ -909,11 +909,12 @@ export class RedisStore implements SessionStore {
 
   /**
    * A signed-in create on Cluster: the record and its user's index entry, in two slots, sent at
-   * once. The entry is pending, and readers keep a pending entry whose record is missing, so it
-   * may land before the record. Until create returns, no cookie carries this session: what a
-   * failure leaves behind needs no revoking. If the index write fails, the record is deleted and
-   * the create throws; if the record's write fails, the pending entry stays until its expiry
-   * bound has passed (a reader skips it: its record is missing).
+   * once. The entry is pending, and readers never prune a pending entry, so it may land before
+   * the record. Until create returns, no cookie carries this session: what a failure leaves
+   * behind needs no revoking. If the index write fails, the record is deleted and the create
+   * throws; if the record's write fails, the pending entry stays, unlisted, until its expiry
+   * bound has passed. Once both are written the entry is settled without waiting for it, so
+   * that readers may prune it after the session has expired.
    */
   async #createAcross(
     key: string,
@@ -928,13 +929,16 @@ export class RedisStore implements SessionStore {
       this.#driver.run(CREATE, redisKey, args, this.#durability, signal),
     ]);
     if (record.status === 'rejected') throw record.reason;
-    // The key is someone else's: nothing of this create was written but the entry, which
-    // readers prune (its record belongs to another user, or to none).
+    // The key is another session's (a 256-bit collision): nothing of this create was written but
+    // the entry, which stays pending, unlisted, until its bound has passed.
     if (Number(record.value) !== 1) return false;
     if (entry.status === 'rejected') {
       await this.#driver.run(DESTROY, redisKey, []).catch(() => undefined);
       throw entry.reason;
     }
+    // Not awaited: a pending entry is already safe from readers. If this write is lost, the
+    // entry stays pending until its bound has passed or a reader that finds the record settles it.
+    this.#indexAdd(userId, key, bound, 'settled').catch(() => undefined);
     return true;
   }
 
@@ -978,7 +982,8 @@ export class RedisStore implements SessionStore {
     const reply = list(await this.#driver.run(COMMIT, redisKey, args, this.#durability, signal));
     const status = Number(reply[0]);
     // Nothing was written. The pending entry is left as it is: the record may belong to
-    // `nextUser` already (a concurrent login that won), and a stale entry is only pruned later.
+    // `nextUser` already (a concurrent login that won, whose settled write settles it); if not,
+    // it stays pending, unlisted, until its bound has passed.
     if (status === 2) return 'conflict';
     const previous = untag(reply[1]);
     if (status !== 1) {
@@ -1054,11 +1059,12 @@ export class RedisStore implements SessionStore {
             if (meta && meta.userId === userId) {
               out.push({ key, meta });
               if (pending) tidy.push(key, score, 'settle');
-            } else if (!(pending && rawMeta === null)) {
+            } else if (!pending) {
               tidy.push(key, score, 'prune');
             }
-            // A pending entry whose record is missing is kept: on Cluster its record may be
-            // on its way (a signed-in create sends both at once). It goes once its bound passes.
+            // A pending entry that does not match is kept: its record may be on its way (a
+            // signed-in create on Cluster), or a login may be about to make it this user's. It
+            // goes when its writer settles or removes it, or once its bound has passed.
           }),
         );
       }
