@@ -165,6 +165,11 @@ async function redisClient(kind: Kind, cluster: boolean): Promise<Counted> {
   };
 }
 
+/** Whether the command's last argument is `key` (a metadata read), whatever client options follow. */
+const onlyKey = (w: string[], key: string) =>
+  w.includes(key) &&
+  w.slice(w.lastIndexOf(key) + 1).every((x) => x === 'undefined' || x.startsWith('[object'));
+
 /** A promise and the function that settles it. */
 function gate(): { wait: Promise<void>; open: () => void } {
   let open = () => {};
@@ -465,6 +470,74 @@ for (const [topology, cluster, skip] of [
         expect(await reader).toEqual([]);
         expect((await store.sessionsOf(user)).map((s) => s.key)).toEqual([k]);
         expect((await store.load(k))?.meta).toMatchObject({ userId: user, h: 'h1' });
+      });
+
+      it("randomized: 300 double logins under one handle around a reader; the first login's commit, the second login, the reader and the release of its metadata answer in a random order; the session the winning login made is always listed", async () => {
+        const user = newUser();
+        const logged: string[] = [];
+        const deadline = Date.now() + 2 * HOUR;
+        const login = (h: string) => ({ set: {}, unset: [], meta: { userId: user, h, ph: 'h0', deadline } });
+        for (let trial = 0; trial < 300; trial++) {
+          const k = newKey();
+          const sessionKey = redisKeyOf(prefix, k);
+          await store.create(k, record({ h: 'h0' }), HOUR);
+          const commitGo = gate();
+          const commitHeld = gate();
+          const answerGo = gate();
+          const answerHeld = gate();
+          conn.holds.push(
+            // The first login's commit script: held until the 'commit' step.
+            {
+              key: sessionKey,
+              match: (w) => !onlyKey(w, sessionKey),
+              reached: commitHeld.open,
+              before: () => commitGo.wait,
+            },
+            // A reader's metadata read of the session: answered at once, handed over at 'answer'.
+            {
+              key: sessionKey,
+              match: (w) => onlyKey(w, sessionKey),
+              answered: answerHeld.open,
+              after: () => answerGo.wait,
+            },
+          );
+          let first: Promise<unknown> | undefined;
+          let reader: Promise<unknown> | undefined;
+          const ops: Promise<unknown>[] = [];
+          // The first login starts first, and each step goes on once what it started has run as
+          // far as it can (so the order of the steps is the order of their effects in Redis).
+          const steps = ['first', ...['second', 'read', 'commit', 'answer'].sort(() => Math.random() - 0.5)];
+          for (const step of steps) {
+            if (step === 'first') {
+              first = store.commit(k, login('h1'), HOUR, { handle: 'h0', userId: null });
+              ops.push(first);
+              await commitHeld.wait; // its pending entry is written, its commit held
+            } else if (step === 'second') {
+              const second = store.commit(k, login('h2'), HOUR, { handle: 'h0', userId: null });
+              ops.push(second);
+              await second;
+            } else if (step === 'read') {
+              reader = store.sessionsOf(user);
+              ops.push(reader);
+              await Promise.race([reader, answerHeld.wait]);
+            } else if (step === 'commit') {
+              commitGo.open();
+              await first;
+            } else {
+              answerGo.open();
+              await reader;
+            }
+          }
+          const results = await Promise.all(ops);
+          // A hold that no command met (the reader read before the session was the user's): dropped.
+          for (let i = conn.holds.length - 1; i >= 0; i--)
+            if (conn.holds[i]!.key === sessionKey) conn.holds.splice(i, 1);
+          expect(results.filter((r) => r === 'ok')).toHaveLength(1); // one login wins, the other meets the changed handle
+          logged.push(k);
+          expect((await store.sessionsOf(user)).map((s) => s.key).sort()).toEqual([...logged].sort());
+        }
+        for (const s of await store.sessionsOf(user)) await store.destroy(s.key);
+        for (const k of logged) expect(await store.load(k)).toBeNull();
       });
 
       it('a TTL <= 0 signed-in create writes neither the record nor the index', async () => {
