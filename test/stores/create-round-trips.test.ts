@@ -266,7 +266,7 @@ for (const [topology, cluster, skip] of [
         expect((await store.sessionsOf(user)).map((s) => s.key).sort()).toEqual([...keys].sort());
       });
 
-      it('signed-in creates racing sessionsOf and revocations: every acknowledged session is listed, every revoked one is gone', async () => {
+      it('SM-61: signed-in creates racing sessionsOf and revocations: every acknowledged session is listed, every revoked one is gone', async () => {
         const user = newUser();
         const created: string[] = [];
         let stop = false;
@@ -304,7 +304,7 @@ for (const [topology, cluster, skip] of [
           const scoreOf = (user: string, k: string) => admin.zScore(indexKeyOf(prefix, user), k);
           const listed = async (user: string) => (await store.sessionsOf(user)).map((s) => s.key).sort();
 
-          it('the index entry lands first: a reader in between keeps it (its record is missing); once create returns, the session is listed and revocable', async () => {
+          it('SM-61: the index entry lands first: a reader in between keeps it (its record is missing); once create returns, the session is listed and revocable', async () => {
             const user = newUser();
             const k = newKey();
             const recordHeld = gate();
@@ -335,7 +335,7 @@ for (const [topology, cluster, skip] of [
             expect(await listed(user)).toEqual([]);
           });
 
-          it('after create answers, the store settles the entry itself; once the session has expired the next reader prunes it', async () => {
+          it('SM-61: after create answers, the store settles the entry itself; once the session has expired the next reader prunes it', async () => {
             const user = newUser();
             const k = newKey();
             expect(await store.create(k, record({ userId: user }), 300)).toBe(true);
@@ -349,7 +349,7 @@ for (const [topology, cluster, skip] of [
             expect(await scoreOf(user, k)).toBeNull();
           });
 
-          it('the record lands first: not listed before create returns, listed after', async () => {
+          it('SM-61: the record lands first: not listed before create returns, listed after', async () => {
             const user = newUser();
             const k = newKey();
             const entryHeld = gate();
@@ -364,7 +364,7 @@ for (const [topology, cluster, skip] of [
             expect(await listed(user)).toEqual([k]);
           });
 
-          it('the index write fails: the record is deleted and create throws (no cookie, nothing to revoke)', async () => {
+          it('SM-61: the index write fails: the record is deleted and create throws (no cookie, nothing to revoke)', async () => {
             const user = newUser();
             const k = newKey();
             conn.holds.push({ key: indexKeyOf(prefix, user), fail: new Error('index master unreachable') });
@@ -375,7 +375,7 @@ for (const [topology, cluster, skip] of [
             expect(await listed(user)).toEqual([]);
           });
 
-          it('the record write fails: create throws; the pending entry left is never listed and goes once its expiry bound has passed', async () => {
+          it('SM-61: the record write fails: create throws; the pending entry left is never listed and goes once its expiry bound has passed', async () => {
             const user = newUser();
             const k = newKey();
             conn.holds.push({ key: redisKeyOf(prefix, k), fail: new Error('session master unreachable') });
@@ -393,7 +393,7 @@ for (const [topology, cluster, skip] of [
             expect(await scoreOf(user, k)).toBeNull();
           });
 
-          it('randomized: 200 signed-in creates, both writes held and released in a random order around readers; every acknowledged session is listed, then revoked', async () => {
+          it('SM-61: randomized: 200 signed-in creates, both writes held and released in a random order around readers; every acknowledged session is listed, then revoked', async () => {
             const shuffle = <T>(xs: T[]): T[] => {
               for (let i = xs.length - 1; i > 0; i--) {
                 const j = Math.floor(Math.random() * (i + 1));
@@ -435,7 +435,7 @@ for (const [topology, cluster, skip] of [
           });
         });
 
-      it('a reader whose view predates two logins under one handle (the first ok, the second a conflict) cannot prune the entry the first one settled', async () => {
+      it('SM-61: a reader whose view predates two logins under one handle (the first ok, the second a conflict) cannot prune the entry the first one settled', async () => {
         const user = newUser();
         const k = newKey();
         await store.create(k, record({ h: 'h0' }), HOUR);
@@ -472,7 +472,7 @@ for (const [topology, cluster, skip] of [
         expect((await store.load(k))?.meta).toMatchObject({ userId: user, h: 'h1' });
       });
 
-      it("randomized: 300 double logins under one handle around a reader; the first login's commit, the second login, the reader and the release of its metadata answer in a random order; the session the winning login made is always listed", async () => {
+      it("SM-61: randomized: 300 double logins under one handle around a reader; the first login's commit, the second login, the reader and the release of its metadata answer in a random order; the session the winning login made is always listed", async () => {
         const user = newUser();
         const logged: string[] = [];
         const deadline = Date.now() + 2 * HOUR;
