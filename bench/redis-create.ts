@@ -33,6 +33,9 @@ const NODES = (process.env.REDIS_CLUSTER_NODES ?? '127.0.0.1:7101,127.0.0.1:7102
 async function slowProxy(host: string, port: number): Promise<{ server: net.Server; port: number }> {
   const server = net.createServer((client) => {
     const up = net.connect(port, host);
+    // No Nagle delay on either side, as a Redis client and server have (TCP_NODELAY).
+    client.setNoDelay(true);
+    up.setNoDelay(true);
     client.on('data', (d) => setTimeout(() => up.write(d), DELAY));
     up.on('data', (d) => setTimeout(() => client.write(d), DELAY));
     client.on('close', () => up.destroy());
