@@ -28,9 +28,16 @@ afterAll(() => {
 describe.each(cases)('the demo on SESSION_STORE=%s', async (label, url) => {
   let selected: SelectedStore | undefined;
   const skip = await serverAvailable(`${label} store`, async () => {
-    selected = await storeFromUrl(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
-    // Clients connect lazily: one real read proves the server is there.
-    await selected.store.load('A'.repeat(43));
+    const opened = await storeFromUrl(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
+    try {
+      // Clients connect lazily: one real read proves the server is there.
+      await opened.store.load('A'.repeat(43));
+    } catch (err) {
+      // Closed at once: a client left open keeps reconnecting and logging for the whole file.
+      await opened.close().catch(() => undefined);
+      throw err;
+    }
+    selected = opened;
   });
   afterAll(async () => {
     await selected?.close();

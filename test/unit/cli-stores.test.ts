@@ -160,9 +160,16 @@ for (const [label, url] of [
     const prefix = `sfcli-${tag}:`;
     let selected: SelectedStore | undefined;
     const skip = await serverAvailable(`${label} store`, async () => {
-      selected = await storeFromUrl(url, { prefix });
-      // Clients connect lazily: one real read proves the server is there.
-      await selected.store.load('A'.repeat(43));
+      const opened = await storeFromUrl(url, { prefix });
+      try {
+        // Clients connect lazily: one real read proves the server is there.
+        await opened.store.load('A'.repeat(43));
+      } catch (err) {
+        // Closed at once: a client left open keeps reconnecting and logging for the whole file.
+        await opened.close().catch(() => undefined);
+        throw err;
+      }
+      selected = opened;
     });
     afterAll(() => selected?.close());
 
