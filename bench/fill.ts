@@ -35,7 +35,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import type { SessionMeta, SessionStore, StoredSession } from '../src/stores/store.js';
-import { median } from './lib/stats.js';
+import { median, percentile } from './lib/stats.js';
 import { verdict } from './lib/verdict.js';
 
 const { values: args } = parseArgs({
@@ -258,10 +258,6 @@ async function postgresBackend(): Promise<Backend> {
       await pool.end();
     },
   };
-}
-
-function percentile(sorted: Float64Array, p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
 /** `count` loads of random live keys of `space`, one at a time; the time of each in µs, sorted. */

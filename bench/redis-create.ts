@@ -18,6 +18,7 @@ import { createCluster } from 'redis';
 import { newToken, storageKey } from '../src/crypto/ids.js';
 import { RedisStore } from '../src/stores/redis.js';
 import type { StoredSession } from '../src/stores/store.js';
+import { percentile } from './lib/stats.js';
 
 const { values: args } = parseArgs({
   options: { delay: { type: 'string', default: '1' }, n: { type: 'string', default: '500' } },
@@ -86,9 +87,6 @@ const record = (userId?: string): StoredSession => {
   };
   return { meta: userId === undefined ? meta : { ...meta, userId }, values: { 'v:a': '1' } };
 };
-/** The value at the p-th percentile of an ascending array (nearest rank). */
-const percentile = (sorted: number[], p: number) =>
-  sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 const USERS = 50;
 const signedIn: number[] = [];
 const anonymous: number[] = [];

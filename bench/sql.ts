@@ -42,6 +42,7 @@ import mysql from 'mysql2/promise';
 import pg from 'pg';
 import type { SqlSessionStore, SqlStoreOptions } from '../src/stores/sql-common.js';
 import type { StoredSession } from '../src/stores/store.js';
+import { percentile } from './lib/stats.js';
 import { verdict } from './lib/verdict.js';
 
 // ---- options ----------------------------------------------------------------------------------
@@ -332,8 +333,6 @@ const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
 };
-const percentile = (sorted: number[], p: number) =>
-  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 const us = (x: number) => `${x.toFixed(1)} µs`;
 const ms = (x: number) => `${x.toFixed(2)} ms`;
 

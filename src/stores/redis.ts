@@ -880,9 +880,9 @@ export class RedisStore implements SessionStore {
     const userId = record.meta.userId;
     const indexed = userId !== undefined && ttl !== '0';
     const oneScript = indexed && this.#driver.oneServer;
+    const bound = indexed ? this.#bound(ttl, record.meta.deadline) : 0;
     const args = [ttl, JSON.stringify(record.meta)];
     if (oneScript) {
-      const bound = this.#bound(ttl, record.meta.deadline);
       args.push(key, String(bound), String(this.#now() - INDEX_SKEW_MS), String(INDEX_SKEW_MS));
     }
     for (const [field, value] of Object.entries(record.values)) args.push(VALUE_PREFIX + field, value);
@@ -895,7 +895,6 @@ export class RedisStore implements SessionStore {
       );
     }
     if (indexed) {
-      const bound = this.#bound(ttl, record.meta.deadline);
       return this.#within('create', (signal) =>
         this.#createAcross(key, redisKey, userId, bound, args, signal),
       );

@@ -2,10 +2,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type SelectedStore, storeFromUrl } from '../../src/cli/store-from-url.js';
+import type { SelectedStore } from '../../src/cli/store-from-url.js';
 import { ALICE, credentials, dashboardToken, login, startDemo } from '../helpers/demo.js';
 import { serverAvailable } from '../helpers/servers.js';
-import { storeUrlCases } from '../helpers/store-urls.js';
+import { openReachable, storeUrlCases } from '../helpers/store-urls.js';
 
 /**
  * The demo runs on every store by configuration (`SESSION_STORE=...`), and the seed's whole
@@ -28,16 +28,7 @@ afterAll(() => {
 describe.each(cases)('the demo on SESSION_STORE=%s', async (label, url) => {
   let selected: SelectedStore | undefined;
   const skip = await serverAvailable(`${label} store`, async () => {
-    const opened = await storeFromUrl(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
-    try {
-      // Clients connect lazily: one real read proves the server is there.
-      await opened.store.load('A'.repeat(43));
-    } catch (err) {
-      // Closed at once: a client left open keeps reconnecting and logging for the whole file.
-      await opened.close().catch(() => undefined);
-      throw err;
-    }
-    selected = opened;
+    selected = await openReachable(url, { dataDir: join(scratch, label.replace(/\W/g, '-')) });
   });
   afterAll(async () => {
     await selected?.close();

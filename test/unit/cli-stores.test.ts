@@ -13,6 +13,7 @@ import { EXIT, run } from '../../src/cli/main.js';
 import { type SelectedStore, storeFromUrl } from '../../src/cli/store-from-url.js';
 import type { SessionMeta, SessionStore } from '../../src/stores/store.js';
 import { serverAvailable } from '../helpers/servers.js';
+import { openReachable } from '../helpers/store-urls.js';
 
 /**
  * The admin command against the real servers: every store the CLI can open, with non-default
@@ -160,16 +161,7 @@ for (const [label, url] of [
     const prefix = `sfcli-${tag}:`;
     let selected: SelectedStore | undefined;
     const skip = await serverAvailable(`${label} store`, async () => {
-      const opened = await storeFromUrl(url, { prefix });
-      try {
-        // Clients connect lazily: one real read proves the server is there.
-        await opened.store.load('A'.repeat(43));
-      } catch (err) {
-        // Closed at once: a client left open keeps reconnecting and logging for the whole file.
-        await opened.close().catch(() => undefined);
-        throw err;
-      }
-      selected = opened;
+      selected = await openReachable(url, { prefix });
     });
     afterAll(() => selected?.close());
 
