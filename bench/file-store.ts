@@ -7,6 +7,7 @@
  * Scenarios (each a fixed number of concurrent callers looping for `--seconds`):
  *   load, 50 concurrent, distinct keys
  *   commit, 50 concurrent, distinct keys           (fsync true, fsync false)
+ *   load + commit, 50 concurrent, distinct keys    (fsync true, fsync false: a write request)
  *   commit, 10 concurrent, ONE key                  (fsync true, fsync false)
  * Each line reports wall µs per operation (elapsed time / operations) and process CPU µs per
  * operation (`process.cpuUsage`, user + system, which counts the libuv thread pool too), the
@@ -108,6 +109,19 @@ const scenarios: Scenario[] = [
       callers: 50,
       keys: 50,
       op: async (store, c, n) => {
+        const delta = { set: { 'v:n': String(n) }, unset: [], meta: { lastSeenAt: Date.now() } };
+        const result = await store.commit(keyOf(c), delta, HOUR, { userId: null });
+        if (result !== 'ok') throw new Error(`commit answered ${result}`);
+      },
+    },
+    {
+      // What a write request does: the manager loads the session, then commits its change.
+      name: `load + commit, 50 concurrent, distinct keys, fsync ${fsync}`,
+      fsync,
+      callers: 50,
+      keys: 50,
+      op: async (store, c, n) => {
+        if (!(await store.load(keyOf(c)))) throw new Error('load found nothing');
         const delta = { set: { 'v:n': String(n) }, unset: [], meta: { lastSeenAt: Date.now() } };
         const result = await store.commit(keyOf(c), delta, HOUR, { userId: null });
         if (result !== 'ok') throw new Error(`commit answered ${result}`);

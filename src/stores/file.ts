@@ -149,6 +149,8 @@ interface FileRecord {
   current: boolean;
   /** A file of two slots: the slot the record came from and its sequence number (see `#writeInPlace`). */
   slot?: Slot;
+  /** Read under the lock through this file kept open (see `#inspect`), which a write in place may use. */
+  via?: OpenFile;
 }
 
 const errno = (err: unknown): string | undefined => (err as NodeJS.ErrnoException | null)?.code;
@@ -413,6 +415,27 @@ function openReadSync(path: string): number {
 }
 
 /**
+ * How a session file to be kept open is opened: for reading and writing, so that a write in
+ * place under the lock can use the descriptor a load kept, instead of opening and closing the
+ * path (two system calls of a commit's nine). A file this process may not write (another user's,
+ * a read-only mount) is kept for reading only.
+ */
+function openKeptSync(path: string): { fd: number; writable: boolean } {
+  try {
+    try {
+      return { fd: nodeFs.openSync(path, constants.O_RDWR | (constants.O_NOATIME ?? 0)), writable: true };
+    } catch (err) {
+      if (!refusedNoatime(err)) throw err;
+      return { fd: nodeFs.openSync(path, constants.O_RDWR), writable: true };
+    }
+  } catch (err) {
+    const code = errno(err);
+    if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') throw err;
+    return { fd: openReadSync(path), writable: false };
+  }
+}
+
+/**
  * A session file kept open by `FileStore.load` (see `openFiles`): its decoded record, valid as
  * long as an fstat of `fd` shows the same inode state (`sameFile`) if `settled`. A two-slot file
  * (`slots`) is also kept before it has settled: a load then reads it again through `fd`, which
@@ -425,6 +448,12 @@ interface OpenFile {
   expiresAt: number;
   settled: boolean;
   slots: boolean;
+  /** Opened for writing too (see `openKeptSync`). */
+  writable: boolean;
+  /** Writes in place using `fd` now: it is closed when the last ends, not before (see `#forget`). */
+  pins: number;
+  /** Forgotten while pinned: closed when `pins` drops to 0. */
+  doomed: boolean;
 }
 
 /** The ctime of `stat` is more than SETTLED_NS old, by the kernel's clock (not the store's `now`). */
@@ -1302,7 +1331,9 @@ export class FileStore implements SessionStore {
         const found = this.#io.run(() =>
           fstatSync(kept.fd).nlink > 0 ? decodeFile({ ...readAllSync(kept.fd), mtimeMs: 0 }, false) : TORN,
         );
-        if (found !== TORN) return found;
+        // A two-slot inode that still has a name is the session's file, and stays so while the
+        // lock is held: the write in place may go through this descriptor.
+        if (found !== TORN) return found.slot ? { ...found, via: kept } : found;
       }
     }
     const path = this.#file(key);
@@ -1320,15 +1351,21 @@ export class FileStore implements SessionStore {
   async #read(
     key: string,
     unlocked = false,
-  ): Promise<{ record: StoredSession; expiresAt: number; current: boolean; slot?: Slot } | null> {
+  ): Promise<{
+    record: StoredSession;
+    expiresAt: number;
+    current: boolean;
+    slot?: Slot;
+    via?: OpenFile;
+  } | null> {
     const found = await this.#inspect(key, this.#io.sync, unlocked);
     if (!found) return null;
     if (!found.record) {
       this.#corrupt.report('FileStore', this.#file(key), 'not a session record');
       return null;
     }
-    const { record, expiresAt, current, slot } = found;
-    return { record, expiresAt, current, slot };
+    const { record, expiresAt, current, slot, via } = found;
+    return { record, expiresAt, current, slot, via };
   }
 
   /**
@@ -1415,6 +1452,7 @@ export class FileStore implements SessionStore {
     expiresAt: number,
     slot: Slot,
     pending: Promise<void>[],
+    via?: OpenFile,
   ): Promise<boolean> {
     const data = encodeFile(record, expiresAt, slot.seq + 1);
     if (data[data.length - 1] !== NEWLINE) return false;
@@ -1425,14 +1463,22 @@ export class FileStore implements SessionStore {
     const expiry = expiresAt / 1000;
     const path = this.#file(key);
     const sync = this.#io.sync;
+    // The file the record was read through under this lock, if it is still kept (not closed
+    // since): the session's file until the lock is released (see `#inspect`).
+    const kept = via?.writable && this.#open.get(key) === via ? via : undefined;
     let fd: number;
-    try {
-      fd = sync
-        ? this.#io.run(() => openSync(path, constants.O_WRONLY))
-        : await openFd(path, constants.O_WRONLY);
-    } catch (err) {
-      if (errno(err) === 'ENOENT') return false;
-      throw err;
+    if (kept) {
+      kept.pins++;
+      fd = kept.fd;
+    } else {
+      try {
+        fd = sync
+          ? this.#io.run(() => openSync(path, constants.O_WRONLY))
+          : await openFd(path, constants.O_WRONLY);
+      } catch (err) {
+        if (errno(err) === 'ENOENT') return false;
+        throw err;
+      }
     }
     try {
       try {
@@ -1458,7 +1504,8 @@ export class FileStore implements SessionStore {
         throw err;
       }
     } finally {
-      if (sync) this.#io.run(() => closeSync(fd));
+      if (kept) this.#unpin(kept);
+      else if (sync) this.#io.run(() => closeSync(fd));
       else await closeFd(fd);
     }
     return true;
@@ -1686,7 +1733,13 @@ export class FileStore implements SessionStore {
     key: string,
     record: StoredSession,
     expiresAt: number,
-    previous: { userId: string | undefined; expiresAt: number; current: boolean; slot?: Slot } | null,
+    previous: {
+      userId: string | undefined;
+      expiresAt: number;
+      current: boolean;
+      slot?: Slot;
+      via?: OpenFile;
+    } | null,
     create = false,
   ) {
     const pending: Promise<void>[] = [];
@@ -1697,7 +1750,9 @@ export class FileStore implements SessionStore {
     if (userId !== undefined && userId !== previousUser) await this.#mark(key, userId, pending);
     const slot = previous?.current ? previous.slot : undefined;
     const inPlace =
-      !create && slot !== undefined && (await this.#writeInPlace(key, record, expiresAt, slot, pending));
+      !create &&
+      slot !== undefined &&
+      (await this.#writeInPlace(key, record, expiresAt, slot, pending, previous?.via));
     if (!inPlace) {
       const mode = create ? 'none' : previous?.current && !slot ? 'current' : 'legacy';
       await this.#write(key, record, expiresAt, mode, pending);
@@ -1834,6 +1889,7 @@ export class FileStore implements SessionStore {
           expiresAt: existing.expiresAt,
           current: existing.current,
           slot: existing.slot,
+          via: existing.via,
         };
         let record: StoredSession | null = existing.record;
         let expiresAt = existing.expiresAt;
@@ -2112,8 +2168,9 @@ export class FileStore implements SessionStore {
   #readKept(key: string): Readonly<StoredSession> | null | undefined {
     const path = this.#file(key);
     let fd: number;
+    let writable: boolean;
     try {
-      fd = openReadSync(path);
+      ({ fd, writable } = openKeptSync(path));
     } catch (err) {
       const code = errno(err);
       // Out of descriptors: give back the ones kept here before the read as usual tries again.
@@ -2135,12 +2192,32 @@ export class FileStore implements SessionStore {
         const named = statSync(path, { bigint: true, throwIfNoEntry: false });
         const after = fstatSync(fd, { bigint: true });
         if (named && named.ino === before.ino && named.dev === before.dev && sameFile(before, after)) {
-          this.#keep(key, { fd, stat: before, record, expiresAt: found.expiresAt, settled: true, slots });
+          this.#keep(key, {
+            fd,
+            stat: before,
+            record,
+            expiresAt: found.expiresAt,
+            settled: true,
+            slots,
+            writable,
+            pins: 0,
+            doomed: false,
+          });
           kept = true;
         }
       } else if (slots) {
         // Opened by its path just now, so the session's file: read again through `fd` next time.
-        this.#keep(key, { fd, stat: before, record, expiresAt: found.expiresAt, settled: false, slots });
+        this.#keep(key, {
+          fd,
+          stat: before,
+          record,
+          expiresAt: found.expiresAt,
+          settled: false,
+          slots,
+          writable,
+          pins: 0,
+          doomed: false,
+        });
         kept = true;
       }
       return record;
@@ -2161,11 +2238,20 @@ export class FileStore implements SessionStore {
     for (const key of [...this.#open.keys()]) this.#forget(key);
   }
 
-  /** Closes the session's kept file, if any. */
+  /** Closes the session's kept file, if any (once the write in place using it, if one is, ends). */
   #forget(key: string): void {
     const kept = this.#open.get(key);
     if (!kept) return;
     this.#open.delete(key);
+    if (kept.pins > 0) kept.doomed = true;
+    else this.#close(kept);
+  }
+
+  #unpin(kept: OpenFile): void {
+    if (--kept.pins === 0 && kept.doomed) this.#close(kept);
+  }
+
+  #close(kept: OpenFile): void {
     try {
       closeSync(kept.fd);
     } catch {}

@@ -219,6 +219,47 @@ describe.skipIf(process.platform !== 'linux')('FileStore: session files kept ope
     expect(() => new FileStore({ dir, openFiles: -1 })).toThrow(/openFiles/);
   });
 
+  it('a commit writes through the file its load kept; closed meanwhile, the file stays open until the write is done', async () => {
+    const dir = await tempDir();
+    const a = store({ dir, openFiles: 1 });
+    const [first, second] = [storageKey(newToken()), storageKey(newToken())];
+    await a.create(first, { meta: meta(), values: { 'v:a': '1' } }, HOUR);
+    await a.create(second, { meta: meta(), values: { 'v:b': '1' } }, HOUR);
+    expect((await a.load(first))?.values).toEqual({ 'v:a': '1' });
+    expect(openUnder(dir)).toBe(1);
+    // The commit's fdatasync is held until released, and tells which file its descriptor is.
+    let release!: () => void;
+    let synced: string | undefined;
+    const reached = new Promise<void>((resolve) => {
+      const fdatasync = nodeFs.fdatasync.bind(nodeFs);
+      vi.spyOn(nodeFs, 'fdatasync').mockImplementation(((
+        fd: number,
+        callback: (err: Error | null) => void,
+      ) => {
+        synced = readlinkSync(`/proc/self/fd/${fd}`);
+        release = () => {
+          synced = readlinkSync(`/proc/self/fd/${fd}`);
+          fdatasync(fd, callback);
+        };
+        resolve();
+      }) as typeof nodeFs.fdatasync);
+    });
+    const committed = a.commit(first, { set: { 'v:a': '2' }, unset: [] }, HOUR);
+    await reached;
+    expect(synced).toBe(join(dir, `${first}.json`));
+    expect(openUnder(dir)).toBe(1); // the kept descriptor, no second one
+    // Loading another session closes the kept one (openFiles: 1), not under the write.
+    expect((await a.load(second))?.values).toEqual({ 'v:b': '1' });
+    expect(openUnder(dir)).toBe(2);
+    release();
+    expect(synced).toBe(join(dir, `${first}.json`));
+    expect(await committed).toBe('ok');
+    expect(openUnder(dir)).toBe(1);
+    vi.restoreAllMocks();
+    const other = store({ dir, openFiles: 0 });
+    expect((await other.load(first))?.values).toEqual({ 'v:a': '2' });
+  });
+
   it('out of descriptors (EMFILE): the kept files are given back and the load still answers', async () => {
     const dir = await tempDir();
     const a = store({ dir });
