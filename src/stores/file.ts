@@ -623,14 +623,22 @@ const SYNC_PAUSE_MAX_MS = 60_000;
 /** The thread's run-queue wait is sampled at most this often (see IoMode). */
 const SAMPLE_MS = 5;
 
+/** What the scheduler says of the calling thread so far, in ms (see `threadTimes`). */
+interface ThreadTimes {
+  /** Time on a CPU (as the kernel sees it: on a VM whose host gives no steal clock, stolen time counts here). */
+  cpu: number;
+  /** Time runnable but not running (the run-queue wait). */
+  wait: number;
+}
+
 /**
- * The calling thread's run-queue wait so far, in ms (Linux `/proc/thread-self/schedstat`, second
- * field: time spent runnable but not running); undefined where it cannot be read. The file is
- * opened once per thread (module state is per thread) and kept open.
+ * The calling thread's CPU time and run-queue wait so far (Linux `/proc/thread-self/schedstat`,
+ * first and second fields); undefined where they cannot be read. The file is opened once per
+ * thread (module state is per thread) and kept open.
  */
 let schedstat: number | undefined;
 const schedBuffer = Buffer.alloc(96);
-function runQueueWaitMs(): number | undefined {
+function threadTimes(): ThreadTimes | undefined {
   if (schedstat === undefined) {
     try {
       schedstat = openSync('/proc/thread-self/schedstat', 'r');
@@ -641,8 +649,10 @@ function runQueueWaitMs(): number | undefined {
   if (schedstat < 0) return undefined;
   try {
     const n = readSync(schedstat, schedBuffer, 0, schedBuffer.length, 0);
-    const wait = Number(schedBuffer.toString('latin1', 0, n).split(' ')[1]);
-    return Number.isFinite(wait) ? wait / 1e6 : undefined;
+    const fields = schedBuffer.toString('latin1', 0, n).split(' ');
+    const cpu = Number(fields[0]);
+    const wait = Number(fields[1]);
+    return Number.isFinite(cpu) && Number.isFinite(wait) ? { cpu: cpu / 1e6, wait: wait / 1e6 } : undefined;
   } catch {
     return undefined;
   }
@@ -678,9 +688,16 @@ function isLocalFileSystem(dir: string): boolean {
  * stalls, and a lone stall (a page fault waiting for the garbage collector's threads, the host
  * running another guest: on a shared 2-vCPU VM one every few seconds) costs nothing more: each
  * such pause used to cost a second of thread-pool calls, three times the CPU of a synchronous
- * load. The time the scheduler gave the CPU to other processes meanwhile (the thread's
- * run-queue wait) is not counted: the thread pool would not have avoided it. Where that wait
- * cannot be read, every slow step counts.
+ * load. Only the time the thread was blocked counts (off the CPU and not waiting for one): the
+ * time the scheduler gave the CPU to other processes (the thread's run-queue wait) and the time
+ * the thread was on the CPU are not. The thread pool would have avoided neither: on a VM the
+ * host's other guests take the CPU from whichever thread runs (stolen time that the guest kernel,
+ * without a steal clock, counts as the thread's CPU time; on a 2-vCPU VM it held cached reads
+ * for 2-6 ms several times a second in bench/file-store.ts), and a busy kernel path keeps a core
+ * busy on either thread. The times are sampled at most every SAMPLE_MS, so the blocked time is
+ * that of the interval from the sample to the end of the step: at most the step's own unless
+ * the thread blocked before it (the event loop waiting for events), when the step's length less
+ * its run-queue wait is the bound taken. Where they cannot be read, every slow step counts.
  */
 class IoMode {
   #allowed = false;
@@ -691,8 +708,8 @@ class IoMode {
   #slowAt = Number.NEGATIVE_INFINITY;
   /** While gc runs (`hold`), nothing is synchronous: see `FileStore.gc`. */
   #held = 0;
-  /** The thread's run-queue wait as sampled at `#sampledAt`. */
-  #waited: number | undefined = 0;
+  /** The thread's times as sampled at `#sampledAt`. */
+  #sampled: ThreadTimes | undefined;
   #sampledAt = Number.NEGATIVE_INFINITY;
 
   allow(allowed: boolean): void {
@@ -721,7 +738,7 @@ class IoMode {
   run<T>(step: () => T): T {
     const started = performance.now();
     if (started - this.#sampledAt > SAMPLE_MS) {
-      this.#waited = runQueueWaitMs();
+      this.#sampled = threadTimes();
       this.#sampledAt = started;
     }
     try {
@@ -733,13 +750,21 @@ class IoMode {
   }
 
   #slowStep(started: number, ended: number): void {
-    const before = this.#waited;
-    const after = runQueueWaitMs();
-    this.#waited = after;
+    const before = this.#sampled;
+    const since = this.#sampledAt;
+    const after = threadTimes();
+    this.#sampled = after;
     this.#sampledAt = ended;
-    // Wait since the sample (taken at most SAMPLE_MS before the step) is counted as the step's.
+    // Two bounds of the time the step was blocked, the smaller taken: the step's length less the
+    // run-queue wait since the sample (taken at most SAMPLE_MS before the step), and the time the
+    // thread was blocked since the sample.
     const held =
-      before === undefined || after === undefined ? ended - started : ended - started - (after - before);
+      before === undefined || after === undefined
+        ? ended - started
+        : Math.min(
+            ended - started - (after.wait - before.wait),
+            ended - since - (after.cpu - before.cpu) - (after.wait - before.wait),
+          );
     if (held <= SLOW_SYNC_MS) return;
     const again = ended - this.#resumedAt < 10 * this.#pauseMs;
     const repeated = ended - this.#slowAt < SLOW_AGAIN_MS;
