@@ -96,8 +96,9 @@ export interface FileStoreOptions {
    * each call costs far more in thread hand-offs than the system call itself. fsync and
    * fdatasync, the creation of a file (a new session, an index entry) and everything gc does
    * always go through the thread pool, and nothing is synchronous while gc runs. A synchronous
-   * call that holds the thread longer than 2 ms (a cold cache on a slow disk, a wait behind
-   * writeback; the time the scheduler ran other processes is not counted) is a stall; a second
+   * call that blocks the thread longer than 2 ms (a cold cache on a slow disk, a wait behind
+   * writeback; time on the CPU or waiting for one, as when a VM's host runs other guests, is not
+   * counted: the thread pool would not avoid it) is a stall; a second
    * stall within a second sends the store to the thread pool for a second, for longer (up to a
    * minute) while stalls keep coming.
    * `'async'`: every call goes through the thread pool, for storage whose stalls must never hold
@@ -123,9 +124,11 @@ export interface FileStoreOptions {
    * change reads the file again. A record is answered from without reading only once its file's
    * ctime is more than a second old (two changes within one tick of a coarse clock can share a
    * ctime); before that, a two-slot file is kept open too and read again through its descriptor
-   * on each load, saving the open and close of its path. Files are kept only on a local file
-   * system with sub-second timestamps (see `io`), and never while gc runs. Each kept session
-   * holds one file descriptor; the least recently loaded is closed first. `0` turns it off.
+   * on each load, saving the open and close of its path; a commit of a kept two-slot file writes
+   * through its descriptor too (it is opened for writing where the process may). Files are kept
+   * only on a local file system with sub-second timestamps (see `io`), and never while gc runs.
+   * Each kept session holds one file descriptor; the least recently loaded is closed first. `0`
+   * turns it off.
    * @default 256
    */
   openFiles?: number;
