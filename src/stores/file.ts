@@ -693,11 +693,11 @@ function isLocalFileSystem(dir: string): boolean {
  * such pause used to cost a second of thread-pool calls, three times the CPU of a synchronous
  * load. Only the time the thread was blocked counts (off the CPU and not waiting for one): the
  * time the scheduler gave the CPU to other processes (the thread's run-queue wait) and the time
- * the thread was on the CPU are not. The thread pool would have avoided neither: on a VM the
- * host's other guests take the CPU from whichever thread runs (stolen time that the guest kernel,
- * without a steal clock, counts as the thread's CPU time; on a 2-vCPU VM it held cached reads
- * for 2-6 ms several times a second in bench/file-store.ts), and a busy kernel path keeps a core
- * busy on either thread. The times are sampled at most every SAMPLE_MS, so the blocked time is
+ * the thread was on the CPU are not. The synchronous calls touch files of a few KB, so one that
+ * stays on the CPU for milliseconds has had its CPU taken: on a VM by the host's other guests,
+ * which take it from whichever thread runs (stolen time that the guest kernel, without a steal
+ * clock, counts as the thread's CPU time; on a 2-vCPU VM it held cached reads for 2-6 ms several
+ * times a second in bench/file-store.ts). The thread pool would have avoided neither. The times are sampled at most every SAMPLE_MS, so the blocked time is
  * that of the interval from the sample to the end of the step: at most the step's own unless
  * the thread blocked before it (the event loop waiting for events), when the step's length less
  * its run-queue wait is the bound taken. Where they cannot be read, every slow step counts.

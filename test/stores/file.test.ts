@@ -227,8 +227,8 @@ describe('FileStore specifics', () => {
   });
 
   // A call held on the CPU (a VM's host running another guest, whose stolen time the guest
-  // counts as the thread's; a busy kernel path) would hold a thread-pool thread as long: the
-  // thread pool saves nothing, and such holds, however many, keep calls synchronous.
+  // counts as the thread's) would hold a thread-pool thread as long: the thread pool saves
+  // nothing, and such holds, however many, keep calls synchronous.
   it.runIf(process.platform === 'linux')(
     "io: 'auto': calls held on the CPU, not blocked, keep them synchronous",
     async (ctx) => {
