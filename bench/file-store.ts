@@ -100,6 +100,12 @@ const load: Scenario = {
     if (!(await store.load(keyOf(c)))) throw new Error('load found nothing');
   },
 };
+/** Caller `c` commits a change to its own session. */
+const commitOwn: Scenario['op'] = async (store, c, n) => {
+  const delta = { set: { 'v:n': String(n) }, unset: [], meta: { lastSeenAt: Date.now() } };
+  const result = await store.commit(keyOf(c), delta, HOUR, { userId: null });
+  if (result !== 'ok') throw new Error(`commit answered ${result}`);
+};
 const scenarios: Scenario[] = [
   load,
   ...[true, false].flatMap((fsync): Scenario[] => [
@@ -108,11 +114,7 @@ const scenarios: Scenario[] = [
       fsync,
       callers: 50,
       keys: 50,
-      op: async (store, c, n) => {
-        const delta = { set: { 'v:n': String(n) }, unset: [], meta: { lastSeenAt: Date.now() } };
-        const result = await store.commit(keyOf(c), delta, HOUR, { userId: null });
-        if (result !== 'ok') throw new Error(`commit answered ${result}`);
-      },
+      op: commitOwn,
     },
     {
       // What a write request does: the manager loads the session, then commits its change.
@@ -121,10 +123,8 @@ const scenarios: Scenario[] = [
       callers: 50,
       keys: 50,
       op: async (store, c, n) => {
-        if (!(await store.load(keyOf(c)))) throw new Error('load found nothing');
-        const delta = { set: { 'v:n': String(n) }, unset: [], meta: { lastSeenAt: Date.now() } };
-        const result = await store.commit(keyOf(c), delta, HOUR, { userId: null });
-        if (result !== 'ok') throw new Error(`commit answered ${result}`);
+        await load.op(store, c, n);
+        await commitOwn(store, c, n);
       },
     },
     {

@@ -156,6 +156,9 @@ interface FileRecord {
   via?: OpenFile;
 }
 
+/** A session file that held a record. */
+type LiveFile = FileRecord & { record: StoredSession };
+
 const errno = (err: unknown): string | undefined => (err as NodeJS.ErrnoException | null)?.code;
 
 /** unlink(2) that finds nothing to remove is fine. */
@@ -453,10 +456,11 @@ interface OpenFile {
   slots: boolean;
   /** Opened for writing too (see `openKeptSync`). */
   writable: boolean;
-  /** Writes in place using `fd` now: it is closed when the last ends, not before (see `#forget`). */
+  /**
+   * Writes in place using `fd` now. A file forgotten (no longer in the store's map) while pinned
+   * is closed when the last of them ends, not before (see `#forget`).
+   */
   pins: number;
-  /** Forgotten while pinned: closed when `pins` drops to 0. */
-  doomed: boolean;
 }
 
 /** The ctime of `stat` is more than SETTLED_NS old, by the kernel's clock (not the store's `now`). */
@@ -697,10 +701,11 @@ function isLocalFileSystem(dir: string): boolean {
  * stays on the CPU for milliseconds has had its CPU taken: on a VM by the host's other guests,
  * which take it from whichever thread runs (stolen time that the guest kernel, without a steal
  * clock, counts as the thread's CPU time; on a 2-vCPU VM it held cached reads for 2-6 ms several
- * times a second in bench/file-store.ts). The thread pool would have avoided neither. The times are sampled at most every SAMPLE_MS, so the blocked time is
- * that of the interval from the sample to the end of the step: at most the step's own unless
- * the thread blocked before it (the event loop waiting for events), when the step's length less
- * its run-queue wait is the bound taken. Where they cannot be read, every slow step counts.
+ * times a second in bench/file-store.ts). The thread pool would have avoided neither. The times
+ * are sampled at most every SAMPLE_MS, so the blocked time is that of the interval from the
+ * sample to the end of the step: at most the step's own unless the thread blocked before it (the
+ * event loop waiting for events), when the step's length less its run-queue wait is the bound
+ * taken. Where they cannot be read, every slow step counts.
  */
 class IoMode {
   #allowed = false;
@@ -1361,7 +1366,10 @@ export class FileStore implements SessionStore {
         );
         // A two-slot inode that still has a name is the session's file, and stays so while the
         // lock is held: the write in place may go through this descriptor.
-        if (found !== TORN) return found.slot ? { ...found, via: kept } : found;
+        if (found !== TORN) {
+          if (found.slot) found.via = kept; // a fresh object: only NOT_A_RECORD is shared, and has no slot
+          return found;
+        }
       }
     }
     const path = this.#file(key);
@@ -1376,24 +1384,14 @@ export class FileStore implements SessionStore {
     }
   }
 
-  async #read(
-    key: string,
-    unlocked = false,
-  ): Promise<{
-    record: StoredSession;
-    expiresAt: number;
-    current: boolean;
-    slot?: Slot;
-    via?: OpenFile;
-  } | null> {
+  async #read(key: string, unlocked = false): Promise<LiveFile | null> {
     const found = await this.#inspect(key, this.#io.sync, unlocked);
     if (!found) return null;
     if (!found.record) {
       this.#corrupt.report('FileStore', this.#file(key), 'not a session record');
       return null;
     }
-    const { record, expiresAt, current, slot, via } = found;
-    return { record, expiresAt, current, slot, via };
+    return found as LiveFile;
   }
 
   /**
@@ -1532,7 +1530,7 @@ export class FileStore implements SessionStore {
         throw err;
       }
     } finally {
-      if (kept) this.#unpin(kept);
+      if (kept) this.#unpin(key, kept);
       else if (sync) this.#io.run(() => closeSync(fd));
       else await closeFd(fd);
     }
@@ -1761,13 +1759,9 @@ export class FileStore implements SessionStore {
     key: string,
     record: StoredSession,
     expiresAt: number,
-    previous: {
-      userId: string | undefined;
-      expiresAt: number;
-      current: boolean;
-      slot?: Slot;
-      via?: OpenFile;
-    } | null,
+    previous:
+      | (Pick<FileRecord, 'expiresAt' | 'current' | 'slot' | 'via'> & { userId: string | undefined })
+      | null,
     create = false,
   ) {
     const pending: Promise<void>[] = [];
@@ -2216,35 +2210,26 @@ export class FileStore implements SessionStore {
       const record = freezeRecord(found.record);
       const slots = found.slot !== undefined;
       // The kernel's clock, as the ctime is (not the store's `now`, which tests may move).
-      if (settledAt(before)) {
+      const settled = settledAt(before);
+      let keep: boolean;
+      if (settled) {
         const named = statSync(path, { bigint: true, throwIfNoEntry: false });
         const after = fstatSync(fd, { bigint: true });
-        if (named && named.ino === before.ino && named.dev === before.dev && sameFile(before, after)) {
-          this.#keep(key, {
-            fd,
-            stat: before,
-            record,
-            expiresAt: found.expiresAt,
-            settled: true,
-            slots,
-            writable,
-            pins: 0,
-            doomed: false,
-          });
-          kept = true;
-        }
-      } else if (slots) {
+        keep = !!named && named.ino === before.ino && named.dev === before.dev && sameFile(before, after);
+      } else {
         // Opened by its path just now, so the session's file: read again through `fd` next time.
+        keep = slots;
+      }
+      if (keep) {
         this.#keep(key, {
           fd,
           stat: before,
           record,
           expiresAt: found.expiresAt,
-          settled: false,
+          settled,
           slots,
           writable,
           pins: 0,
-          doomed: false,
         });
         kept = true;
       }
@@ -2271,12 +2256,12 @@ export class FileStore implements SessionStore {
     const kept = this.#open.get(key);
     if (!kept) return;
     this.#open.delete(key);
-    if (kept.pins > 0) kept.doomed = true;
-    else this.#close(kept);
+    if (kept.pins === 0) this.#close(kept);
   }
 
-  #unpin(kept: OpenFile): void {
-    if (--kept.pins === 0 && kept.doomed) this.#close(kept);
+  /** Ends a write's use of the session's kept file, closing it if it was forgotten meanwhile. */
+  #unpin(key: string, kept: OpenFile): void {
+    if (--kept.pins === 0 && this.#open.get(key) !== kept) this.#close(kept);
   }
 
   #close(kept: OpenFile): void {
