@@ -683,13 +683,11 @@ function threadSleeps(): number | undefined {
   status ??= openProc('/proc/thread-self/status');
   if (status < 0) return undefined;
   try {
-    const text = statusBuffer.toString(
-      'latin1',
-      0,
-      readSync(status, statusBuffer, 0, statusBuffer.length, 0),
-    );
+    const n = readSync(status, statusBuffer, 0, statusBuffer.length, 0);
+    const text = statusBuffer.toString('latin1', 0, n);
     const at = text.indexOf(SLEEPS);
-    const sleeps = at < 0 ? Number.NaN : Number.parseInt(text.slice(at + SLEEPS.length), 10);
+    if (at < 0) return undefined;
+    const sleeps = Number.parseInt(text.slice(at + SLEEPS.length), 10);
     return Number.isFinite(sleeps) ? sleeps : undefined;
   } catch {
     return undefined;
