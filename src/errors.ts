@@ -6,6 +6,8 @@ export type SessionErrorCode =
   | 'INVALID_KEY'
   /** A session key name that no store can keep (empty, too long, NUL, lone surrogate). */
   | 'INVALID_KEY_NAME'
+  /** A record or delta handed to a store that a load could not read back (a direct store call). */
+  | 'INVALID_RECORD'
   | 'STORE_UNAVAILABLE'
   | 'STORE_CORRUPT'
   | 'VALUE_TOO_LARGE'
@@ -21,6 +23,7 @@ const STATUS: Record<SessionErrorCode, number> = {
   NOT_SERIALIZABLE: 500,
   INVALID_KEY: 500,
   INVALID_KEY_NAME: 500,
+  INVALID_RECORD: 500,
   STORE_UNAVAILABLE: 503,
   STORE_CORRUPT: 500,
   VALUE_TOO_LARGE: 500,

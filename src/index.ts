@@ -28,6 +28,7 @@ export {
 } from './options.js';
 export { Session, type SessionData, type SessionStatus } from './session.js';
 export { FileStore, type FileStoreOptions } from './stores/file.js';
+export { checkDelta, checkRecord } from './stores/kit.js';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export {
   applyDelta,

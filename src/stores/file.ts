@@ -42,6 +42,8 @@ import {
   asMeta,
   asValues,
   CorruptLog,
+  checkDelta,
+  checkRecord,
   checkStorageKey,
   decodeRecord,
   encodeRecord,
@@ -2320,6 +2322,7 @@ export class FileStore implements SessionStore {
 
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     checkStorageKey('FileStore', key);
+    checkRecord('FileStore', record);
     return this.#locked(key, async () => {
       const existing = await this.#read(key);
       if (existing && existing.expiresAt > this.#now()) return false;
@@ -2340,6 +2343,7 @@ export class FileStore implements SessionStore {
    */
   async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     checkStorageKey('FileStore', key);
+    checkDelta('FileStore', delta);
     return new Promise<CommitResult>((resolve, reject) => {
       this.#enqueue(key, { kind: 'commit', delta, ttlMs, guard, resolve, reject });
     });

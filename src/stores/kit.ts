@@ -1,5 +1,5 @@
 import { SessionError } from '../errors.js';
-import type { SessionMeta, StoredSession } from './store.js';
+import type { SessionDelta, SessionMeta, StoredSession } from './store.js';
 
 /**
  * What every store shares: one storage-key check, one record codec and one rule for corrupt
@@ -14,6 +14,89 @@ export function checkStorageKey(storeName: string, key: unknown): asserts key is
   if (typeof key !== 'string' || !STORAGE_KEY.test(key)) {
     throw new SessionError('INVALID_KEY', `${storeName} refused a storage key that is not base64url.`);
   }
+}
+
+/** Metadata fields by the type a store may be handed; the first three every record must have. */
+const REQUIRED_META = ['createdAt', 'lastSeenAt', 'deadline'] as const;
+const NUMBER_META = new Set<string>([...REQUIRED_META, 'authAt', 'phUntil', 'idAt', 'persistUntil']);
+const STRING_META = new Set<string>(['userId', 'ua', 'ip', 'h', 'ph', 'mac']);
+
+function typeName(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'number') return Number.isFinite(value) ? 'a number' : String(value);
+  return `a ${typeof value}`;
+}
+
+function refuse(storeName: string, problem: string): never {
+  throw new SessionError('INVALID_RECORD', `${storeName} refused a write: ${problem}. Nothing was written.`);
+}
+
+/** Checks the metadata of a record (`partial`: of a delta, where `undefined` removes a field). */
+function checkMeta(storeName: string, meta: unknown, partial: boolean, where: string): void {
+  if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) {
+    refuse(storeName, `${where} must be an object, not ${typeName(meta)}`);
+  }
+  const fields = meta as Record<string, unknown>;
+  for (const name of Object.keys(fields)) {
+    const value = fields[name];
+    const field = `${where}.${name}`;
+    if (NUMBER_META.has(name)) {
+      if (typeof value === 'number' && Number.isFinite(value)) continue;
+      if (value === undefined && partial && !(REQUIRED_META as readonly string[]).includes(name)) continue;
+      refuse(storeName, `${field} must be a finite number, not ${typeName(value)}`);
+    } else if (STRING_META.has(name)) {
+      if (typeof value === 'string' || (value === undefined && partial)) continue;
+      refuse(storeName, `${field} must be a string, not ${typeName(value)}`);
+    } else {
+      refuse(storeName, `${field} is not a session metadata field`);
+    }
+  }
+  if (!partial) {
+    for (const name of REQUIRED_META) {
+      if (!Object.hasOwn(fields, name)) refuse(storeName, `${where}.${name} is missing`);
+    }
+  }
+}
+
+function checkStrings(storeName: string, values: unknown, where: string): void {
+  if (values === null || typeof values !== 'object' || Array.isArray(values)) {
+    refuse(storeName, `${where} must be an object of strings, not ${typeName(values)}`);
+  }
+  for (const name of Object.keys(values)) {
+    const value = (values as Record<string, unknown>)[name];
+    if (typeof value !== 'string')
+      refuse(storeName, `the value of field "${name}" is ${typeName(value)}, not a string`);
+  }
+}
+
+function checkNames(storeName: string, names: unknown, where: string): void {
+  if (!Array.isArray(names) || !names.every((n) => typeof n === 'string')) {
+    refuse(storeName, `${where} must be an array of field names`);
+  }
+}
+
+/**
+ * Throws INVALID_RECORD, before any I/O, unless `record` is one that a later load can read back:
+ * metadata with its three times as finite numbers and the optional fields of their types, and
+ * values that are all strings (encoded by the manager). The manager never writes anything else;
+ * this is for code that calls a store itself. The message names the field, never a value.
+ */
+export function checkRecord(storeName: string, record: unknown): asserts record is StoredSession {
+  if (record === null || typeof record !== 'object') refuse(storeName, `the record is ${typeName(record)}`);
+  const { meta, values } = record as { meta?: unknown; values?: unknown };
+  checkMeta(storeName, meta, false, 'meta');
+  checkStrings(storeName, values, 'values');
+}
+
+/** The same check for a commit's delta: what it sets, removes, keeps and changes in the metadata. */
+export function checkDelta(storeName: string, delta: unknown): asserts delta is SessionDelta {
+  if (delta === null || typeof delta !== 'object') refuse(storeName, `the delta is ${typeName(delta)}`);
+  const { set, unset, meta, retain } = delta as Partial<Record<keyof SessionDelta, unknown>>;
+  checkStrings(storeName, set, 'delta.set');
+  checkNames(storeName, unset, 'delta.unset');
+  if (retain !== undefined) checkNames(storeName, retain, 'delta.retain');
+  if (meta !== undefined) checkMeta(storeName, meta, true, 'delta.meta');
 }
 
 /** True if `key` has the shape of a storage key (for scans that skip foreign names). */

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { auditTag } from '../crypto/ids.js';
 import { SessionError, storeUnavailable } from '../errors.js';
-import { asMeta, asValues, CorruptLog, checkStorageKey } from './kit.js';
+import { asMeta, asValues, CorruptLog, checkDelta, checkRecord, checkStorageKey } from './kit.js';
 import { Budget, checkTimeout, DEFAULT_TIMEOUT_MS } from './sql-common.js';
 import {
   applyDelta,
@@ -535,6 +535,7 @@ export class MemcachedStore implements SessionStore {
    */
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     const itemKey = this.#itemKey(key);
+    checkRecord(STORE_NAME, record);
     const budget = this.#budget('create');
     if (!isLiveTtl(ttlMs)) {
       // Nothing to write; only say whether a live session already holds the key.
@@ -629,6 +630,7 @@ export class MemcachedStore implements SessionStore {
    */
   async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     const itemKey = this.#itemKey(key);
+    checkDelta(STORE_NAME, delta);
     const budget = this.#budget('commit');
     if (!isLiveTtl(ttlMs)) {
       await this.#del(itemKey, budget);

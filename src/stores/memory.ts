@@ -1,5 +1,5 @@
 import { SessionError } from '../errors.js';
-import { checkStorageKey, freezeRecord } from './kit.js';
+import { checkDelta, checkRecord, checkStorageKey, freezeRecord } from './kit.js';
 import {
   type CommitGuard,
   type CommitResult,
@@ -436,6 +436,7 @@ export class MemoryStore implements SessionStore {
 
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     checkStorageKey('MemoryStore', key);
+    checkRecord('MemoryStore', record);
     if (this.#live(key) !== NONE) return false;
     if (!isLiveTtl(ttlMs)) return true;
     const frozen = applyFrozen(
@@ -450,6 +451,7 @@ export class MemoryStore implements SessionStore {
   /** Synchronous from the guard check to the write: nothing can run in between. */
   async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     checkStorageKey('MemoryStore', key);
+    checkDelta('MemoryStore', delta);
     const slot = this.#live(key);
     if (slot === NONE) return 'gone';
     const record = this.#records[slot]!;

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { SessionError } from '../errors.js';
-import { asMeta, CorruptLog, checkStorageKey, isStorageKey } from './kit.js';
+import { asMeta, CorruptLog, checkDelta, checkRecord, checkStorageKey, isStorageKey } from './kit.js';
 import { Budget, ClientErrorLog, checkTimeout, DEFAULT_TIMEOUT_MS, withDeadline } from './sql-common.js';
 import {
   type CommitGuard,
@@ -876,6 +876,7 @@ export class RedisStore implements SessionStore {
    */
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     const redisKey = this.#hashKey(key);
+    checkRecord(STORE_NAME, record);
     const ttl = ttlArg(ttlMs);
     const userId = record.meta.userId;
     const indexed = userId !== undefined && ttl !== '0';
@@ -948,6 +949,7 @@ export class RedisStore implements SessionStore {
    */
   async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     const redisKey = this.#hashKey(key);
+    checkDelta(STORE_NAME, delta);
     const ttl = ttlArg(ttlMs);
     const retain = delta.retain;
     const args = [

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { SessionError } from '../errors.js';
-import { asMeta, asValues, CorruptLog, checkStorageKey } from './kit.js';
+import { asMeta, asValues, CorruptLog, checkDelta, checkRecord, checkStorageKey } from './kit.js';
 import {
   type CommitGuard,
   type CommitResult,
@@ -1133,6 +1133,7 @@ export abstract class SqlSessionStore implements SessionStore {
 
   async create(key: string, record: StoredSession, ttlMs: number): Promise<boolean> {
     checkStorageKey(this.#name, key);
+    checkRecord(this.#name, record);
     return this.within('create', async (budget) => {
       const now = this.#clock();
       if (!isLiveTtl(ttlMs)) return (await this.selectLive(key, now, budget)) === undefined;
@@ -1143,6 +1144,7 @@ export abstract class SqlSessionStore implements SessionStore {
 
   async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
     checkStorageKey(this.#name, key);
+    checkDelta(this.#name, delta);
     return this.within('commit', (budget) =>
       this.serial(key, budget, async (): Promise<CommitResult> => {
         const now = this.#clock();

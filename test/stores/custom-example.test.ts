@@ -1,25 +1,26 @@
-// The worked example of docs/stores.md, verbatim but for the import path: the custom-store
-// guide stays true only if its example passes the conformance suite.
+// The worked example of docs/stores.md, verbatim but for the import path and `export` (a test
+// file exports nothing): the custom-store guide stays true only if its example passes the
+// conformance suite.
 
-import { afterAll, beforeAll, describe, it } from 'vitest';
-// (The store kit is imported from its module until src/index.ts exports guardHolds and
-// CommitGuard; the guide imports all of it from 'sessionflow'.)
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   applyDelta,
   type CommitGuard,
   type CommitResult,
+  checkDelta,
+  checkRecord,
   cloneRecord,
   guardHolds,
   isLiveTtl,
   type SessionDelta,
   type SessionStore,
   type StoredSession,
-} from '../../src/stores/store.js';
+} from '../../src/index.js';
 import { describeStoreConformance } from '../../src/testing/conformance.js';
 
 type Item = { record: StoredSession; expiresAt: number; version: number };
 
-export class VersionedMapStore implements SessionStore {
+class VersionedMapStore implements SessionStore {
   readonly capabilities = { listByUser: false, gc: false, nativeTtl: false } as const;
   readonly #items = new Map<string, Item>();
 
@@ -35,6 +36,7 @@ export class VersionedMapStore implements SessionStore {
   }
 
   async create(key: string, record: StoredSession, ttlMs: number) {
+    checkRecord('VersionedMapStore', record); // INVALID_RECORD for what a load could not read back
     if (this.#live(key)) return false; // guarantee 2
     if (isLiveTtl(ttlMs))
       this.#items.set(key, { record: cloneRecord(record), expiresAt: Date.now() + ttlMs, version: 1 });
@@ -42,6 +44,7 @@ export class VersionedMapStore implements SessionStore {
   }
 
   async commit(key: string, delta: SessionDelta, ttlMs: number, guard?: CommitGuard): Promise<CommitResult> {
+    checkDelta('VersionedMapStore', delta);
     for (;;) {
       const item = this.#live(key);
       if (!item) return 'gone'; // guarantee 4
@@ -71,3 +74,27 @@ describeStoreConformance(
   async () => ({ store: new VersionedMapStore() }),
   { runner: { describe, it, beforeAll, afterAll } },
 );
+
+describe('docs/stores.md worked example: the kit checks it calls', () => {
+  const key = 'k'.repeat(43);
+  const now = Date.now();
+  const good: StoredSession = {
+    meta: { createdAt: now, lastSeenAt: now, deadline: now + 60_000 },
+    values: {},
+  };
+
+  it('a record whose deadline came through JSON as text is refused and not stored', async () => {
+    const store = new VersionedMapStore();
+    const bad = JSON.parse(JSON.stringify({ ...good, meta: { ...good.meta, deadline: String(now) } }));
+    await expect(store.create(key, bad, 60_000)).rejects.toMatchObject({ code: 'INVALID_RECORD' });
+    expect(await store.load(key)).toBeNull();
+  });
+
+  it('a delta setting a value that is not encoded is refused and the record is unchanged', async () => {
+    const store = new VersionedMapStore();
+    await store.create(key, { ...good, values: { 'v:a': '"1"' } }, 60_000);
+    const bad = { set: { 'v:a': 2 }, unset: [] } as unknown as SessionDelta;
+    await expect(store.commit(key, bad, 60_000)).rejects.toMatchObject({ code: 'INVALID_RECORD' });
+    expect((await store.load(key))?.values).toEqual({ 'v:a': '"1"' });
+  });
+});
