@@ -52,14 +52,17 @@ type StoreClass = new (options: {
   close(): Promise<void>;
 };
 /** `--impl path[?option=value&…]`: the options are passed to the constructor (`?io=async`). */
-const impls: { name: string; FileStore: StoreClass; options: Record<string, string> }[] = [];
+const impls: { name: string; FileStore: StoreClass; options: Record<string, string | number> }[] = [];
 for (const spec of args.impl?.length ? args.impl : ['src/stores/file.ts']) {
   const [path = '', query = ''] = spec.split('?');
   const mod = (await import(pathToFileURL(resolve(path)).href)) as { FileStore: StoreClass };
   impls.push({
     name: spec,
     FileStore: mod.FileStore,
-    options: Object.fromEntries(new URLSearchParams(query)),
+    // Whole numbers as numbers (`?flushThreads=0`), the rest as text (`?io=async`).
+    options: Object.fromEntries(
+      [...new URLSearchParams(query)].map(([k, v]) => [k, /^\d+$/.test(v) ? Number(v) : v]),
+    ),
   });
 }
 
