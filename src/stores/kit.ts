@@ -18,14 +18,15 @@ export function checkStorageKey(storeName: string, key: unknown): asserts key is
 
 /** Metadata fields by the type a store may be handed; the first three every record must have. */
 const REQUIRED_META = ['createdAt', 'lastSeenAt', 'deadline'] as const;
+const REQUIRED = new Set<string>(REQUIRED_META);
 const NUMBER_META = new Set<string>([...REQUIRED_META, 'authAt', 'phUntil', 'idAt', 'persistUntil']);
 const STRING_META = new Set<string>(['userId', 'ua', 'ip', 'h', 'ph', 'mac']);
 
 function typeName(value: unknown): string {
-  if (value === null) return 'null';
+  if (value === null || value === undefined) return String(value);
   if (Array.isArray(value)) return 'an array';
   if (typeof value === 'number') return Number.isFinite(value) ? 'a number' : String(value);
-  return `a ${typeof value}`;
+  return typeof value === 'object' ? 'an object' : `a ${typeof value}`;
 }
 
 function refuse(storeName: string, problem: string): never {
@@ -43,7 +44,7 @@ function checkMeta(storeName: string, meta: unknown, partial: boolean, where: st
     const field = `${where}.${name}`;
     if (NUMBER_META.has(name)) {
       if (typeof value === 'number' && Number.isFinite(value)) continue;
-      if (value === undefined && partial && !(REQUIRED_META as readonly string[]).includes(name)) continue;
+      if (value === undefined && partial && !REQUIRED.has(name)) continue;
       refuse(storeName, `${field} must be a finite number, not ${typeName(value)}`);
     } else if (STRING_META.has(name)) {
       if (typeof value === 'string' || (value === undefined && partial)) continue;
