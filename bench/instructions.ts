@@ -1,6 +1,7 @@
 /**
  * `npm run bench:instr`: the read rows of `npm run bench` (memory store on node:http, Express and
- * Fastify, the file store on node:http and Express, their baselines), the anonymous visitor and
+ * Fastify, the file, Redis and PostgreSQL stores on node:http and Express, their baselines; a
+ * Redis or PostgreSQL row is n/a when its server does not answer), the anonymous visitor and
  * the new visitor whose session is made (memory store on node:http), measured in CPU instructions
  * per request instead of req/s. The file rows count the thread-pool path of the file store: under
  * valgrind its synchronous reads hold the thread long enough to count as stalls (bench/README.md).
@@ -18,6 +19,7 @@
  *   npx tsx bench/instructions.ts [--warm 10000] [--n 3000] [--only <substring>]... [--no-build]
  */
 import { type ChildProcess, fork, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -25,6 +27,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import autocannon, { type Options, type Result } from 'autocannon';
 import Table from 'cli-table3';
+import pg from 'pg';
+import { createClient } from 'redis';
 import { setupSessions } from './lib/sessions.js';
 import type { ServerConfig, ServerMessage } from './servers/_shared.js';
 
@@ -103,7 +107,7 @@ interface Row {
   label: string;
   /** File in bench/servers/. */
   file: string;
-  store?: 'memory' | 'file';
+  store?: 'memory' | 'file' | 'redis' | 'postgres';
   mode: Mode;
   /** The baseline row this one's ratio is taken against (a baseline names itself). */
   of: Base;
@@ -144,6 +148,22 @@ const ROWS: Row[] = [
     mode: 'read',
     of: 'bare',
   },
+  {
+    id: 'sf-http-redis-read',
+    label: 'sessionflow + node:http + RedisStore',
+    file: 'sessionflow-http.ts',
+    store: 'redis',
+    mode: 'read',
+    of: 'bare',
+  },
+  {
+    id: 'sf-http-postgres-read',
+    label: 'sessionflow + node:http + PostgresStore',
+    file: 'sessionflow-http.ts',
+    store: 'postgres',
+    mode: 'read',
+    of: 'bare',
+  },
   { id: 'express', label: 'plain Express 5 (no session)', file: 'express.ts', mode: 'read', of: 'express' },
   {
     id: 'sf-express-memory-read',
@@ -158,6 +178,22 @@ const ROWS: Row[] = [
     label: 'sessionflow + Express + FileStore',
     file: 'sessionflow-express.ts',
     store: 'file',
+    mode: 'read',
+    of: 'express',
+  },
+  {
+    id: 'sf-express-redis-read',
+    label: 'sessionflow + Express + RedisStore',
+    file: 'sessionflow-express.ts',
+    store: 'redis',
+    mode: 'read',
+    of: 'express',
+  },
+  {
+    id: 'sf-express-postgres-read',
+    label: 'sessionflow + Express + PostgresStore',
+    file: 'sessionflow-express.ts',
+    store: 'postgres',
     mode: 'read',
     of: 'express',
   },
@@ -189,6 +225,70 @@ const STOP_TIMEOUT_MS = 120_000;
 const children = new Set<ChildProcess>();
 let workDir: string | undefined;
 
+const REDIS_URL = 'redis://127.0.0.1:6379';
+const PG_URL = process.env.SESSIONFLOW_BENCH_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
+const RUN_ID = `${process.pid}_${randomBytes(4).toString('hex')}`;
+const REDIS_PREFIX = `sfinstr:${RUN_ID}:`;
+const PG_TABLE = `sfinstr_${RUN_ID}`;
+const pgTables = new Set<string>();
+
+/** Null if the row's server (Redis, PostgreSQL) answers, else why not; the row is then n/a. */
+async function storeProblem(row: Row): Promise<string | null> {
+  try {
+    if (row.store === 'redis') {
+      const client = createClient({
+        url: REDIS_URL,
+        socket: { connectTimeout: 2000, reconnectStrategy: false },
+      });
+      client.on('error', () => undefined);
+      await client.connect();
+      await client.close();
+    } else if (row.store === 'postgres') {
+      const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 2000 });
+      client.on('error', () => undefined);
+      await client.connect();
+      await client.end();
+    }
+    return null;
+  } catch (err) {
+    return `${row.store} not reachable: ${(err as Error).message}`;
+  }
+}
+
+/** The Redis keys and PostgreSQL tables of this run (a server killed mid-row leaves its own). */
+async function removeServerData(): Promise<void> {
+  if (pgTables.size > 0) {
+    const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 2000 });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      for (const table of pgTables) await client.query(`DROP TABLE IF EXISTS "${table}"`);
+      pgTables.clear();
+    } catch (err) {
+      console.error(`could not drop the tables ${PG_TABLE}_*: ${(err as Error).message}`);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+  if (ROWS.some((r) => r.store === 'redis')) {
+    const client = createClient({
+      url: REDIS_URL,
+      socket: { connectTimeout: 2000, reconnectStrategy: false },
+    });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      for await (const keys of client.scanIterator({ MATCH: `${REDIS_PREFIX}*`, COUNT: 1000 })) {
+        if (keys.length > 0) await client.unlink(keys);
+      }
+    } catch {
+      // Not reachable: nothing was written there.
+    } finally {
+      if (client.isOpen) await client.close().catch(() => undefined);
+    }
+  }
+}
+
 function killChildren(): void {
   for (const child of children) child.kill('SIGKILL');
   children.clear();
@@ -206,7 +306,8 @@ function abort(code: number, error?: unknown): void {
   exiting = true;
   if (error) console.error(error);
   cleanup();
-  process.exit(code);
+  setTimeout(() => process.exit(code), 3000).unref();
+  removeServerData().finally(() => process.exit(code));
 }
 process.on('exit', cleanup);
 process.on('SIGINT', () => abort(130));
@@ -271,6 +372,15 @@ function startServer(row: Row, outFile: string): Promise<Running> {
   const config: ServerConfig = row.store ? { store: row.store } : {};
   // The file store's directory: a fresh one under the run's directory (the server removes it on exit).
   if (row.store === 'file') config.dir = mkdtempSync(join(dirname(outFile), `${row.id}-sessions-`));
+  // Redis keys and PostgreSQL tables of their own, removed by the server as it stops and again
+  // by `removeServerData` at the end.
+  if (row.store === 'redis')
+    Object.assign(config, { redisUrl: REDIS_URL, prefix: `${REDIS_PREFIX}${row.id}:` });
+  if (row.store === 'postgres') {
+    const table = `${PG_TABLE}_${row.id.replaceAll('-', '_')}`;
+    pgTables.add(table);
+    Object.assign(config, { pgUrl: PG_URL, table });
+  }
   const child = fork(join(HERE, 'servers', row.file), [JSON.stringify(config)], {
     cwd: ROOT,
     execPath: 'valgrind',
@@ -450,7 +560,7 @@ async function sample(row: Row, warm: number, amount: number, dir: string): Prom
 
 interface RowResult {
   row: Row;
-  status: 'ok' | 'failed';
+  status: 'ok' | 'failed' | 'n/a';
   reason?: string;
   sample?: Sample;
   /** All threads, and the main thread alone. */
@@ -461,6 +571,8 @@ interface RowResult {
 }
 
 async function measure(row: Row, dir: string): Promise<RowResult> {
+  const problem = await storeProblem(row);
+  if (problem) return { row, status: 'n/a', reason: problem };
   try {
     const counted = await sample(row, WARM, N, dir);
     if (counted.instructions <= 0 || counted.main <= 0)
@@ -489,7 +601,11 @@ function renderTable(results: RowResult[]): string {
   });
   for (const r of results) {
     if (r.status !== 'ok') {
-      table.push([r.row.label, r.row.mode, { colSpan: 6, content: `failed: ${r.reason!.split('\n')[0]}` }]);
+      table.push([
+        r.row.label,
+        r.row.mode,
+        { colSpan: 6, content: `${r.status}: ${r.reason!.split('\n')[0]}` },
+      ]);
       continue;
     }
     table.push([
@@ -543,7 +659,7 @@ async function main(): Promise<void> {
     const outcome =
       result.status === 'ok'
         ? `${fmtInt(result.perRequest!)} instructions/request (${Math.round(result.sample!.seconds)} s)`
-        : `failed: ${result.reason}`;
+        : `${result.status}: ${result.reason}`;
     process.stderr.write(`[${index + 1}/${rows.length}] ${row.label} (${row.mode}): ${outcome}\n`);
   }
   for (const r of results) {
@@ -565,9 +681,10 @@ async function main(): Promise<void> {
   // cross-CPU wake-ups), so they are not the req/s the targets are set in. `npm run bench` gives
   // the verdicts; this is for comparing two versions of the code.
   console.log(`took ${Math.round((performance.now() - t0) / 1000)} s`);
-  if (results.some((r) => r.status !== 'ok')) process.exitCode = 1;
+  if (results.some((r) => r.status === 'failed')) process.exitCode = 1;
 }
 
 main()
+  .then(() => removeServerData())
   .then(() => cleanup())
   .catch((err: unknown) => abort(1, err));
