@@ -27,10 +27,9 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import autocannon, { type Options, type Result } from 'autocannon';
 import Table from 'cli-table3';
-import pg from 'pg';
-import { createClient } from 'redis';
+import { dropTables, probePostgres } from './lib/postgres.js';
 import { setupSessions } from './lib/sessions.js';
-import type { ServerConfig, ServerMessage } from './servers/_shared.js';
+import { closeRedis, connectRedis, type ServerConfig, type ServerMessage } from './servers/_shared.js';
 
 // ---- options ---------------------------------------------------------------------------------
 
@@ -232,61 +231,31 @@ const REDIS_PREFIX = `sfinstr:${RUN_ID}:`;
 const PG_TABLE = `sfinstr_${RUN_ID}`;
 const pgTables = new Set<string>();
 
+/** A row of Redis ran: its keys are removed at the end. */
+let redisUsed = false;
+
 /** Null if the row's server (Redis, PostgreSQL) answers, else why not; the row is then n/a. */
 async function storeProblem(row: Row): Promise<string | null> {
+  if (row.store === 'postgres') return probePostgres(PG_URL);
+  if (row.store !== 'redis') return null;
   try {
-    if (row.store === 'redis') {
-      const client = createClient({
-        url: REDIS_URL,
-        socket: { connectTimeout: 2000, reconnectStrategy: false },
-      });
-      client.on('error', () => undefined);
-      await client.connect();
-      await client.close();
-    } else if (row.store === 'postgres') {
-      const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 2000 });
-      client.on('error', () => undefined);
-      await client.connect();
-      await client.end();
-    }
+    await closeRedis(await connectRedis(REDIS_URL), undefined);
     return null;
   } catch (err) {
-    return `${row.store} not reachable: ${(err as Error).message}`;
+    return (err as Error).message;
   }
 }
 
 /** The Redis keys and PostgreSQL tables of this run (a server killed mid-row leaves its own). */
 async function removeServerData(): Promise<void> {
-  if (pgTables.size > 0) {
-    const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 2000 });
-    client.on('error', () => undefined);
-    try {
-      await client.connect();
-      for (const table of pgTables) await client.query(`DROP TABLE IF EXISTS "${table}"`);
-      pgTables.clear();
-    } catch (err) {
-      console.error(`could not drop the tables ${PG_TABLE}_*: ${(err as Error).message}`);
-    } finally {
-      await client.end().catch(() => undefined);
-    }
+  try {
+    await dropTables(PG_URL, pgTables);
+  } catch (err) {
+    console.error(`could not drop the tables ${PG_TABLE}_*: ${(err as Error).message}`);
   }
-  if (ROWS.some((r) => r.store === 'redis')) {
-    const client = createClient({
-      url: REDIS_URL,
-      socket: { connectTimeout: 2000, reconnectStrategy: false },
-    });
-    client.on('error', () => undefined);
-    try {
-      await client.connect();
-      for await (const keys of client.scanIterator({ MATCH: `${REDIS_PREFIX}*`, COUNT: 1000 })) {
-        if (keys.length > 0) await client.unlink(keys);
-      }
-    } catch {
-      // Not reachable: nothing was written there.
-    } finally {
-      if (client.isOpen) await client.close().catch(() => undefined);
-    }
-  }
+  if (!redisUsed) return;
+  const client = await connectRedis(REDIS_URL).catch(() => undefined);
+  if (client) await closeRedis(client, REDIS_PREFIX).catch(() => undefined);
 }
 
 function killChildren(): void {
@@ -374,8 +343,10 @@ function startServer(row: Row, outFile: string): Promise<Running> {
   if (row.store === 'file') config.dir = mkdtempSync(join(dirname(outFile), `${row.id}-sessions-`));
   // Redis keys and PostgreSQL tables of their own, removed by the server as it stops and again
   // by `removeServerData` at the end.
-  if (row.store === 'redis')
+  if (row.store === 'redis') {
+    redisUsed = true;
     Object.assign(config, { redisUrl: REDIS_URL, prefix: `${REDIS_PREFIX}${row.id}:` });
+  }
   if (row.store === 'postgres') {
     const table = `${PG_TABLE}_${row.id.replaceAll('-', '_')}`;
     pgTables.add(table);

@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import autocannon, { type Result } from 'autocannon';
 import Table from 'cli-table3';
 import { createClient } from 'redis';
+import { dropTables, probePostgres } from './lib/postgres.js';
 import { setupSessions } from './lib/sessions.js';
 import { median } from './lib/stats.js';
 import type { ServerConfig, ServerMessage, StoreKind } from './servers/_shared.js';
@@ -351,41 +352,10 @@ async function removeRedisKeys(): Promise<number> {
   return removed;
 }
 
-/** Drops this run's PostgreSQL tables (the servers cannot: they may be killed). */
-async function dropPgTables(): Promise<void> {
-  if (pgTables.size === 0) return;
-  const { default: pg } = await import('pg');
-  const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 2000 });
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-    for (const table of pgTables) await client.query(`DROP TABLE IF EXISTS "${table}"`);
-    pgTables.clear();
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
-
-/** Null if PostgreSQL answers, else why not. */
-async function postgresReachable(): Promise<string | null> {
-  const { default: pg } = await import('pg');
-  const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 2000 });
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-    await client.query('SELECT 1');
-    return null;
-  } catch (err) {
-    return `postgres not reachable at ${PG_URL}: ${(err as Error).message}`;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
-
 async function cleanup(): Promise<void> {
   killChildren();
   try {
-    await dropPgTables();
+    await dropTables(PG_URL, pgTables);
   } catch (err) {
     console.error(`could not drop the benchmark's tables (${PG_TABLE}_*): ${(err as Error).message}`);
   }
@@ -825,7 +795,7 @@ async function main(): Promise<void> {
 
   const redisProblem = rows.some((r) => 'redis' in SERVERS[r.server]) ? await redisReachable() : null;
   const postgresProblem = rows.some((r) => 'postgres' in SERVERS[r.server])
-    ? await postgresReachable()
+    ? await probePostgres(PG_URL)
     : null;
 
   const runs = new Map<string, RowResult[]>(rows.map((r) => [r.id, []]));

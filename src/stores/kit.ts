@@ -17,10 +17,9 @@ export function checkStorageKey(storeName: string, key: unknown): asserts key is
 }
 
 /** Metadata fields by the type a store may be handed; the first three every record must have. */
-const REQUIRED_META = ['createdAt', 'lastSeenAt', 'deadline'] as const;
-const REQUIRED = new Set<string>(REQUIRED_META);
-const NUMBER_META = new Set<string>([...REQUIRED_META, 'authAt', 'phUntil', 'idAt', 'persistUntil']);
-const STRING_META = new Set<string>(['userId', 'ua', 'ip', 'h', 'ph', 'mac']);
+const REQUIRED = new Set(['createdAt', 'lastSeenAt', 'deadline']);
+const NUMBER_META = new Set([...REQUIRED, 'authAt', 'phUntil', 'idAt', 'persistUntil']);
+const STRING_META = new Set(['userId', 'ua', 'ip', 'h', 'ph', 'mac']);
 
 function typeName(value: unknown): string {
   if (value === null || value === undefined) return String(value);
@@ -54,7 +53,7 @@ function checkMeta(storeName: string, meta: unknown, partial: boolean, where: st
     }
   }
   if (!partial) {
-    for (const name of REQUIRED_META) {
+    for (const name of REQUIRED) {
       if (!Object.hasOwn(fields, name)) refuse(storeName, `${where}.${name} is missing`);
     }
   }
