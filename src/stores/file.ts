@@ -5,6 +5,7 @@ import nodeFs, {
   constants,
   type Dir,
   existsSync,
+  type FSWatcher,
   fdatasync,
   promises as fs,
   fstat,
@@ -54,6 +55,7 @@ import {
   applyDelta,
   type CommitGuard,
   type CommitResult,
+  cloneRecord,
   guardHolds,
   isLiveTtl,
   type SessionDelta,
@@ -117,6 +119,21 @@ export interface FileStoreOptions {
   staleLockMs?: number;
   /** How long to wait for a session's lock before failing the request. @default 5000 */
   lockTimeoutMs?: number;
+  /**
+   * After a write in place (a record of up to 4 KiB), the session's lock stays with this store
+   * for this long, with the record it wrote: the session's next load answers that record
+   * without reading the file, and its next commit writes without taking the lock or reading
+   * the file again. That is correct across processes because no store writes a session without
+   * its lock. Another store instance that needs the lock (another process, or another FileStore
+   * on this directory) says so in `owners/.wants/`, which every store that keeps locks watches
+   * (inotify): the lock is released at once, or after the write that runs now, and that
+   * session's locks are then not kept for a second. Locks are kept only where the calls are
+   * synchronous (`io: 'auto'` on a local file system) and the watch runs; `close()`, and the
+   * process's exit, release them. A process killed meanwhile leaves them as a crash leaves any
+   * lock (see `staleLockMs`). `0` turns it off.
+   * @default 50
+   */
+  lockLingerMs?: number;
   /**
    * Sessions whose file is kept open, so that a load can answer from the record it decoded last
    * time after one `fstat` of the open file, instead of opening, reading and parsing it. The
@@ -884,6 +901,22 @@ const SUBDIRS = ['users', 'expiry', 'owners'] as const;
  * can take (those are base64url), so that the top of the directory holds the names it always did.
  */
 const SPARES = join('users', '.spare');
+/** Where a store instance that waits for a lock another one keeps says so (see `lockLingerMs`). */
+const WANTS = join('owners', '.wants');
+/** After a sign that another store instance waits for a session, none of its locks is kept for this long (ms). */
+const CONTENDED_MS = 1_000;
+/** At the process's exit: the release of the locks each store only keeps (see `lockLingerMs`). */
+const keptAtExit = new Set<() => void>();
+let exitHooked = false;
+function releaseAtExit(release: () => void): void {
+  if (!exitHooked) {
+    exitHooked = true;
+    process.on('exit', () => {
+      for (const each of keptAtExit) each();
+    });
+  }
+  keptAtExit.add(release);
+}
 /** In `expiry/`: present once every session file has its expiry marker (see `gc`). */
 const INDEXED = '.indexed';
 /** Width of an expiry bucket: `expiry/<start>/` lists the sessions that expire in [start, start + this). */
@@ -1070,7 +1103,7 @@ function prepareDir(dir: string, options: { strict: boolean; create: boolean }):
     // Session files from before the expiry index: the first gc indexes them (a full scan).
     markAsOwn(dir, !names.some((name) => ownName(name) === 'session'));
   }
-  for (const sub of [...SUBDIRS, SPARES]) {
+  for (const sub of [...SUBDIRS, SPARES, WANTS]) {
     try {
       mkdirSync(join(dir, sub), { mode: 0o700 });
     } catch (err) {
@@ -1267,6 +1300,9 @@ const READ_ATTEMPTS = 3;
  * - A user index (`users/<hash>/<key>` marker files) serves `sessionsOf`.
  * - A load of a session whose file has settled answers from the file kept open, after one fstat
  *   that shows it unchanged (see `openFiles`).
+ * - After a write in place, the session's lock is kept for a moment with the record written, for
+ *   the session's next load and commit, and given up as soon as another store instance asks for
+ *   it (see `lockLingerMs` and `#linger`).
  */
 export class FileStore implements SessionStore {
   readonly capabilities = { listByUser: true, gc: true, nativeTtl: false } as const;
@@ -1294,6 +1330,18 @@ export class FileStore implements SessionStore {
   readonly #now: () => number;
   /** Each session's waiting jobs, in order; present while its queue is being worked through. */
   readonly #jobs = new Map<string, Job[]>();
+  /** Locks kept by this process after their session's last job (see `#linger`): their timers. */
+  readonly #leases = new Map<string, NodeJS.Timeout>();
+  /**
+   * The record of a session whose lock this process holds (in a job or kept), as this process
+   * last wrote it in place: the file holds it, as no other process can write without the lock.
+   */
+  readonly #owned = new Map<string, LiveFile>();
+  readonly #lingerMs: number;
+  /** Sessions another store instance waited for lately: until when none of their locks is kept. */
+  readonly #contended = new Map<string, number>();
+  /** The watch on `owners/.wants/` (see `#linger`): undefined until started, null if it cannot run. */
+  #watcher: FSWatcher | null | undefined;
   /** Expiry buckets known to exist (saves a mkdir per write). */
   readonly #buckets = new Set<number>();
   readonly #ownerId = randomBytes(8).toString('hex');
@@ -1335,6 +1383,15 @@ export class FileStore implements SessionStore {
     this.#fsync = options.fsync ?? true;
     this.#staleLockMs = options.staleLockMs ?? 10_000;
     this.#lockTimeoutMs = options.lockTimeoutMs ?? 5_000;
+    const lingerMs = options.lockLingerMs ?? 50;
+    // A timer cannot wait longer than 2^31 - 1 ms.
+    if (typeof lingerMs !== 'number' || !(lingerMs >= 0 && lingerMs <= 2_147_483_647)) {
+      throw new SessionError(
+        'INVALID_OPTION',
+        'FileStore: `lockLingerMs` must be a number of milliseconds >= 0.',
+      );
+    }
+    this.#lingerMs = lingerMs;
     const openMax = options.openFiles ?? 256;
     if (!Number.isInteger(openMax) || openMax < 0) {
       throw new SessionError('INVALID_OPTION', 'FileStore: `openFiles` must be a whole number >= 0.');
@@ -1813,7 +1870,7 @@ export class FileStore implements SessionStore {
       | (Pick<FileRecord, 'expiresAt' | 'current' | 'slot' | 'via'> & { userId: string | undefined })
       | null,
     create = false,
-  ) {
+  ): Promise<Slot | undefined> {
     const pending: Promise<void>[] = [];
     if (!previous || bucketOf(previous.expiresAt) !== bucketOf(expiresAt))
       await this.#index(key, expiresAt, pending);
@@ -1831,6 +1888,8 @@ export class FileStore implements SessionStore {
       this.#forget(key); // the file kept open is now the spare, which the next write rewrites
     }
     if (previousUser !== undefined && previousUser !== userId) await this.#unmark(key, previousUser);
+    // Where the record is now, if it was written in place.
+    return inPlace && slot ? { at: slot.at === 0 ? 1 : 0, seq: slot.seq + 1 } : undefined;
   }
 
   /** Deletes the session's file, its spare and its user marker; `durable`: fsyncs the directory (with fsync). */
@@ -1889,48 +1948,203 @@ export class FileStore implements SessionStore {
       return;
     }
     const lock = `${this.#file(key)}.lock`;
+    // A lock kept from the last jobs of this session (see `#linger`): held already.
+    let held = this.#takeLease(key);
     while (queue.length > 0) {
       const head = queue[0]!;
       const sync = head.kind === 'run' && head.background ? false : undefined;
-      try {
-        await this.#acquire(lock, sync);
-      } catch (err) {
-        queue.shift();
-        head.reject(err);
-        continue;
+      if (!held) {
+        try {
+          await this.#acquire(key, lock, sync);
+          held = true;
+        } catch (err) {
+          queue.shift();
+          head.reject(err);
+          continue;
+        }
       }
       // Taken once the lock is held, so that what queued while it was awaited joins the batch.
       const batch: Job[] = head.kind === 'commit' ? takeCommits(queue) : [queue.shift()!];
       let settle: () => void;
+      let failed = false;
       try {
         settle =
           head.kind === 'commit'
             ? await this.#commitBatch(key, batch as CommitJob[])
-            : await this.#run(head as RunJob);
+            : await this.#run(key, head as RunJob);
       } catch (err) {
+        failed = true;
         settle = () => {
           for (const job of batch) job.reject(err);
         };
       }
-      try {
-        // Only this process can remove its lock while it lives (a waiter takes over a lock only
-        // from a dead owner), so removing by name removes this lock and no other.
-        if (sync ?? this.#io.sync) this.#io.run(() => unlinkSync(lock));
-        else await unlinkAsync(lock);
-      } catch (err) {
-        if (errno(err) !== 'ENOENT') {
+      // Kept only after a write in place, with the record it wrote (see `#linger`).
+      if (failed || !this.#owned.has(key)) {
+        const released = await this.#release(key, sync);
+        held = false;
+        if (released !== undefined) {
           settle = () => {
-            for (const job of batch) job.reject(err);
+            for (const job of batch) job.reject(released);
           };
         }
       }
-      // Answers go out once the lock is released, as a caller may ask again at once.
+      // Answers go out once the lock is released (or kept for this process: see `#linger`), as a
+      // caller may ask again at once.
       settle();
     }
     this.#jobs.delete(key);
+    if (held) this.#linger(key);
   }
 
-  async #run(job: RunJob): Promise<() => void> {
+  // ------------------------------------------------------------------------------------------
+  // Locks kept after their jobs (see `lockLingerMs`).
+  //
+  // A session's requests come in bursts (a page and its parallel requests, a form and the page
+  // after it). So after the last job of a session's queue, its lock file stays, held by this
+  // store, for lockLingerMs: a job within that time neither links nor unlinks it, and finds the
+  // record this store last wrote in place (`#owned`) without reading the file, as no other
+  // process can write the file while the lock is held. Together that is four of the six system
+  // calls a write of a two-slot file makes, and the two a load makes.
+  //
+  // Another store instance (another process, or another FileStore on the same directory) that
+  // finds the lock held says so: it writes `owners/.wants/<key>`. Every store that keeps locks
+  // watches that directory (inotify on Linux); on any change to a session's entry it releases
+  // the session's lock if it is only kept, or releases it after the batch that runs now, and
+  // keeps none of that session's locks for CONTENDED_MS. The waiter's back-off (1 ms, doubled
+  // up to 50 ms) then finds the lock free. A store that cannot watch (no inotify, a network
+  // file system: wherever `io` is not synchronous) keeps no lock after its jobs.
+  // ------------------------------------------------------------------------------------------
+
+  /** Whether the session's lock is kept after its jobs (see above). */
+  #lingers(key: string): boolean {
+    if (this.#lingerMs <= 0 || !this.#io.sync || !this.#watching()) return false;
+    const until = this.#contended.get(key);
+    if (until === undefined) return true;
+    if (performance.now() < until) return false;
+    this.#contended.delete(key);
+    return true;
+  }
+
+  /** The watch on `owners/.wants/` is running (started on first use); false if it cannot run. */
+  #watching(): boolean {
+    if (this.#watcher === undefined) {
+      try {
+        // Through the module object, so that a test can make it fail as a system without inotify does.
+        const watcher = nodeFs.watch(join(this.dir, WANTS), { persistent: false }, (_event, name) =>
+          this.#wanted(name),
+        );
+        watcher.on('error', () => {
+          // Not told any more: nothing may be kept.
+          watcher.close();
+          this.#watcher = null;
+          this.#releaseKept();
+        });
+        this.#watcher = watcher;
+      } catch {
+        this.#watcher = null;
+      }
+    }
+    return this.#watcher !== null;
+  }
+
+  /**
+   * Another store instance waits for the lock of `name` (or, with no name, for some lock: the
+   * watch overflowed): release it if it is only kept, and keep none of its locks for a while.
+   */
+  #wanted(name: string | Buffer | null): void {
+    const keys = typeof name === 'string' ? (isStorageKey(name) ? [name] : []) : [...this.#leases.keys()];
+    const until = performance.now() + CONTENDED_MS;
+    for (const key of keys) {
+      this.#contended.set(key, until);
+      if (this.#takeLease(key)) void this.#release(key);
+    }
+    if (this.#contended.size > 1_000) {
+      const now = performance.now();
+      for (const [key, at] of this.#contended) if (at <= now) this.#contended.delete(key);
+    }
+  }
+
+  /**
+   * Keeps the session's lock, held by this store, for lockLingerMs after its last job: the next
+   * job of the session neither takes nor releases it and, while it is kept, finds the record
+   * this store wrote (see `#owned`) without reading the file.
+   */
+  #linger(key: string): void {
+    const timer = setTimeout(() => {
+      if (this.#takeLease(key)) void this.#release(key);
+    }, this.#lingerMs);
+    timer.unref();
+    this.#leases.set(key, timer);
+    if (this.#leases.size === 1) releaseAtExit(this.#releaseAtExit);
+  }
+
+  /** Takes over the lock kept for `key`, if any: true if it is held now. */
+  #takeLease(key: string): boolean {
+    const timer = this.#leases.get(key);
+    if (!timer) return false;
+    clearTimeout(timer);
+    this.#leases.delete(key);
+    if (this.#leases.size === 0) keptAtExit.delete(this.#releaseAtExit);
+    return true;
+  }
+
+  /** Releases every lock that is only kept (see `#linger`). */
+  #releaseKept(): Promise<unknown[]> {
+    const releases: Promise<unknown>[] = [];
+    for (const key of [...this.#leases.keys()]) if (this.#takeLease(key)) releases.push(this.#release(key));
+    return Promise.all(releases);
+  }
+
+  /**
+   * At the process's exit, the locks it only keeps go with it (synchronously: nothing else runs
+   * then), so that no other process waits for them to be found dead.
+   */
+  readonly #releaseAtExit = () => {
+    for (const key of this.#leases.keys()) {
+      try {
+        unlinkSync(`${this.#file(key)}.lock`);
+      } catch {}
+    }
+  };
+
+  /** Removes the session's lock file; the error, if that failed (a lock already gone is not). */
+  async #release(key: string, sync?: boolean): Promise<unknown> {
+    this.#owned.delete(key);
+    const lock = `${this.#file(key)}.lock`;
+    try {
+      // Only this process can remove its lock while it lives (a waiter takes over a lock only
+      // from a dead owner), so removing by name removes this lock and no other.
+      if (sync ?? this.#io.sync) this.#io.run(() => unlinkSync(lock));
+      else await unlinkAsync(lock);
+      return undefined;
+    } catch (err) {
+      return errno(err) === 'ENOENT' ? undefined : err;
+    }
+  }
+
+  /**
+   * Tells the store instance that holds the session's lock that this one waits for it (see
+   * `#linger`), and keeps none of that session's locks for a while itself: a session two
+   * instances write is passed from one to the other after each batch.
+   */
+  async #want(key: string, sync: boolean): Promise<void> {
+    this.#contended.set(key, performance.now() + CONTENDED_MS);
+    const path = join(this.dir, WANTS, key);
+    try {
+      if (sync) this.#io.run(() => writeFileSync(path, '', { mode: 0o600 }));
+      else await fs.writeFile(path, '', { mode: 0o600 });
+    } catch {
+      // Without the sign, the lock is still released when its holder stops keeping it.
+    }
+  }
+
+  async #unwant(key: string, sync: boolean): Promise<void> {
+    await this.#remove(join(this.dir, WANTS, key), sync).catch(() => false);
+  }
+
+  async #run(key: string, job: RunJob): Promise<() => void> {
+    // Any step other than a commit may change the file in ways the record kept does not follow.
+    this.#owned.delete(key);
     try {
       const value = await job.fn();
       return () => job.resolve(value);
@@ -1949,7 +2163,10 @@ export class FileStore implements SessionStore {
     const results: CommitResult[] = [];
     let firstChange = batch.length;
     try {
-      const existing = await this.#read(key);
+      const owned = this.#owned.get(key);
+      // Taken out first: a batch that fails leaves no record kept.
+      this.#owned.delete(key);
+      const existing = owned ? { ...owned, record: cloneRecord(owned.record) } : await this.#read(key);
       const now = this.#now();
       if (!existing || existing.expiresAt <= now) {
         if (existing) await this.#unlink(key, existing.record.meta.userId);
@@ -1983,7 +2200,17 @@ export class FileStore implements SessionStore {
           }
         }
         if (!record) await this.#unlink(key, previous.userId);
-        else if (firstChange < batch.length) await this.#store(key, record, expiresAt, previous);
+        else if (firstChange < batch.length) {
+          const slot = await this.#store(key, record, expiresAt, previous);
+          if (slot && this.#lingers(key))
+            this.#owned.set(key, {
+              record: freezeRecord(record),
+              expiresAt,
+              current: true,
+              slot,
+              via: previous.via,
+            });
+        } else if (owned && this.#lingers(key)) this.#owned.set(key, owned);
       }
       return () => {
         for (const [i, job] of batch.entries()) job.resolve(results[i]!);
@@ -2121,17 +2348,28 @@ export class FileStore implements SessionStore {
     return { tag, dead };
   }
 
-  async #acquire(lock: string, sync?: boolean): Promise<void> {
+  async #acquire(key: string, lock: string, sync?: boolean): Promise<void> {
     const started = Date.now();
-    for (let delay = 1; ; ) {
-      if (await this.#tryLock(lock, sync ?? this.#io.sync)) return;
-      const held = await this.#view(lock);
-      // Released meanwhile, or its dead owner's lock removed: try again at once.
-      if (!held || (held.dead && (await this.#break(lock, held.tag, 0)))) continue;
-      if (Date.now() - started > this.#lockTimeoutMs)
-        throw new Error(`timed out waiting for session lock ${lock}`);
-      await sleep(delay);
-      delay = Math.min(delay * 2, 50);
+    let wanted = false;
+    try {
+      for (let delay = 1; ; ) {
+        if (await this.#tryLock(lock, sync ?? this.#io.sync)) return;
+        const held = await this.#view(lock);
+        // Released meanwhile, or its dead owner's lock removed: try again at once.
+        if (!held || (held.dead && (await this.#break(lock, held.tag, 0)))) continue;
+        if (Date.now() - started > this.#lockTimeoutMs)
+          throw new Error(`timed out waiting for session lock ${lock}`);
+        // Held by another live store instance, which may only be keeping it: say so, at first
+        // and again every 50 ms of waiting (a sign it missed, a holder that took it back).
+        if (held.tag !== this.#ownerId && (!wanted || delay === 50)) {
+          wanted = true;
+          await this.#want(key, sync ?? this.#io.sync);
+        }
+        await sleep(delay);
+        delay = Math.min(delay * 2, 50);
+      }
+    } finally {
+      if (wanted) await this.#unwant(key, sync ?? this.#io.sync);
     }
   }
 
@@ -2163,6 +2401,8 @@ export class FileStore implements SessionStore {
   async load(key: string): Promise<StoredSession | null> {
     checkStorageKey('FileStore', key);
     await this.#init();
+    const owned = this.#owned.get(key);
+    if (owned && owned.expiresAt > this.#now()) return owned.record;
     if (this.#openMax > 0 && this.#fineTimes && this.#io.sync) {
       const kept = this.#loadKept(key);
       if (kept !== undefined) return kept;
@@ -2597,6 +2837,9 @@ export class FileStore implements SessionStore {
 
   /** Stops the heartbeat and removes this store's owner file (locks it holds keep their owner). */
   async close(): Promise<void> {
+    await this.#releaseKept();
+    this.#watcher?.close();
+    this.#watcher = undefined;
     this.#stopHeartbeat();
     this.#forgetAll();
     // Best effort: an owner file that cannot be removed (the directory is gone or unusable) is

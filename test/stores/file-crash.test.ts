@@ -67,6 +67,8 @@ async function kill9(child: ChildProcess): Promise<void> {
 }
 
 const names = async (dir: string, pattern: RegExp) => (await readdir(dir)).filter((n) => pattern.test(n));
+/** The store instances' owner files (`owners/` also holds the `.wants` directory). */
+const ownerIds = (dir: string) => names(join(dir, 'owners'), /^[0-9a-f]{16}$/);
 
 describe('FileStore: a writer killed mid-write', () => {
   it('the next commit and load on each of 20 sessions succeed at once after restart (two stores racing for the dead locks)', async () => {
@@ -101,6 +103,8 @@ describe('FileStore: a writer killed mid-write', () => {
     for (const record of loaded) {
       expect({ ...record?.values }).toEqual({ 'v:before': '1', 'v:a': '1', 'v:b': '1' });
     }
+    // The dead writer's locks are gone; the two stores' own, kept after their writes, go with close.
+    await Promise.all([a.close(), b.close()]);
     expect(await names(dir, /\.json\.lock/)).toEqual([]);
   });
 
@@ -133,6 +137,8 @@ describe('FileStore: a writer killed mid-write', () => {
       expect((await stat(join(dir, `${key}.json`))).ino).toBe(inodes[i]); // still in place
     }
     expect(reported).toEqual([]);
+    // The dead writer's locks are gone; this store's own, kept after its writes, go with close.
+    await store.close();
     expect(await names(dir, /\.json\.lock/)).toEqual([]);
   });
 
@@ -161,7 +167,7 @@ describe('FileStore: a writer killed mid-write', () => {
     await kill9(await holder(dir, keys));
     const store = new FileStore({ dir, fsync: false });
     const live = await sessions(store, 1); // this store's own owner file, which gc keeps
-    const owners = () => readdir(join(dir, 'owners'));
+    const owners = () => ownerIds(dir);
     expect(await owners()).toHaveLength(3); // first store, child, this one
     expect(await names(dir, /^\.tmp-/)).toHaveLength(3);
     expect(await store.gc()).toBe(0);
@@ -175,7 +181,7 @@ describe('FileStore: a writer killed mid-write', () => {
 describe('FileStore: whose lock is it', () => {
   /** This process's owner record, as a store writes it (taken from a store's owner file). */
   async function ownerRecord(dir: string): Promise<Record<string, unknown>> {
-    const [id] = await readdir(join(dir, 'owners'));
+    const [id] = await ownerIds(dir);
     return JSON.parse(await readFile(join(dir, 'owners', id!), 'utf8'));
   }
 
@@ -230,6 +236,7 @@ describe('FileStore: whose lock is it', () => {
     // The break guard of the dead lock, itself held by a dead waiter.
     await writeFile(`${lock}.${String(owner.id)}`, JSON.stringify({ ...dead, id: 'abcdef0123456789' }));
     expect(await commit(store, key)).toBe('ok');
+    await store.close(); // which releases the lock the store keeps after its write
     expect(await names(dir, /\.json\.lock/)).toEqual([]);
   });
 });
