@@ -2003,8 +2003,9 @@ export class FileStore implements SessionStore {
   // after it). So after the last job of a session's queue, its lock file stays, held by this
   // store, for lockLingerMs: a job within that time neither links nor unlinks it, and finds the
   // record this store last wrote in place (`#owned`) without reading the file, as no other
-  // process can write the file while the lock is held. Together that is four of the six system
-  // calls a write of a two-slot file makes, and the two a load makes.
+  // process can write the file while the lock is held. That saves four of the seven system calls
+  // a commit of a two-slot file makes (link, fstat, pread, unlink; the fdatasync aside), and the
+  // two a load makes (fstat, pread).
   //
   // Another store instance (another process, or another FileStore on the same directory) that
   // finds the lock held says so: it writes `owners/.wants/<key>`. Every store that keeps locks
