@@ -2655,7 +2655,23 @@ export class FileStore implements SessionStore {
     if (!indexed || owners.dead.size > 0) removed += await this.#sweep(now, pace, owners, !indexed);
     if (!indexed) await fs.writeFile(join(this.dir, 'expiry', INDEXED), '', { mode: 0o600 });
     for (const id of owners.dead) await fs.rm(join(this.dir, 'owners', id), { force: true });
+    await this.#gcWants(pace);
     return removed;
+  }
+
+  /**
+   * Removes the signs of waiters that died waiting (see `#want`): an entry of `owners/.wants/`
+   * that nobody has written for staleLockMs. A live waiter writes its entry again every 50 ms
+   * of waiting and removes it once it has the lock.
+   */
+  async #gcWants(pace: () => Promise<void>): Promise<void> {
+    const dir = join(this.dir, WANTS);
+    for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+      await pace();
+      if (!isStorageKey(name)) continue;
+      const stat = await fs.stat(join(dir, name)).catch(() => null);
+      if (stat && Date.now() - stat.mtimeMs > this.#staleLockMs) await this.#remove(join(dir, name), false);
+    }
   }
 
   /** The owner files of other store instances, by whether their process is dead. */

@@ -8,7 +8,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import nodeFs from 'node:fs';
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -206,6 +206,21 @@ describe('FileStore: a lock kept after a write (lockLingerMs)', () => {
     expect(await store.commit(key, set('b', '1'), HOUR)).toBe('ok');
     expect(performance.now() - asked).toBeLessThan(1_000);
     expect(await values(store, key)).toEqual({ 'v:before': '1', 'v:a': '1', 'v:b': '1' });
+    await store.close();
+  });
+
+  it('gc removes the sign of a waiter that died waiting, and leaves a live one', async () => {
+    const dir = await tempDir();
+    const store = new FileStore({ dir, fsync: false, staleLockMs: 1_000 });
+    await session(store);
+    const wants = join(dir, 'owners', '.wants');
+    const [dead, waiting] = [storageKey(newToken()), storageKey(newToken())];
+    await writeFile(join(wants, dead), '');
+    await writeFile(join(wants, waiting), '');
+    const longAgo = new Date(Date.now() - 60_000);
+    await utimes(join(wants, dead), longAgo, longAgo);
+    await store.gc();
+    expect(await readdir(wants)).toEqual([waiting]);
     await store.close();
   });
 
