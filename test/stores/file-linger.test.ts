@@ -141,6 +141,35 @@ describe('FileStore: a lock kept after a write (lockLingerMs)', () => {
     await Promise.all([a.close(), b.close()]);
   });
 
+  it('a waiter that asks while the holder is mid-write gets the lock soon after that write ends (not lockLingerMs later), and both writes are kept', async () => {
+    const dir = await tempDir();
+    const a = new FileStore({ dir, lockLingerMs: 60_000 }); // fsync: its write waits in fdatasync
+    const b = new FileStore({ dir, fsync: false, lockTimeoutMs: 2_000 });
+    const key = await session(a);
+    expect(await a.commit(key, set('a', '1'), HOUR)).toBe('ok');
+    // Hold a's next fdatasync: a is then mid-batch, holding the lock, when b asks for it.
+    let held: (() => void) | undefined;
+    const fdatasync = nodeFs.fdatasync.bind(nodeFs);
+    vi.spyOn(nodeFs, 'fdatasync').mockImplementation(((fd: number, callback: (err: Error | null) => void) => {
+      held = () => fdatasync(fd, callback);
+    }) as typeof nodeFs.fdatasync);
+    const writing = a.commit(key, set('b', '1'), HOUR);
+    expect(await until(async () => held !== undefined)).toBe(true);
+    const asked = performance.now();
+    const waiting = b.commit(key, set('c', '1'), HOUR);
+    // b's sign reaches a (its entry in owners/.wants) while a's write is still held.
+    expect(await until(async () => (await readdir(join(dir, 'owners', '.wants'))).includes(key))).toBe(true);
+    vi.restoreAllMocks();
+    held!();
+    expect(await writing).toBe('ok');
+    expect(await waiting).toBe('ok');
+    expect(performance.now() - asked).toBeLessThan(1_000);
+    const all = { 'v:before': '1', 'v:a': '1', 'v:b': '1', 'v:c': '1' };
+    expect(await values(a, key)).toEqual(all);
+    expect(await values(b, key)).toEqual(all);
+    await Promise.all([a.close(), b.close()]);
+  });
+
   it('a keeper in another process gives the lock up when this one waits, and then reads what this one wrote', async () => {
     const dir = await tempDir();
     const store = new FileStore({ dir, fsync: false, lockTimeoutMs: 2_000 });
