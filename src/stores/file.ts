@@ -908,7 +908,7 @@ const CONTENDED_MS = 1_000;
 /** At the process's exit: the release of the locks each store only keeps (see `lockLingerMs`). */
 const keptAtExit = new Set<() => void>();
 let exitHooked = false;
-function releaseAtExit(release: () => void): void {
+function atExit(release: () => void): void {
   if (!exitHooked) {
     exitHooked = true;
     process.on('exit', () => {
@@ -1434,6 +1434,11 @@ export class FileStore implements SessionStore {
     return `${this.#base}${key}.json`;
   }
 
+  /** The session's lock file (see "The lock file" below). */
+  #lock(key: string): string {
+    return `${this.#file(key)}.lock`;
+  }
+
   #spare(key: string): string {
     return this.#spareBase + key;
   }
@@ -1947,7 +1952,7 @@ export class FileStore implements SessionStore {
       for (const job of queue.splice(0)) job.reject(err);
       return;
     }
-    const lock = `${this.#file(key)}.lock`;
+    const lock = this.#lock(key);
     // A lock kept from the last jobs of this session (see `#linger`): held already.
     let held = this.#takeLease(key);
     while (queue.length > 0) {
@@ -1966,20 +1971,19 @@ export class FileStore implements SessionStore {
       // Taken once the lock is held, so that what queued while it was awaited joins the batch.
       const batch: Job[] = head.kind === 'commit' ? takeCommits(queue) : [queue.shift()!];
       let settle: () => void;
-      let failed = false;
       try {
         settle =
           head.kind === 'commit'
             ? await this.#commitBatch(key, batch as CommitJob[])
             : await this.#run(key, head as RunJob);
       } catch (err) {
-        failed = true;
+        this.#owned.delete(key);
         settle = () => {
           for (const job of batch) job.reject(err);
         };
       }
       // Kept only after a write in place, with the record it wrote (see `#linger`).
-      if (failed || !this.#owned.has(key)) {
+      if (!this.#owned.has(key)) {
         const released = await this.#release(key, sync);
         held = false;
         if (released !== undefined) {
@@ -2054,15 +2058,19 @@ export class FileStore implements SessionStore {
    */
   #wanted(name: string | Buffer | null): void {
     const keys = typeof name === 'string' ? (isStorageKey(name) ? [name] : []) : [...this.#leases.keys()];
-    const until = performance.now() + CONTENDED_MS;
     for (const key of keys) {
-      this.#contended.set(key, until);
+      this.#contend(key);
       if (this.#takeLease(key)) void this.#release(key);
     }
+  }
+
+  /** Keeps none of the session's locks for CONTENDED_MS: another store instance wants them too. */
+  #contend(key: string): void {
+    const now = performance.now();
     if (this.#contended.size > 1_000) {
-      const now = performance.now();
-      for (const [key, at] of this.#contended) if (at <= now) this.#contended.delete(key);
+      for (const [old, until] of this.#contended) if (until <= now) this.#contended.delete(old);
     }
+    this.#contended.set(key, now + CONTENDED_MS);
   }
 
   /**
@@ -2076,7 +2084,7 @@ export class FileStore implements SessionStore {
     }, this.#lingerMs);
     timer.unref();
     this.#leases.set(key, timer);
-    if (this.#leases.size === 1) releaseAtExit(this.#releaseAtExit);
+    if (this.#leases.size === 1) atExit(this.#releaseAtExit);
   }
 
   /** Takes over the lock kept for `key`, if any: true if it is held now. */
@@ -2103,7 +2111,7 @@ export class FileStore implements SessionStore {
   readonly #releaseAtExit = () => {
     for (const key of this.#leases.keys()) {
       try {
-        unlinkSync(`${this.#file(key)}.lock`);
+        unlinkSync(this.#lock(key));
       } catch {}
     }
   };
@@ -2111,7 +2119,7 @@ export class FileStore implements SessionStore {
   /** Removes the session's lock file; the error, if that failed (a lock already gone is not). */
   async #release(key: string, sync?: boolean): Promise<unknown> {
     this.#owned.delete(key);
-    const lock = `${this.#file(key)}.lock`;
+    const lock = this.#lock(key);
     try {
       // Only this process can remove its lock while it lives (a waiter takes over a lock only
       // from a dead owner), so removing by name removes this lock and no other.
@@ -2129,7 +2137,7 @@ export class FileStore implements SessionStore {
    * instances write is passed from one to the other after each batch.
    */
   async #want(key: string, sync: boolean): Promise<void> {
-    this.#contended.set(key, performance.now() + CONTENDED_MS);
+    this.#contend(key);
     const path = join(this.dir, WANTS, key);
     try {
       if (sync) this.#io.run(() => writeFileSync(path, '', { mode: 0o600 }));

@@ -2,32 +2,17 @@
  * FileStore locks after a crash: a writer is SIGKILLed mid-write (a real child process, `kill -9`)
  * and the next request on each of its sessions must go through at once, not wait for a stale lock.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { newToken, storageKey } from '../../src/crypto/ids.js';
 import { FileStore } from '../../src/stores/file.js';
+import { scratch } from '../helpers/scratch.js';
 
 const HOUR = 3_600_000;
-const fixture = fileURLToPath(new URL('../fixtures/file-lock-holder.ts', import.meta.url));
-const roots: string[] = [];
-const children: ChildProcess[] = [];
-
-afterAll(async () => {
-  for (const child of children)
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  await Promise.all(roots.map((root) => rm(root, { recursive: true, force: true })));
-});
-
-async function tempDir(): Promise<string> {
-  const root = await mkdtemp(join(tmpdir(), 'sessionflow-crash-'));
-  roots.push(root);
-  return join(root, 'sessions');
-}
+const { tempDir, fixture } = scratch('crash');
 
 const meta = () => ({ createdAt: Date.now(), lastSeenAt: Date.now(), deadline: Date.now() + HOUR });
 
@@ -39,11 +24,7 @@ async function sessions(store: FileStore, n: number): Promise<string[]> {
 
 /** Starts a child that takes the lock of each key and stops mid-write; resolves once it holds them all. */
 async function holder(dir: string, keys: string[], mode: string[] = []): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', fixture, ...mode, dir, ...keys], {
-    cwd: fileURLToPath(new URL('../..', import.meta.url)),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.push(child);
+  const child = fixture('file-lock-holder.ts', [...mode, dir, ...keys]);
   let out = '';
   let err = '';
   child.stderr!.on('data', (chunk) => {
@@ -254,15 +235,7 @@ describe('FileStore: readers in one process, a writer in another', () => {
       new FileStore({ dir, fsync: false, io: 'async', onCorrupt: (file) => reported.push(file) }),
     ];
     const keys = await sessions(stores[0]!, 4);
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', fixture, '--churn', '1500', String(bytes), dir, ...keys],
-      {
-        cwd: fileURLToPath(new URL('../..', import.meta.url)),
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    children.push(child);
+    const child = fixture('file-lock-holder.ts', ['--churn', '1500', String(bytes), dir, ...keys]);
     let out = '';
     child.stdout!.on('data', (chunk) => {
       out += chunk;

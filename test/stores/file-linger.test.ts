@@ -5,38 +5,23 @@
  * a write lost or a logout undone by a store answering from what it kept, a lock left behind
  * by a process that exited.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import nodeFs from 'node:fs';
-import { mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { readdir, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
-import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { newToken, storageKey } from '../../src/crypto/ids.js';
 import { FileStore } from '../../src/stores/file.js';
+import { scratch } from '../helpers/scratch.js';
 
 const HOUR = 3_600_000;
-const fixture = fileURLToPath(new URL('../fixtures/file-keeper.ts', import.meta.url));
-const roots: string[] = [];
-const children: ChildProcess[] = [];
-
-afterAll(async () => {
-  for (const child of children)
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  await Promise.all(roots.map((root) => rm(root, { recursive: true, force: true })));
-});
+const { tempDir, fixture } = scratch('linger');
 
 afterEach(() => {
   vi.restoreAllMocks();
 });
-
-async function tempDir(): Promise<string> {
-  const root = await mkdtemp(join(tmpdir(), 'sessionflow-linger-'));
-  roots.push(root);
-  return join(root, 'sessions');
-}
 
 const meta = () => ({ createdAt: Date.now(), lastSeenAt: Date.now(), deadline: Date.now() + HOUR });
 const set = (field: string, value: string) => ({ set: { [`v:${field}`]: value }, unset: [] });
@@ -69,11 +54,7 @@ async function session(store: FileStore): Promise<string> {
 
 /** A store in a child process that keeps its locks for a minute (test/fixtures/file-keeper.ts). */
 async function keeper(dir: string) {
-  const child = spawn(process.execPath, ['--import', 'tsx', fixture, dir], {
-    cwd: fileURLToPath(new URL('../..', import.meta.url)),
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  children.push(child);
+  const child = fixture('file-keeper.ts', [dir], ['pipe', 'pipe', 'pipe']);
   let err = '';
   child.stderr!.on('data', (chunk) => {
     err += chunk;
@@ -100,6 +81,19 @@ async function keeper(dir: string) {
       return line();
     },
   };
+}
+
+/**
+ * A session written by this process's store, then by a keeper in another process, which keeps
+ * its lock (for a minute) and the record it wrote.
+ */
+async function keptByAnotherProcess(options: { lockTimeoutMs?: number } = { lockTimeoutMs: 2_000 }) {
+  const dir = await tempDir();
+  const store = new FileStore({ dir, fsync: false, ...options });
+  const key = await session(store);
+  const other = await keeper(dir);
+  expect(await other.ask(`commit ${key} a 1`)).toBe('ok');
+  return { dir, store, key, other };
 }
 
 describe('FileStore: a lock kept after a write (lockLingerMs)', () => {
@@ -171,11 +165,7 @@ describe('FileStore: a lock kept after a write (lockLingerMs)', () => {
   });
 
   it('a keeper in another process gives the lock up when this one waits, and then reads what this one wrote', async () => {
-    const dir = await tempDir();
-    const store = new FileStore({ dir, fsync: false, lockTimeoutMs: 2_000 });
-    const key = await session(store);
-    const other = await keeper(dir);
-    expect(await other.ask(`commit ${key} a 1`)).toBe('ok');
+    const { dir, store, key, other } = await keptByAnotherProcess();
     expect(await exists(lockOf(dir, key))).toBe(true); // kept by the child, for a minute
     const asked = performance.now();
     expect(await store.commit(key, set('b', '1'), HOUR)).toBe('ok');
@@ -191,11 +181,7 @@ describe('FileStore: a lock kept after a write (lockLingerMs)', () => {
   });
 
   it('a logout made by another process is never undone by the process that kept the lock', async () => {
-    const dir = await tempDir();
-    const store = new FileStore({ dir, fsync: false, lockTimeoutMs: 2_000 });
-    const key = await session(store);
-    const other = await keeper(dir);
-    expect(await other.ask(`commit ${key} a 1`)).toBe('ok');
+    const { dir, store, key, other } = await keptByAnotherProcess();
     expect(JSON.parse(await other.ask(`load ${key}`))).toEqual({ 'v:before': '1', 'v:a': '1' });
     const asked = performance.now();
     await store.destroy(key);
@@ -208,11 +194,7 @@ describe('FileStore: a lock kept after a write (lockLingerMs)', () => {
   });
 
   it('a process that exits without closing its store leaves no kept lock behind', async () => {
-    const dir = await tempDir();
-    const store = new FileStore({ dir, fsync: false });
-    const key = await session(store);
-    const other = await keeper(dir);
-    expect(await other.ask(`commit ${key} a 1`)).toBe('ok');
+    const { dir, store, key, other } = await keptByAnotherProcess({});
     expect(await exists(lockOf(dir, key))).toBe(true);
     const exited = once(other.child, 'exit');
     other.child.stdin!.write('exit\n');
@@ -222,11 +204,7 @@ describe('FileStore: a lock kept after a write (lockLingerMs)', () => {
   });
 
   it('a process killed (kill -9) while it kept a lock: the lock is taken over at once', async () => {
-    const dir = await tempDir();
-    const store = new FileStore({ dir, fsync: false, lockTimeoutMs: 2_000 });
-    const key = await session(store);
-    const other = await keeper(dir);
-    expect(await other.ask(`commit ${key} a 1`)).toBe('ok');
+    const { dir, store, key, other } = await keptByAnotherProcess();
     const exited = once(other.child, 'exit');
     other.child.kill('SIGKILL');
     await exited;
