@@ -1,6 +1,7 @@
 /**
  * RedisStore `load` alone, without HTTP: process CPU per load (user + system, `process.cpuUsage`)
- * with 10 loads of one session in flight at a time, for each client the store takes on one server.
+ * with 10 loads of one session in flight at a time, for each client the store takes on one server,
+ * and the Redis servers' CPU per load (`INFO cpu` of every node the row can reach, summed).
  *
  *   npx tsx bench/redis-load.ts [--seconds 1.5] [--reps 5]      (REDIS_URL, default 127.0.0.1:6379)
  *
@@ -31,9 +32,57 @@ const CLUSTER_URL = `redis://${(process.env.REDIS_CLUSTER_NODES ?? '127.0.0.1:71
 const SENTINEL = { host: '127.0.0.1', port: Number(process.env.REDIS_SENTINEL_PORT ?? 7211) };
 const SENTINEL_NAME = process.env.REDIS_SENTINEL_NAME ?? 'sfmaster';
 
-async function cpuPerLoad(store: RedisStore, key: string): Promise<number> {
+type Admin = ReturnType<typeof createClient>;
+
+/**
+ * What the servers have used since they started, in µs: CPU (user + system, `INFO cpu`), and the
+ * time spent executing commands (`INFO commandstats`, summed: without reading and writing sockets).
+ */
+async function serverUsage(admins: Admin[]): Promise<[number, number]> {
+  let cpu = 0;
+  let commands = 0;
+  for (const admin of admins) {
+    const info = String(await admin.sendCommand(['INFO', 'cpu']));
+    for (const field of ['used_cpu_sys', 'used_cpu_user']) {
+      cpu += 1e6 * Number(new RegExp(`^${field}:([\\d.]+)`, 'm').exec(info)?.[1] ?? Number.NaN);
+    }
+    const stats = String(await admin.sendCommand(['INFO', 'commandstats']));
+    for (const m of stats.matchAll(/,usec=(\d+),/g)) commands += Number(m[1]);
+  }
+  return [cpu, commands];
+}
+
+/** The servers a row's client talks to, for their CPU (REDIS_CLUSTER_NODES: all of them). */
+async function adminsFor(name: string): Promise<Admin[]> {
+  const urls = name.includes('Cluster')
+    ? (
+        process.env.REDIS_CLUSTER_NODES ??
+        '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104,127.0.0.1:7105,127.0.0.1:7106'
+      )
+        .split(',')
+        .map((n) => `redis://${n}`)
+    : name.includes('Sentinel')
+      ? ['redis://127.0.0.1:7201', 'redis://127.0.0.1:7202']
+      : [URL];
+  const admins: Admin[] = [];
+  for (const url of urls) {
+    const admin = createClient({ url, socket: { reconnectStrategy: false, connectTimeout: 2_000 } });
+    admin.on('error', () => undefined);
+    try {
+      admins.push(await admin.connect());
+    } catch {}
+  }
+  return admins;
+}
+
+async function cpuPerLoad(
+  store: RedisStore,
+  key: string,
+  admins: Admin[],
+): Promise<[number, number, number]> {
   let n = 0;
   const end = performance.now() + MS;
+  const server = await serverUsage(admins);
   const before = process.cpuUsage();
   await Promise.all(
     Array.from({ length: IN_FLIGHT }, async () => {
@@ -44,7 +93,8 @@ async function cpuPerLoad(store: RedisStore, key: string): Promise<number> {
     }),
   );
   const used = process.cpuUsage(before);
-  return (used.user + used.system) / n;
+  const [cpu, commands] = await serverUsage(admins);
+  return [(used.user + used.system) / n, (cpu - server[0]) / n, (commands - server[1]) / n];
 }
 
 const clients: { name: string; open: () => Promise<{ client: never; close: () => Promise<unknown> }> }[] = [
@@ -128,14 +178,16 @@ for (const { name, open } of clients) {
   if (!(await store.create(key, { meta, values: { 'v:k': '"hello"' } }, 3_600_000))) {
     throw new Error('create refused');
   }
-  await cpuPerLoad(store, key);
-  const samples: number[] = [];
-  for (let i = 0; i < REPS; i++) samples.push(await cpuPerLoad(store, key));
-  samples.sort((a, b) => a - b);
-  const median = samples[Math.floor(samples.length / 2)]!;
+  const admins = await adminsFor(name);
+  await cpuPerLoad(store, key, admins);
+  const samples: [number, number, number][] = [];
+  for (let i = 0; i < REPS; i++) samples.push(await cpuPerLoad(store, key, admins));
+  const median = (i: 0 | 1 | 2) =>
+    samples.map((s) => s[i]).sort((a, b) => a - b)[Math.floor(samples.length / 2)]!;
   console.log(
-    `${name.padEnd(46)} ${median.toFixed(1).padStart(6)} µs CPU per load (runs: ${samples.map((s) => s.toFixed(1)).join(' ')})`,
+    `${name.padEnd(46)} ${median(0).toFixed(1).padStart(6)} µs CPU per load (runs: ${samples.map((s) => s[0].toFixed(1)).join(' ')}); Redis: ${median(1).toFixed(1)} µs CPU, ${median(2).toFixed(2)} µs in commands`,
   );
+  for (const admin of admins) admin.destroy();
   await store.destroy(key);
   await close();
 }

@@ -3,7 +3,7 @@ import { type Dirent, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { SessionError } from '../errors.js';
 import { defaultSessionDir, FileStore } from '../stores/file.js';
-import { asMeta, isStorageKey } from '../stores/kit.js';
+import { asMeta, flatHash, isStorageKey } from '../stores/kit.js';
 import { MemoryStore } from '../stores/memory.js';
 import { checkTable, DEFAULT_TABLE } from '../stores/sql-common.js';
 import type { SessionMeta, SessionStore, SessionSummary } from '../stores/store.js';
@@ -559,16 +559,12 @@ function asText(value: unknown): string {
   return String(value);
 }
 
-/** A flat HGETALL reply (RESP2 array) or a map (RESP3) as field/value pairs. */
+/** An HGETALL reply (a RESP2 array or a RESP3 map) as field/value pairs. */
 function pairs(reply: unknown): [string, string][] {
-  if (Array.isArray(reply)) {
-    const out: [string, string][] = [];
-    for (let i = 0; i + 1 < reply.length; i += 2) out.push([asText(reply[i]), asText(reply[i + 1])]);
-    return out;
-  }
-  if (reply instanceof Map) return [...reply].map(([k, v]) => [asText(k), asText(v)]);
-  if (reply && typeof reply === 'object') return Object.entries(reply).map(([k, v]) => [k, asText(v)]);
-  return [];
+  const flat = flatHash(reply);
+  const out: [string, string][] = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) out.push([asText(flat[i]), asText(flat[i + 1])]);
+  return out;
 }
 
 type ScanNode = (cursor: string, pattern: string) => Promise<[string, string[]]>;

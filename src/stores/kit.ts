@@ -184,3 +184,16 @@ export class CorruptLog {
     else console.warn(`[sessionflow] ${message}`);
   }
 }
+
+/**
+ * A Redis `HGETALL` reply as field, value, field, value…: a flat array as RESP2 (and a script)
+ * gives it, a map as RESP3 does (a `Map`, or an object with node-redis's default type mapping);
+ * an absent key's nil as nothing.
+ */
+export function flatHash(reply: unknown): unknown[] {
+  if (Array.isArray(reply)) return reply;
+  if (reply === null || reply === undefined) return [];
+  if (reply instanceof Map) return [...reply].flat();
+  if (typeof reply === 'object' && !Buffer.isBuffer(reply)) return Object.entries(reply).flat();
+  throw new Error(`unexpected reply from Redis: ${typeof reply}`);
+}

@@ -1,7 +1,15 @@
 import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { SessionError } from '../errors.js';
-import { asMeta, CorruptLog, checkDelta, checkRecord, checkStorageKey, isStorageKey } from './kit.js';
+import {
+  asMeta,
+  CorruptLog,
+  checkDelta,
+  checkRecord,
+  checkStorageKey,
+  flatHash,
+  isStorageKey,
+} from './kit.js';
 import { Budget, ClientErrorLog, checkTimeout, DEFAULT_TIMEOUT_MS, withDeadline } from './sql-common.js';
 import {
   type CommitGuard,
@@ -60,6 +68,8 @@ export interface IoRedisPipelineLike {
 /** The part of an ioredis v5 `Redis` (standalone or Sentinel) or `Cluster` the store uses. */
 export interface IoRedisLike {
   readonly isCluster: boolean;
+  /** The client's options; a Cluster's `scaleReads` says where read-only commands go. */
+  readonly options?: object;
   call(command: string, ...args: (string | number)[]): Promise<unknown>;
   pipeline(): IoRedisPipelineLike;
 }
@@ -182,6 +192,11 @@ interface Script {
   readonly sha: string;
   /** A script that only reads: sent late it does no harm (see `#read`). */
   readonly read?: true;
+  /**
+   * The one command the script runs, for a client that sends it to the key's master anyway
+   * (see `Driver.run`): the same reply, without the script's cost on the server.
+   */
+  readonly plain?: (key: string) => string[];
 }
 
 function script(body: string, helpers = false): Script {
@@ -189,9 +204,19 @@ function script(body: string, helpers = false): Script {
   return { source, sha: createHash('sha1').update(source).digest('hex') };
 }
 
-const LOAD: Script = { ...script(`return redis.call('HGETALL', KEYS[1])`), read: true };
+// Reads are scripts only where a plain read could be routed to a replica (ioredis Cluster with
+// `scaleReads`): every other client sends the plain command to the key's master.
+const LOAD: Script = {
+  ...script(`return redis.call('HGETALL', KEYS[1])`),
+  read: true,
+  plain: (key) => ['HGETALL', key],
+};
 
-const META: Script = { ...script(`return redis.call('HGET', KEYS[1], '${META_FIELD}')`), read: true };
+const META: Script = {
+  ...script(`return redis.call('HGET', KEYS[1], '${META_FIELD}')`),
+  read: true,
+  plain: (key) => ['HGET', key, META_FIELD],
+};
 
 // ARGV: ttl, meta JSON, then field/value pairs.
 const CREATE = script(
@@ -385,7 +410,10 @@ return changed
 interface Driver {
   /**
    * EVALSHA (EVAL on NOSCRIPT); with `wait`, then WAIT on the same connection. `key` is the
-   * script's one key, or its keys (routed by the first: only where `oneServer`).
+   * script's one key, or its keys (routed by the first: only where `oneServer`). A script with a
+   * `plain` form is sent as that command instead, on a client that routes it to the master too
+   * (all node-redis clients, which send every command as a write; ioredis unless a Cluster
+   * reading from replicas).
    */
   run(
     s: Script,
@@ -464,7 +492,10 @@ function nodeRedisDriver(
     sendsAtOnce,
     run(s, key, args, wait, signal) {
       const first = keysOf(key)[0]!;
-      if (!wait) return evalOn(s.read && reads ? reads : route(first), s, key, args, signal);
+      if (!wait) {
+        const send = s.read && reads ? reads : route(first);
+        return s.plain ? send(s.plain(first), signal) : evalOn(send, s, key, args, signal);
+      }
       return pinned(first, async (send) => {
         const reply = await evalOn(send, s, key, args, signal);
         // No signal: once the script is sent, its WAIT must follow on the same connection.
@@ -482,6 +513,12 @@ function notSent(): Error {
 }
 
 function ioRedisDriver(client: IoRedisLike): Driver {
+  // A Cluster client sends read-only commands to replicas unless `scaleReads` is 'master' (its
+  // default); a script it always sends to the master.
+  const scaleReads = client.isCluster
+    ? (client.options as { scaleReads?: unknown } | undefined)?.scaleReads
+    : undefined;
+  const plainReads = scaleReads === undefined || scaleReads === 'master';
   // ioredis cannot take back a queued command: the store only stops sending new ones.
   const send: Send = ([command, ...args], signal) =>
     signal?.aborted ? Promise.reject(notSent()) : client.call(command!, ...args);
@@ -514,7 +551,10 @@ function ioRedisDriver(client: IoRedisLike): Driver {
     oneServer: !client.isCluster,
     sendsAtOnce: () => true,
     async run(s, key, args, wait, signal) {
-      if (!wait) return evalOn(send, s, key, args, signal);
+      if (!wait) {
+        if (s.plain && plainReads) return send(s.plain(keysOf(key)[0]!), signal);
+        return evalOn(send, s, key, args, signal);
+      }
       if (signal?.aborted) throw notSent();
       try {
         return await pipelined('EVALSHA', s.sha, key, args, wait);
@@ -834,7 +874,7 @@ export class RedisStore implements SessionStore {
   /** The session, or null if absent, expired or unreadable (`HGETALL` in one script). */
   async load(key: string): Promise<StoredSession | null> {
     const redisKey = this.#hashKey(key);
-    const reply = list(
+    const reply = flatHash(
       await this.#read('load', (signal) => this.#driver.run(LOAD, redisKey, [], undefined, signal)),
     );
     if (reply.length === 0) return null;

@@ -1,9 +1,9 @@
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { connect as tcpConnect } from 'node:net';
 import { promisify } from 'node:util';
 import { Cluster } from 'ioredis';
-import { createCluster } from 'redis';
+import { createClient, createCluster } from 'redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisStore } from '../../src/stores/redis.js';
 import {
@@ -307,6 +307,94 @@ describeRedisSpecifics(cluster, (suite) => {
 // ---- failover ----------------------------------------------------------------------------------
 // Runs after the suites above (same file, declared later). It stops a master for real, so it
 // restarts it in afterAll even when an assertion fails, leaving a healthy cluster behind.
+
+// Clients that read from replicas (node-redis `useReplicas`, ioredis `scaleReads`) would show a
+// session a replica has not yet seen change: logged out, or written a moment ago. Every read of
+// the store goes to the master owning the key: node-redis sends each command as a write;
+// ioredis, where it would read from a replica, gets a script, which it sends to the master.
+describe.skipIf(skip)(`RedisStore on Cluster: reads${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  const clients: { label: string; read: 'HGETALL' | 'EVALSHA'; connect: () => Promise<Connected> }[] = [
+    {
+      label: 'node-redis with useReplicas',
+      read: 'HGETALL',
+      connect: async () => {
+        const client = createCluster({
+          rootNodes: NODES.map((n) => ({ socket: { host: n.host, port: n.port } })),
+          useReplicas: true,
+        });
+        client.on('error', () => undefined);
+        await client.connect();
+        return { client, close: () => client.close() };
+      },
+    },
+    {
+      label: "ioredis with scaleReads 'slave'",
+      read: 'EVALSHA',
+      connect: async () => {
+        const client = new Cluster(NODES, { lazyConnect: true, scaleReads: 'slave' });
+        client.on('error', () => undefined);
+        await client.connect();
+        return { client, close: async () => void (await client.quit()) };
+      },
+    },
+    { label: 'ioredis with its defaults', read: 'HGETALL', connect: () => connect('ioredis') },
+  ];
+
+  for (const { label, read, connect: open } of clients) {
+    it(`${label}: loads and sessionsOf reach the owning masters only (${read}), never a replica`, async () => {
+      const prefix = uniquePrefix('reads');
+      const conn = await open();
+      const monitors = await Promise.all(
+        NODES.map(async (node) => {
+          const client = createClient({ socket: { host: node.host, port: node.port } });
+          client.on('error', () => undefined);
+          await client.connect();
+          const lines: string[] = [];
+          await client.monitor((line) => {
+            if (line.includes(prefix)) lines.push(line);
+          });
+          return { node, client, lines };
+        }),
+      );
+      try {
+        const store = new RedisStore({ client: conn.client, prefix });
+        const userId = `u-${randomBytes(4).toString('hex')}`;
+        const keys = Array.from({ length: 12 }, newKey);
+        for (const k of keys) await store.create(k, record({ 'v:k': JSON.stringify(k) }, { userId }), HOUR);
+        // Right after each write (and after a logout), the read sees it: it asks the master.
+        for (const k of keys.slice(0, 6)) {
+          expect(await store.commit(k, { set: { 'v:n': '1' }, unset: [] }, HOUR)).toBe('ok');
+          expect((await store.load(k))?.values['v:n']).toBe('1');
+        }
+        for (const k of keys.slice(6)) {
+          await store.destroy(k);
+          expect(await store.load(k)).toBeNull();
+        }
+        expect((await store.sessionsOf(userId)).map((s) => s.key).sort()).toEqual(keys.slice(0, 6).sort());
+        // MONITOR replies come in before the command's own reply; a ping per node flushes them.
+        await Promise.all(monitors.map(async (m) => command(m.node, ['PING'])));
+        const roles = await clusterNodes(NODES[0]!);
+        const isMaster = (n: Node) => roles.find((r) => r.host === n.host && r.port === n.port)?.master;
+        const reads = /"(HGETALL|HGET|EVALSHA|EVAL)" /i;
+        // A load: the command, or the store's script that runs it (named by its SHA-1).
+        const loadScript = createHash('sha1').update("return redis.call('HGETALL', KEYS[1])").digest('hex');
+        const load = read === 'HGETALL' ? /"HGETALL" "[^"]*"$/ : new RegExp(`"EVALSHA" "${loadScript}" `);
+        let loads = 0;
+        for (const m of monitors) {
+          const seen = m.lines.filter((line) => reads.test(line));
+          if (isMaster(m.node)) loads += seen.filter((line) => load.test(line)).length;
+          else expect(seen, `${m.node.port} is a replica`).toEqual([]);
+        }
+        // 6 loads after a commit, 6 after a logout.
+        expect(loads).toBe(12);
+      } finally {
+        await Promise.all(monitors.map((m) => m.client.close().catch(() => undefined)));
+        await deleteKeys(prefix);
+        await conn.close();
+      }
+    });
+  }
+});
 
 describe.skipIf(skip)(`RedisStore on Cluster: a master fails${skip ? ` (skipped: ${skip})` : ''}`, () => {
   const prefix = uniquePrefix('failover');

@@ -12,6 +12,7 @@ import {
   guardedCommitTests,
   HOUR,
   type Kind,
+  kinds,
   newKey,
   type RedisTarget,
   record,
@@ -45,11 +46,16 @@ const skip = await serverAvailable(`Redis at ${HOST}:${PORT}`, async () => {
 });
 
 async function connect(kind: Kind): Promise<Connected> {
+  return connectTo(kind, PORT);
+}
+
+/** A client of `kind` on 127.0.0.1:`port` (the server, or a proxy in front of it). */
+async function connectTo(kind: Kind, port: number): Promise<Connected> {
   if (kind === 'node-redis') {
-    const client = await createClient({ socket: { host: HOST, port: PORT } }).connect();
+    const client = await createClient({ socket: { host: HOST, port } }).connect();
     return { client, close: () => client.close() };
   }
-  const client = new Redis({ host: HOST, port: PORT, lazyConnect: true });
+  const client = new Redis({ host: HOST, port, lazyConnect: true });
   await client.connect();
   return {
     client,
@@ -395,6 +401,73 @@ describe('RedisStore options', () => {
     ).rejects.toMatchObject({ code: 'INVALID_KEY' });
   });
 });
+
+// A read is the plain command (HGETALL, HGET), not a script: the same reply for a fraction of the
+// server's CPU (EVALSHA of a one-line script costs Redis about eight times an HGETALL). What
+// keeps reads on the master where a client could send them to a replica is tested on Cluster.
+describe.skipIf(skip)(`RedisStore reads${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  let proxy: TcpProxy;
+  beforeAll(async () => {
+    proxy = await TcpProxy.start({ host: HOST, port: PORT }, 0, { record: true });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+  });
+
+  for (const kind of kinds) {
+    it(`${kind}: a load is one HGETALL and sessionsOf reads each session's metadata with one HGET, never a script`, async () => {
+      const conn = await connectTo(kind, proxy.port);
+      const prefix = uniquePrefix(`plain-${kind}`);
+      const store = new RedisStore({ client: conn.client, prefix });
+      try {
+        const k = newKey();
+        const userId = `u-${randomBytes(4).toString('hex')}`;
+        expect(await store.create(k, record({ 'v:a': '"1"' }, { userId }), HOUR)).toBe(true);
+        proxy.clearSent();
+        expect((await store.load(k))?.values).toEqual({ 'v:a': '"1"' });
+        expect(await store.load(newKey())).toBeNull();
+        const loads = proxy.sent;
+        expect(commandsIn(loads)).toEqual(['HGETALL', 'HGETALL']);
+        proxy.clearSent();
+        expect((await store.sessionsOf(userId)).map((s) => s.key)).toEqual([k]);
+        // The index is read (and tidied) by scripts (EVAL after another test's SCRIPT FLUSH);
+        // the session's metadata by a plain HGET.
+        expect(commandsIn(proxy.sent).filter((c) => c !== 'EVALSHA' && c !== 'EVAL')).toEqual(['HGET']);
+      } finally {
+        await standalone.deleteKeys(prefix);
+        await conn.close();
+      }
+    });
+  }
+
+  it('node-redis speaking RESP3 (a hash comes back as a map): create, load, commit, list by user, destroy', async () => {
+    const client = await createClient({ socket: { host: HOST, port: PORT }, RESP: 3 }).connect();
+    const prefix = uniquePrefix('resp3');
+    const store = new RedisStore({ client, prefix });
+    try {
+      const k = newKey();
+      const userId = `u-${randomBytes(4).toString('hex')}`;
+      const created = record({ 'v:a': '"1"', 'v:b': '{"x":[1,2]}' }, { userId });
+      expect(await store.create(k, created, HOUR)).toBe(true);
+      expect(await store.load(k)).toEqual(created);
+      expect(await store.commit(k, { set: { 'v:c': '3' }, unset: ['v:a'] }, HOUR)).toBe('ok');
+      expect((await store.load(k))?.values).toEqual({ 'v:b': '{"x":[1,2]}', 'v:c': '3' });
+      expect((await store.sessionsOf(userId)).map((s) => [s.key, s.meta.userId])).toEqual([[k, userId]]);
+      expect(await store.load(newKey())).toBeNull();
+      await store.destroy(k);
+      expect(await store.load(k)).toBeNull();
+      expect(await store.sessionsOf(userId)).toEqual([]);
+    } finally {
+      await standalone.deleteKeys(prefix);
+      await client.close();
+    }
+  });
+});
+
+/** The commands in RESP the clients sent, upper-cased, in order (the first word of each array). */
+function commandsIn(sent: string): string[] {
+  return [...sent.matchAll(/\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n/g)].map((m) => m[1]!.toUpperCase());
+}
 
 // A load goes without an AbortSignal while node-redis is connected (the signal and the listener
 // node-redis puts on it were half of a load's CPU). While it is not, the signal must still keep a
