@@ -193,8 +193,9 @@ interface Script {
   /** A script that only reads: sent late it does no harm (see `#read`). */
   readonly read?: true;
   /**
-   * The one command the script runs, for a client that sends it to the key's master anyway
-   * (see `Driver.run`): the same reply, without the script's cost on the server.
+   * The one command the script runs (it takes no arguments), for a client that sends that
+   * command to the key's master anyway (see `Driver.run`): the same reply, without the script's
+   * cost on the server.
    */
   readonly plain?: (key: string) => string[];
 }
@@ -871,7 +872,7 @@ export class RedisStore implements SessionStore {
     await this.#driver.write(index, ['ZREM', index, key]);
   }
 
-  /** The session, or null if absent, expired or unreadable (`HGETALL` in one script). */
+  /** The session, or null if absent, expired or unreadable (one `HGETALL`; see `LOAD`). */
   async load(key: string): Promise<StoredSession | null> {
     const redisKey = this.#hashKey(key);
     const reply = flatHash(
