@@ -107,11 +107,13 @@ function words(args: unknown[]): string[] {
   return args.flat(2).map((a) => (Buffer.isBuffer(a) ? a.toString() : String(a)));
 }
 
-/** Sends through `send`, counting waves and applying the first hold on a key the command names. */
+/** Sends through `send`, counting waves and applying the first hold on a key a store command names. */
 function holding(waves: Waves, holds: RedisHold[], send: (...args: unknown[]) => Promise<unknown>) {
   return (...args: unknown[]) => {
     const w = words(args);
-    const i = /^EVAL/i.test(w.find((x) => /^EVAL/i.test(x)) ?? '')
+    // The store's scripts, and its reads (a plain HGETALL or HGET where the client sends them
+    // to the master; a script elsewhere).
+    const i = w.some((x) => /^(EVAL|EVALSHA|HGET|HGETALL)$/i.test(x))
       ? holds.findIndex((h) => w.includes(h.key) && (h.match?.(w) ?? true))
       : -1;
     const hold = i >= 0 ? holds.splice(i, 1)[0] : undefined;
@@ -165,10 +167,14 @@ async function redisClient(kind: Kind, cluster: boolean): Promise<Counted> {
   };
 }
 
-/** Whether the command's last argument is `key` (a metadata read), whatever client options follow. */
-const onlyKey = (w: string[], key: string) =>
+/**
+ * Whether the command reads `key`: a plain HGET or HGETALL of it, or a script whose last argument
+ * is `key` (the read scripts take no arguments), whatever client options follow.
+ */
+const readOf = (w: string[], key: string) =>
   w.includes(key) &&
-  w.slice(w.lastIndexOf(key) + 1).every((x) => x === 'undefined' || x.startsWith('[object'));
+  (w.some((x) => /^(HGET|HGETALL)$/i.test(x)) ||
+    w.slice(w.lastIndexOf(key) + 1).every((x) => x === 'undefined' || x.startsWith('[object')));
 
 /** A promise and the function that settles it. */
 function gate(): { wait: Promise<void>; open: () => void } {
@@ -489,14 +495,14 @@ for (const [topology, cluster, skip] of [
             // The first login's commit script: held until the 'commit' step.
             {
               key: sessionKey,
-              match: (w) => !onlyKey(w, sessionKey),
+              match: (w) => !readOf(w, sessionKey),
               reached: commitHeld.open,
               before: () => commitGo.wait,
             },
             // A reader's metadata read of the session: answered at once, handed over at 'answer'.
             {
               key: sessionKey,
-              match: (w) => onlyKey(w, sessionKey),
+              match: (w) => readOf(w, sessionKey),
               answered: answerHeld.open,
               after: () => answerGo.wait,
             },
