@@ -26,8 +26,15 @@ const MS = Number(args.seconds) * 1000;
 const REPS = Number(args.reps);
 const URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const IN_FLIGHT = 10;
-/** A node of the Cluster that `bash scripts/redis-cluster.sh start` runs (the first of REDIS_CLUSTER_NODES). */
-const CLUSTER_URL = `redis://${(process.env.REDIS_CLUSTER_NODES ?? '127.0.0.1:7101').split(',')[0]}`;
+/** The nodes of the Cluster that `bash scripts/redis-cluster.sh start` runs (or REDIS_CLUSTER_NODES). */
+const CLUSTER_URLS = (
+  process.env.REDIS_CLUSTER_NODES ??
+  '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104,127.0.0.1:7105,127.0.0.1:7106'
+)
+  .split(',')
+  .map((node) => `redis://${node}`);
+/** The node the Cluster client starts from. */
+const CLUSTER_URL = CLUSTER_URLS[0]!;
 /** The Sentinel that `bash scripts/redis-sentinel.sh start` runs, and the master name it watches. */
 const SENTINEL = { host: '127.0.0.1', port: Number(process.env.REDIS_SENTINEL_PORT ?? 7211) };
 const SENTINEL_NAME = process.env.REDIS_SENTINEL_NAME ?? 'sfmaster';
@@ -42,25 +49,19 @@ async function serverUsage(admins: Admin[]): Promise<[number, number]> {
   let cpu = 0;
   let commands = 0;
   for (const admin of admins) {
-    const info = String(await admin.sendCommand(['INFO', 'cpu']));
+    const info = String(await admin.sendCommand(['INFO', 'cpu', 'commandstats']));
     for (const field of ['used_cpu_sys', 'used_cpu_user']) {
       cpu += 1e6 * Number(new RegExp(`^${field}:([\\d.]+)`, 'm').exec(info)?.[1] ?? Number.NaN);
     }
-    const stats = String(await admin.sendCommand(['INFO', 'commandstats']));
-    for (const m of stats.matchAll(/,usec=(\d+),/g)) commands += Number(m[1]);
+    for (const m of info.matchAll(/,usec=(\d+),/g)) commands += Number(m[1]);
   }
   return [cpu, commands];
 }
 
-/** The servers a row's client talks to, for their CPU (REDIS_CLUSTER_NODES: all of them). */
+/** The servers a row's client talks to, for their CPU (a Cluster: all its nodes). */
 async function adminsFor(name: string): Promise<Admin[]> {
   const urls = name.includes('Cluster')
-    ? (
-        process.env.REDIS_CLUSTER_NODES ??
-        '127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104,127.0.0.1:7105,127.0.0.1:7106'
-      )
-        .split(',')
-        .map((n) => `redis://${n}`)
+    ? CLUSTER_URLS
     : name.includes('Sentinel')
       ? ['redis://127.0.0.1:7201', 'redis://127.0.0.1:7202']
       : [URL];

@@ -191,9 +191,16 @@ export class CorruptLog {
  * an absent key's nil as nothing.
  */
 export function flatHash(reply: unknown): unknown[] {
-  if (Array.isArray(reply)) return reply;
-  if (reply === null || reply === undefined) return [];
   if (reply instanceof Map) return [...reply].flat();
-  if (typeof reply === 'object' && !Buffer.isBuffer(reply)) return Object.entries(reply).flat();
-  throw new Error(`unexpected reply from Redis: ${typeof reply}`);
+  if (typeof reply === 'object' && reply !== null && !Array.isArray(reply) && !Buffer.isBuffer(reply)) {
+    return Object.entries(reply).flat();
+  }
+  return list(reply);
+}
+
+/** A Redis array reply; nil as an empty one. */
+export function list(value: unknown): unknown[] {
+  if (Array.isArray(value)) return value;
+  if (value === null || value === undefined) return [];
+  throw new Error(`unexpected reply from Redis: ${typeof value}`);
 }

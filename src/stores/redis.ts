@@ -9,6 +9,7 @@ import {
   checkStorageKey,
   flatHash,
   isStorageKey,
+  list,
 } from './kit.js';
 import { Budget, ClientErrorLog, checkTimeout, DEFAULT_TIMEOUT_MS, withDeadline } from './sql-common.js';
 import {
@@ -670,12 +671,6 @@ function text(value: unknown): string | null {
   if (typeof value === 'string') return value;
   if (Buffer.isBuffer(value)) return value.toString('utf8');
   return String(value);
-}
-
-function list(value: unknown): unknown[] {
-  if (Array.isArray(value)) return value;
-  if (value === null || value === undefined) return [];
-  throw new Error(`unexpected reply from Redis: ${typeof value}`);
 }
 
 function untag(value: unknown): string | undefined {
