@@ -36,6 +36,8 @@ const USAGE = `Usage: npm run bench -- [options]
                        the selected rows are compared with always run too
   --rounds <n>         run everything n times: each row shows its best round, its ratios the
                        median of its rounds (default 1)
+  --slices <n>         measure each row in n slices, each beside runs of its baselines
+                       (default 4; 1: the baselines just before and just after the whole row)
   --json <file>        also write the raw results as JSON
   --profile <dir>      run each server with --cpu-prof; V8 CPU profiles go to <dir>/<server>/
   --no-build           use dist/ as it is (by default the package is built first: the servers
@@ -60,6 +62,7 @@ const { values: args } = (() => {
         connections: { type: 'string', default: '50' },
         warmup: { type: 'string', default: '1' },
         rounds: { type: 'string', default: '1' },
+        slices: { type: 'string', default: '4' },
         only: { type: 'string', multiple: true },
         json: { type: 'string' },
         profile: { type: 'string' },
@@ -80,6 +83,7 @@ const DURATION = positive('duration', args.duration, false);
 const CONNECTIONS = positive('connections', args.connections, true);
 const WARMUP = Number(args.warmup) === 0 ? 0 : positive('warmup', args.warmup, false);
 const ROUNDS = positive('rounds', args.rounds, true);
+const SLICES = positive('slices', args.slices, true);
 const ONLY = (args.only ?? []).map((s) => s.toLowerCase());
 
 // ---- scenarios -------------------------------------------------------------------------------
@@ -510,7 +514,7 @@ interface RowResult {
   reason?: string;
   /** Completed requests per second over the measured window. */
   rps?: number;
-  /** Latency percentiles in milliseconds. */
+  /** Latency percentiles in milliseconds: the medians of the slices' (see `measure`). */
   p50?: number;
   p99?: number;
   errors?: number;
@@ -530,10 +534,11 @@ interface RowResult {
   vsFramework?: number;
   /**
    * Baselines measured right beside the row, in req/s: bare node:http (`bare`) and, for an
-   * Express or Fastify row, plain Express or plain Fastify (`framework`), each just before the
-   * row and just after it, for half the row's duration each time (a quarter with two baselines).
-   * The row's ratios are taken against these, so a machine whose speed changes during the run
-   * (a shared host) changes both sides alike.
+   * Express or Fastify row, plain Express or plain Fastify (`framework`). The row is measured in
+   * `--slices` parts, each next to a run of every baseline (before one slice, after the next, in
+   * the reverse order), the baselines together for as long as the row. The row's ratios are
+   * taken against these, so a machine whose speed changes during the run (a shared host)
+   * changes both sides alike.
    */
   beside?: { bare?: number; framework?: number };
   /** rps / beside; with --rounds > 1, the median over the rounds. */
@@ -567,35 +572,57 @@ async function measure(
   bases: Bases,
 ): Promise<RowResult> {
   if (warmup > 0) await load(running.port, spec.mode, cookies, warmup);
-  // The baselines before the row, then after it in the reverse order: a change of the machine's
-  // speed that runs steadily through the measurement weighs on the row and its baselines alike.
-  const each = DURATION / (bases.framework ? 4 : 2);
-  const baseLoad = (base: Running | null) =>
-    base ? load(base.port, 'read', [DUMMY_COOKIE], each) : Promise.resolve(undefined);
-  const bare0 = await baseLoad(bases.bare);
-  const framework0 = await baseLoad(bases.framework);
-  const srv0 = await serverCpu(running.child);
-  const gen0 = process.cpuUsage();
-  const m0 = machineBusyUs();
-  const s0 = stealTicks();
-  const t0 = process.hrtime.bigint();
-  const r = await load(running.port, spec.mode, cookies, DURATION);
-  const wallUs = Number(process.hrtime.bigint() - t0) / 1000;
-  const gen = process.cpuUsage(gen0);
-  const machine = machineBusyUs() - m0;
-  const s1 = stealTicks();
-  const srv1 = await serverCpu(running.child);
-  const framework1 = await baseLoad(bases.framework);
-  const bare1 = await baseLoad(bases.bare);
-  const rps = r.requests.total / r.duration;
+  // The host's speed changes within seconds (bench/README.md), so the row is measured in SLICES
+  // parts, each next to a run of every baseline: baselines, row | row, baselines (reverse order)
+  // | baselines, row | ... A change of the machine's speed then weighs on the row and its
+  // baselines alike, and one that runs steadily through a pair of slices cancels out. The
+  // baselines together get as much time as the row.
+  const slice = DURATION / SLICES;
+  const each = slice / (bases.framework ? 2 : 1);
+  const baseRuns: Record<'bare' | 'framework', Result[]> = { bare: [], framework: [] };
+  const runBases = async (order: readonly ('bare' | 'framework')[]) => {
+    for (const name of order) {
+      const base = bases[name];
+      if (base) baseRuns[name].push(await load(base.port, 'read', [DUMMY_COOKIE], each));
+    }
+  };
+  const parts: Result[] = [];
+  let srvUs = 0;
+  let wallUs = 0;
+  let genUs = 0;
+  let machine = 0;
+  let steal = 0;
+  let ticks = 0;
+  for (let k = 0; k < SLICES; k++) {
+    const basesFirst = k % 2 === 0;
+    if (basesFirst) await runBases(['bare', 'framework']);
+    const srv0 = await serverCpu(running.child);
+    const gen0 = process.cpuUsage();
+    const m0 = machineBusyUs();
+    const s0 = stealTicks();
+    const t0 = process.hrtime.bigint();
+    parts.push(await load(running.port, spec.mode, cookies, slice));
+    wallUs += Number(process.hrtime.bigint() - t0) / 1000;
+    const gen = process.cpuUsage(gen0);
+    genUs += gen.user + gen.system;
+    machine += machineBusyUs() - m0;
+    const s1 = stealTicks();
+    if (s0 && s1 && s1.total > s0.total) {
+      steal += s1.steal - s0.steal;
+      ticks += s1.total - s0.total;
+    }
+    srvUs += (await serverCpu(running.child)) - srv0;
+    if (!basesFirst) await runBases(['framework', 'bare']);
+  }
+  const sum = (results: Result[], of: (r: Result) => number) => results.reduce((a, r) => a + of(r), 0);
+  const requests = sum(parts, (r) => r.requests.total);
+  const rps = requests / sum(parts, (r) => r.duration);
   const beside: { bare?: number; framework?: number } = {};
   const ratios: { bare?: number; framework?: number } = {};
-  for (const [name, a, b] of [
-    ['bare', bare0, bare1],
-    ['framework', framework0, framework1],
-  ] as const) {
-    if (!a || !b) continue;
-    beside[name] = (a.requests.total + b.requests.total) / (a.duration + b.duration);
+  for (const name of ['bare', 'framework'] as const) {
+    const runs = baseRuns[name];
+    if (runs.length === 0) continue;
+    beside[name] = sum(runs, (r) => r.requests.total) / sum(runs, (r) => r.duration);
     ratios[name] = rps / beside[name];
   }
   return {
@@ -606,17 +633,17 @@ async function measure(
     status: 'ok',
     rps,
     ...(Object.keys(beside).length > 0 ? { beside, ratios } : {}),
-    p50: r.latency.p50,
-    p99: r.latency.p99,
-    errors: r.errors,
-    timeouts: r.timeouts,
-    non2xx: r.non2xx,
-    mismatches: r.mismatches,
-    serverCpu: (srv1 - srv0) / wallUs,
-    loadgenCpu: (gen.user + gen.system) / wallUs,
-    otherCpu: Math.max(0, machine - (srv1 - srv0) - gen.user - gen.system) / wallUs,
-    serverUsPerRequest: (srv1 - srv0) / r.requests.total,
-    ...(s0 && s1 && s1.total > s0.total ? { steal: (s1.steal - s0.steal) / (s1.total - s0.total) } : {}),
+    p50: median(parts.map((r) => r.latency.p50)),
+    p99: median(parts.map((r) => r.latency.p99)),
+    errors: sum(parts, (r) => r.errors),
+    timeouts: sum(parts, (r) => r.timeouts),
+    non2xx: sum(parts, (r) => r.non2xx),
+    mismatches: sum(parts, (r) => r.mismatches),
+    serverCpu: srvUs / wallUs,
+    loadgenCpu: genUs / wallUs,
+    otherCpu: Math.max(0, machine - srvUs - genUs) / wallUs,
+    serverUsPerRequest: srvUs / requests,
+    ...(ticks > 0 ? { steal: steal / ticks } : {}),
   };
 }
 
@@ -781,7 +808,7 @@ async function main(): Promise<void> {
     `sessionflow bench: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node ${machine.node}, ${machine.os}`,
   );
   console.log(
-    `${rows.length} rows${ROUNDS > 1 ? ` × ${ROUNDS} rounds (best req/s shown, median ratio)` : ''}, ${CONNECTIONS} connections, ${WARMUP} s warm-up + ${DURATION} s measured each, between runs of its baselines just before and after it; load average at start ${machine.loadAverage.join(' ')}`,
+    `${rows.length} rows${ROUNDS > 1 ? ` × ${ROUNDS} rounds (best req/s shown, median ratio)` : ''}, ${CONNECTIONS} connections, ${WARMUP} s warm-up + ${DURATION} s measured each, in ${SLICES} slice${SLICES > 1 ? 's' : ''} between runs of its baselines; load average at start ${machine.loadAverage.join(' ')}`,
   );
   if (machine.cpus < 2)
     console.log('warning: fewer than 2 cores: the server and the load generator share one.');
@@ -906,6 +933,7 @@ async function main(): Promise<void> {
       connections: CONNECTIONS,
       warmup: WARMUP,
       rounds: ROUNDS,
+      slices: SLICES,
       only: ONLY,
     };
     writeFileSync(
