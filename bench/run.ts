@@ -547,6 +547,11 @@ interface RowResult {
   rounds?: number[];
   /** With --rounds > 1: the ratios of every round. */
   roundRatios?: { bare?: number; framework?: number }[];
+  /**
+   * Each slice's req/s over the run of the baseline next to it (every round's slices): how far
+   * the ratio moved within the row, printed beside the verdicts.
+   */
+  sliceRatios?: { bare?: number[]; framework?: number[] };
 }
 
 function load(port: number, mode: Mode, cookies: string[] | null, seconds: number): Promise<Result> {
@@ -619,11 +624,15 @@ async function measure(
   const rps = requests / sum(parts, (r) => r.duration);
   const beside: { bare?: number; framework?: number } = {};
   const ratios: { bare?: number; framework?: number } = {};
+  const sliceRatios: { bare?: number[]; framework?: number[] } = {};
+  const rate = (r: Result) => r.requests.total / r.duration;
   for (const name of ['bare', 'framework'] as const) {
     const runs = baseRuns[name];
     if (runs.length === 0) continue;
     beside[name] = sum(runs, (r) => r.requests.total) / sum(runs, (r) => r.duration);
     ratios[name] = rps / beside[name];
+    // Slice k and the baseline runs next to it: runs[k] (one per slice).
+    sliceRatios[name] = parts.map((part, k) => rate(part) / rate(runs[k]!));
   }
   return {
     id: spec.id,
@@ -632,7 +641,7 @@ async function measure(
     family: spec.family,
     status: 'ok',
     rps,
-    ...(Object.keys(beside).length > 0 ? { beside, ratios } : {}),
+    ...(Object.keys(beside).length > 0 ? { beside, ratios, sliceRatios } : {}),
     p50: median(parts.map((r) => r.latency.p50)),
     p99: median(parts.map((r) => r.latency.p99)),
     errors: sum(parts, (r) => r.errors),
@@ -859,7 +868,18 @@ async function main(): Promise<void> {
         ? {
             ...best,
             rounds: ok.map((r) => r.rps!),
-            ...(best.ratios ? { ratios, roundRatios: ok.map((r) => r.ratios ?? {}) } : {}),
+            ...(best.ratios
+              ? {
+                  ratios,
+                  roundRatios: ok.map((r) => r.ratios ?? {}),
+                  sliceRatios: Object.fromEntries(
+                    (['bare', 'framework'] as const).flatMap((name) => {
+                      const all = ok.flatMap((r) => r.sliceRatios?.[name] ?? []);
+                      return all.length > 0 ? [[name, all]] : [];
+                    }),
+                  ),
+                }
+              : {}),
           }
         : best,
     );
@@ -1041,6 +1061,11 @@ function evaluateTargets(rows: RowResult[]): TargetResult[] {
     const ratio = t.of === 'bare' ? r.vsBare : r.vsFramework;
     if (ratio === undefined) return { label: t.label, verdict: 'n/a', detail: `no ${t.of} baseline` };
     const issues = problems(r);
+    const slices = r.sliceRatios?.[t.of === 'bare' ? 'bare' : 'framework'] ?? [];
+    const spread =
+      slices.length > 1
+        ? `; its ${slices.length} slices ${Math.min(...slices).toFixed(2)}-${Math.max(...slices).toFixed(2)}`
+        : '';
     // What the ratio would be if the server, not the load generator, were the bottleneck.
     const baseUs = rows.find((x) => x.id === t.of && x.status === 'ok')?.serverUsPerRequest;
     const cpuRatio = baseUs && r.serverUsPerRequest ? baseUs / r.serverUsPerRequest : undefined;
@@ -1059,7 +1084,7 @@ function evaluateTargets(rows: RowResult[]): TargetResult[] {
       measured: ratio,
       ...(cpuRatio === undefined ? {} : { cpuRatio }),
       ...(peerRatio === undefined ? {} : { peer: peerRatio }),
-      detail: `${ratio.toFixed(2)} (${fmtInt(r.rps!)} req/s${cpuRatio === undefined ? '' : `; by server CPU per request ${cpuRatio.toFixed(2)}`}${peerText})${issues ? `, invalid run: ${issues}` : ''}`,
+      detail: `${ratio.toFixed(2)} (${fmtInt(r.rps!)} req/s${spread}${cpuRatio === undefined ? '' : `; by server CPU per request ${cpuRatio.toFixed(2)}`}${peerText})${issues ? `, invalid run: ${issues}` : ''}`,
     };
   });
 }
