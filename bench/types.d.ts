@@ -24,6 +24,8 @@ declare module 'autocannon' {
     url: string;
     connections?: number;
     duration?: number;
+    /** Milliseconds between samples (default 1000); a run ends at the first sample after `duration`. */
+    sampleInt?: number;
     pipelining?: number;
     timeout?: number;
     method?: string;
