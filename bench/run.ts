@@ -37,7 +37,7 @@ const USAGE = `Usage: npm run bench -- [options]
   --rounds <n>         run everything n times: each row shows its best round, its ratios the
                        median of its rounds (default 1)
   --slices <n>         measure each row in n slices, each beside runs of its baselines
-                       (default 4; 1: the baselines just before and just after the whole row)
+                       (default 4; with an even number a steady drift of the machine cancels out)
   --json <file>        also write the raw results as JSON
   --profile <dir>      run each server with --cpu-prof; V8 CPU profiles go to <dir>/<server>/
   --no-build           use dist/ as it is (by default the package is built first: the servers
