@@ -861,9 +861,12 @@ async function main(): Promise<void> {
     const ok = list.filter((r) => r.status === 'ok');
     const best = ok.length > 0 ? ok.reduce((a, b) => (b.rps! > a.rps! ? b : a)) : list[0]!;
     const ratios: { bare?: number; framework?: number } = {};
+    const sliceRatios: { bare?: number[]; framework?: number[] } = {};
     for (const name of ['bare', 'framework'] as const) {
       const each = ok.flatMap((r) => (r.ratios?.[name] === undefined ? [] : [r.ratios[name]]));
       if (each.length > 0) ratios[name] = median(each);
+      const slices = ok.flatMap((r) => r.sliceRatios?.[name] ?? []);
+      if (slices.length > 0) sliceRatios[name] = slices;
     }
     results.set(
       id,
@@ -871,18 +874,7 @@ async function main(): Promise<void> {
         ? {
             ...best,
             rounds: ok.map((r) => r.rps!),
-            ...(best.ratios
-              ? {
-                  ratios,
-                  roundRatios: ok.map((r) => r.ratios ?? {}),
-                  sliceRatios: Object.fromEntries(
-                    (['bare', 'framework'] as const).flatMap((name) => {
-                      const all = ok.flatMap((r) => r.sliceRatios?.[name] ?? []);
-                      return all.length > 0 ? [[name, all]] : [];
-                    }),
-                  ),
-                }
-              : {}),
+            ...(best.ratios ? { ratios, roundRatios: ok.map((r) => r.ratios ?? {}), sliceRatios } : {}),
           }
         : best,
     );
