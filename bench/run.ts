@@ -21,7 +21,7 @@ import Table from 'cli-table3';
 import { createClient } from 'redis';
 import { dropTables, probePostgres } from './lib/postgres.js';
 import { setupSessions } from './lib/sessions.js';
-import { median } from './lib/stats.js';
+import { type MedianInterval, median, medianInterval } from './lib/stats.js';
 import type { ServerConfig, ServerMessage, StoreKind } from './servers/_shared.js';
 
 // ---- options ---------------------------------------------------------------------------------
@@ -903,6 +903,13 @@ async function main(): Promise<void> {
     'Performance targets (read: a valid session, one key read, nothing changed; create: a new visitor whose session is written):',
   );
   for (const t of targets) console.log(`  ${t.verdict.padEnd(7)} ${t.label}: ${t.detail}`);
+  const judged = targets.filter((t) => t.verdict !== 'n/a');
+  if (judged.length > 0) {
+    const open = judged.filter((t) => t.decided === false);
+    console.log(
+      `  ${judged.filter((t) => t.verdict === 'MET').length} of ${judged.length} met${open.length > 0 ? `; ${open.length} verdict${open.length > 1 ? 's' : ''} not decided by this run (the bar inside the interval of the slices' median): rerun ${open.length > 1 ? 'those rows' : 'that row'} with --only and --rounds 3` : ''}`,
+    );
+  }
   if (drift) {
     const change = drift.end / drift.start - 1;
     console.log();
@@ -1045,6 +1052,10 @@ interface TargetResult {
   cpuRatio?: number;
   /** The peer's ratio on the same base, measured in the same run. */
   peer?: number;
+  /** Where the median of the row's slice ratios lies (`medianInterval`, 90 % asked for). */
+  interval?: MedianInterval;
+  /** False when the bar lies inside `interval`: the run's noise, not the code, decided the verdict. */
+  decided?: boolean;
   detail: string;
 }
 
@@ -1057,10 +1068,12 @@ function evaluateTargets(rows: RowResult[]): TargetResult[] {
     if (ratio === undefined) return { label: t.label, verdict: 'n/a', detail: `no ${t.of} baseline` };
     const issues = problems(r);
     const slices = r.sliceRatios?.[t.of === 'bare' ? 'bare' : 'framework'] ?? [];
-    const spread =
-      slices.length > 1
-        ? `; its ${slices.length} slices ${Math.min(...slices).toFixed(2)}-${Math.max(...slices).toFixed(2)}`
-        : '';
+    // The slices' spread, and an interval for their median: a bar inside it is not decided here.
+    const interval = medianInterval(slices);
+    const decided = interval ? !(interval.low <= t.min && t.min <= interval.high) : undefined;
+    const spread = interval
+      ? `; its ${slices.length} slices ${Math.min(...slices).toFixed(2)}-${Math.max(...slices).toFixed(2)}, their median within ${interval.low.toFixed(2)}-${interval.high.toFixed(2)} (${(interval.coverage * 100).toFixed(0)} %)${decided ? '' : `, which holds the bar ${t.min}: not decided by this run`}`
+      : '';
     // What the ratio would be if the server, not the load generator, were the bottleneck.
     const baseUs = rows.find((x) => x.id === t.of && x.status === 'ok')?.serverUsPerRequest;
     const cpuRatio = baseUs && r.serverUsPerRequest ? baseUs / r.serverUsPerRequest : undefined;
@@ -1079,6 +1092,7 @@ function evaluateTargets(rows: RowResult[]): TargetResult[] {
       measured: ratio,
       ...(cpuRatio === undefined ? {} : { cpuRatio }),
       ...(peerRatio === undefined ? {} : { peer: peerRatio }),
+      ...(interval ? { interval, decided } : {}),
       detail: `${ratio.toFixed(2)} (${fmtInt(r.rps!)} req/s${spread}${cpuRatio === undefined ? '' : `; by server CPU per request ${cpuRatio.toFixed(2)}`}${peerText})${issues ? `, invalid run: ${issues}` : ''}`,
     };
   });
