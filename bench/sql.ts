@@ -17,7 +17,7 @@
  *   npx tsx bench/sql.ts [--store postgres|mysql|sqlite]... [--mode ops|http|fill|gc]...
  *                        [--n 1000000] [--reps 7] [--ops 2000] [--concurrency 50]
  *                        [--duration 4] [--rounds 2] [--gc-batch <rows>] [--src <dir>]
- *                        [--sqlite-synchronous FULL|NORMAL]
+ *                        [--sqlite-synchronous FULL|NORMAL] [--sqlite-autocheckpoint <pages>]
  *
  * Default: every store, modes ops, http, fill and gc. Servers: PG_URL (default
  * postgres://postgres@127.0.0.1:5432/test) and MYSQL_URL (default mysql://root@127.0.0.1:3306/test);
@@ -58,6 +58,8 @@ const { values: args } = parseArgs({
     src: { type: 'string', default: resolve(import.meta.dirname, '../src') },
     'gc-batch': { type: 'string' },
     'sqlite-synchronous': { type: 'string' },
+    /** The handle's `wal_autocheckpoint`, as an application may set it (SQLite's default: 1000). */
+    'sqlite-autocheckpoint': { type: 'string' },
     duration: { type: 'string', default: '4' },
     rounds: { type: 'string', default: '2' },
     /** Internal: run as the http mode's server child. */
@@ -67,7 +69,7 @@ const { values: args } = parseArgs({
 });
 if (args.help) {
   console.log(
-    'npx tsx bench/sql.ts [--store postgres|mysql|sqlite]... [--mode ops|http|fill|gc]... [--n 1000000] [--reps 7] [--ops 2000] [--concurrency 50] [--duration 4] [--rounds 2] [--gc-batch <rows>] [--src <dir>]',
+    'npx tsx bench/sql.ts [--store postgres|mysql|sqlite]... [--mode ops|http|fill|gc]... [--n 1000000] [--reps 7] [--ops 2000] [--concurrency 50] [--duration 4] [--rounds 2] [--gc-batch <rows>] [--src <dir>] [--sqlite-synchronous FULL|NORMAL] [--sqlite-autocheckpoint <pages>]',
   );
   process.exit(0);
 }
@@ -264,6 +266,9 @@ async function sqliteEngine(): Promise<Engine> {
   db.pragma('journal_mode = WAL');
   const synchronous = args['sqlite-synchronous'];
   if (synchronous !== undefined) db.pragma(`synchronous = ${synchronous.replace(/\W/g, '')}`);
+  const autocheckpoint = args['sqlite-autocheckpoint'];
+  if (autocheckpoint !== undefined)
+    db.pragma(`wal_autocheckpoint = ${Number.parseInt(autocheckpoint, 10) || 0}`);
   const q = (t: string) => `"${t}"`;
   return {
     name: 'sqlite',

@@ -81,9 +81,11 @@ const GC_BATCH_MS = 8;
  * While a gc batch runs on a WAL database, the automatic checkpoint starts at this many WAL pages
  * (SQLite's default is 1000). A checkpoint runs inside the commit that crosses the threshold and
  * costs about 40 µs a page on the event loop, and it has no bound of its own: a lower threshold is
- * what keeps each one (and so the batch that runs it) short.
+ * what keeps each one (and so the batch that runs it) short. 100 pages against 250: the event
+ * loop's p99 delay during a gc of 1M rows 12-14 ms instead of 20-21 ms, for 10-20 % more time in
+ * all (more, smaller checkpoints; bench/README.md, twentieth pass).
  */
-const GC_CHECKPOINT_PAGES = 250;
+const GC_CHECKPOINT_PAGES = 100;
 
 type Statement = BetterSqlite3.Statement<unknown[], unknown>;
 /** The pragmas the store lowers for one of its own statements (see `SqliteStore#atMost`). */
@@ -236,7 +238,7 @@ export class SqliteStore extends SqlSessionStore {
    *   batches, which brings back rows that are expired anyway (loads never return them) for the
    *   next gc. The next commit made with FULL syncs them along with its own.
    * - `wal_autocheckpoint` above {@link GC_CHECKPOINT_PAGES} is lowered to it, so each
-   *   checkpoint that a batch's commit runs copies a few hundred pages, not a thousand or more. A
+   *   checkpoint that a batch's commit runs copies a hundred pages or so, not a thousand or more. A
    *   handle whose automatic checkpoint is off (0) keeps it off.
    */
   #collecting<T>(batch: () => T): T {
