@@ -82,7 +82,7 @@ const GC_BATCH_MS = 8;
  * (SQLite's default is 1000). A checkpoint runs inside the commit that crosses the threshold and
  * costs about 40 µs a page on the event loop, and it has no bound of its own: a lower threshold is
  * what keeps each one (and so the batch that runs it) short. 100 pages against 250: the event
- * loop's p99 delay during a gc of 1M rows 12-14 ms instead of 20-21 ms, for 10-20 % more time in
+ * loop's p99 delay during a gc of 1M rows 12-14 ms instead of 20-21 ms, for about 13 % more time in
  * all (more, smaller checkpoints; bench/README.md, twentieth pass).
  */
 const GC_CHECKPOINT_PAGES = 100;
