@@ -85,6 +85,11 @@ const SRC = resolve(args.src);
 const GC_BATCH = args['gc-batch'] === undefined ? undefined : Number(args['gc-batch']);
 const DURATION = Number(args.duration);
 const ROUNDS = Number(args.rounds);
+const AUTOCHECKPOINT = args['sqlite-autocheckpoint'];
+if (AUTOCHECKPOINT !== undefined && !/^\d+$/.test(AUTOCHECKPOINT)) {
+  console.error(`--sqlite-autocheckpoint takes a number of pages (0: off), not "${AUTOCHECKPOINT}"`);
+  process.exit(2);
+}
 /** The manager and node:http integration: always this checkout's. */
 const MAIN_SRC = resolve(import.meta.dirname, '../src');
 const PG_URL = process.env.PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -266,9 +271,7 @@ async function sqliteEngine(): Promise<Engine> {
   db.pragma('journal_mode = WAL');
   const synchronous = args['sqlite-synchronous'];
   if (synchronous !== undefined) db.pragma(`synchronous = ${synchronous.replace(/\W/g, '')}`);
-  const autocheckpoint = args['sqlite-autocheckpoint'];
-  if (autocheckpoint !== undefined)
-    db.pragma(`wal_autocheckpoint = ${Number.parseInt(autocheckpoint, 10) || 0}`);
+  if (AUTOCHECKPOINT !== undefined) db.pragma(`wal_autocheckpoint = ${Number(AUTOCHECKPOINT)}`);
   const q = (t: string) => `"${t}"`;
   return {
     name: 'sqlite',
