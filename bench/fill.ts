@@ -35,7 +35,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import type { SessionMeta, SessionStore, StoredSession } from '../src/stores/store.js';
-import { median, percentile } from './lib/stats.js';
+import { median, percentile, prng } from './lib/stats.js';
 import { verdict } from './lib/verdict.js';
 
 const { values: args } = parseArgs({
@@ -90,18 +90,6 @@ function record(space: string, i: number, now: number): StoredSession {
         }
       : { createdAt: now, deadline: now + DAY, lastSeenAt: now, h, idAt: now };
   return { meta, values: { 'v:k': JSON.stringify('hello') } };
-}
-
-/** A deterministic PRNG (mulberry32), so every run and store loads the same positions. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** One size's sessions: a store (memory), a key prefix (Redis) or a table (PostgreSQL). */
@@ -296,6 +284,7 @@ const backend =
     : kind === 'redis'
       ? await redisBackend()
       : await postgresBackend();
+// Seeded, so every run and store loads the same positions.
 const random = prng(42);
 
 // ---- memory per session (memory store): one store filled through `create`, size by size --------
