@@ -107,6 +107,13 @@ interface ServerSpec {
   postgres?: true;
   /** Baselines answer without a session: no setup request. */
   baseline?: boolean;
+  /**
+   * A control: a baseline's server changed in one way (no session either, so no setup request),
+   * measured against the baselines like a row, to show what that change alone costs.
+   */
+  control?: true;
+  /** Express baseline only: a middleware that waits this long on a timer before each request. */
+  waitMs?: number;
   /** FileStore only: `fsync: false` (see the durability table in docs/stores.md). */
   fsync?: false;
 }
@@ -119,6 +126,9 @@ const SERVERS = {
   sfHttpRedis: { file: 'sessionflow-http.ts', store: 'redis', redis: 'sessionflow' },
   sfHttpPostgres: { file: 'sessionflow-http.ts', store: 'postgres', postgres: true },
   express: { file: 'express.ts', baseline: true },
+  // What Express alone pays when a middleware waits for I/O, as a store's load does: 5 ms is
+  // about what PostgreSQL loads take under the Express + PostgreSQL row's load here.
+  expressWait: { file: 'express.ts', control: true, waitMs: 5 },
   sfExpressMemory: { file: 'sessionflow-express.ts', store: 'memory' },
   sfExpressFile: { file: 'sessionflow-express.ts', store: 'file' },
   sfExpressRedis: { file: 'sessionflow-express.ts', store: 'redis', redis: 'sessionflow' },
@@ -178,6 +188,13 @@ const ROWS: RowSpec[] = (
       mode: 'read',
       family: 'express',
     },
+    {
+      id: 'express-wait-read',
+      label: 'plain Express 5 + a 5 ms wait in a middleware (no session; control)',
+      server: 'expressWait',
+      mode: 'read',
+      family: 'express',
+    },
     row('sf-express-memory', 'sessionflow + Express + MemoryStore', 'sfExpressMemory', 'express'),
     row('sf-express-file', 'sessionflow + Express + FileStore', 'sfExpressFile', 'express'),
     row('sf-express-redis', 'sessionflow + Express + RedisStore', 'sfExpressRedis', 'express'),
@@ -233,7 +250,8 @@ const DUMMY_COOKIE = `id=${'x'.repeat(43)}.${'y'.repeat(43)}`;
 /**
  * The performance targets (issue 9; listed in bench/README.md, "Targets"), checked against this
  * run's numbers. `peer`: a peer's row printed beside the verdict; `beat`: the target is met only
- * if the row is also at least as fast as that peer (same ratio base, same run).
+ * if the row is also at least as fast as that peer (same ratio base, same run); `control`: a
+ * control row printed beside the verdict (it decides nothing).
  */
 interface Target {
   label: string;
@@ -242,6 +260,7 @@ interface Target {
   min: number;
   peer?: string;
   beat?: true;
+  control?: string;
 }
 
 const TARGETS: Target[] = [
@@ -311,6 +330,8 @@ const TARGETS: Target[] = [
       of: 'express',
       min: 0.85,
       ...(store === 'postgres' ? {} : { peer: `express-session-${store}-read` }),
+      // The stores that wait for a server: what the wait alone costs Express is printed beside them.
+      ...(store === 'redis' || store === 'postgres' ? { control: 'express-wait-read' } : {}),
     }),
   ),
   {
@@ -396,7 +417,7 @@ interface Running {
 
 /** One directory per server: Node writes one profile per thread (main + module loader). */
 function profileName(spec: ServerSpec, config: ServerConfig): string {
-  return `${spec.file.replace(/\.ts$/, '')}${config.store ? `-${config.store}` : ''}`;
+  return `${spec.file.replace(/\.ts$/, '')}${config.store ? `-${config.store}` : ''}${config.waitMs ? `-wait${config.waitMs}` : ''}`;
 }
 
 /** Forks a server and waits for its port; `unavailable` when the scenario cannot run here. */
@@ -727,6 +748,7 @@ async function runServer(
   const config: ServerConfig = {};
   if (spec.store) config.store = spec.store;
   if (spec.fsync === false) config.fsync = false;
+  if (spec.waitMs !== undefined) config.waitMs = spec.waitMs;
   if (spec.store === 'file') {
     config.dir = mkdtempSync(join(tmpdir(), `sessionflow-bench-${serverId}-`));
     tempDirs.add(config.dir);
@@ -755,7 +777,8 @@ async function runServer(
       let result: RowResult;
       try {
         let cookies: string[] | null = null;
-        if (spec.baseline) cookies = r.mode === 'anon' || r.mode === 'create' ? null : [DUMMY_COOKIE];
+        if (spec.baseline || spec.control)
+          cookies = r.mode === 'anon' || r.mode === 'create' ? null : [DUMMY_COOKIE];
         else if (r.mode !== 'anon' && r.mode !== 'create') {
           sessions ??= await setupSessions(running.port, CONNECTIONS, BODY.read);
           cookies = r.mode === 'write1' ? [sessions[0]!] : sessions;
@@ -1052,6 +1075,8 @@ interface TargetResult {
   cpuRatio?: number;
   /** The peer's ratio on the same base, measured in the same run. */
   peer?: number;
+  /** The control row's ratio on the same base, measured in the same run. */
+  control?: number;
   /** Where the median of the row's slice ratios lies (`medianInterval`, 90 % asked for). */
   interval?: MedianInterval;
   /** False when the bar lies inside `interval`: the run's noise, not the code, decided the verdict. */
@@ -1081,6 +1106,11 @@ function evaluateTargets(rows: RowResult[]): TargetResult[] {
     const peer = t.peer ? rows.find((x) => x.id === t.peer && x.status === 'ok') : undefined;
     const peerRatio = peer ? (t.of === 'bare' ? peer.vsBare : peer.vsFramework) : undefined;
     const beaten = t.beat && peerRatio !== undefined && peerRatio > ratio;
+    const control = t.control ? rows.find((x) => x.id === t.control && x.status === 'ok') : undefined;
+    const controlRatio = control ? (t.of === 'bare' ? control.vsBare : control.vsFramework) : undefined;
+    const controlText = t.control
+      ? `; control ${controlRatio === undefined ? `${t.control}: not run` : `${control!.label}: ${controlRatio.toFixed(2)}`}`
+      : '';
     const peerText = t.peer
       ? peerRatio === undefined
         ? `; peer ${t.peer}: not run`
@@ -1092,8 +1122,9 @@ function evaluateTargets(rows: RowResult[]): TargetResult[] {
       measured: ratio,
       ...(cpuRatio === undefined ? {} : { cpuRatio }),
       ...(peerRatio === undefined ? {} : { peer: peerRatio }),
+      ...(controlRatio === undefined ? {} : { control: controlRatio }),
       ...(interval ? { interval, decided } : {}),
-      detail: `${ratio.toFixed(2)} (${fmtInt(r.rps!)} req/s${spread}${cpuRatio === undefined ? '' : `; by server CPU per request ${cpuRatio.toFixed(2)}`}${peerText})${issues ? `, invalid run: ${issues}` : ''}`,
+      detail: `${ratio.toFixed(2)} (${fmtInt(r.rps!)} req/s${spread}${cpuRatio === undefined ? '' : `; by server CPU per request ${cpuRatio.toFixed(2)}`}${peerText}${controlText})${issues ? `, invalid run: ${issues}` : ''}`,
     };
   });
 }

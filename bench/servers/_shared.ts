@@ -36,6 +36,10 @@ export interface ServerConfig {
   /** PostgreSQL connection string and table (unique per run; the parent drops it). */
   pgUrl?: string;
   table?: string;
+  /** Plain Express only: a middleware waits this many milliseconds (a timer) before each request. */
+  waitMs?: number;
+  /** SQL stores' `timeoutMs` and the pool's connection timeout (default: the store's 1 s, 2 s). */
+  storeTimeoutMs?: number;
 }
 
 /** Messages from a server to the parent. */
