@@ -31,7 +31,11 @@ async function createStore(
     case 'postgres': {
       const { default: pg } = await import('pg');
       const { PostgresStore } = await postgresStore();
-      const pool = new pg.Pool({ connectionString: config.pgUrl, max: 10, connectionTimeoutMillis: 2000 });
+      const pool = new pg.Pool({
+        connectionString: config.pgUrl,
+        max: 10,
+        connectionTimeoutMillis: config.storeTimeoutMs ?? 2000,
+      });
       pool.on('error', () => undefined);
       try {
         await pool.query('SELECT 1');
@@ -39,7 +43,10 @@ async function createStore(
         await pool.end().catch(() => undefined);
         throw new Unavailable(`postgres not reachable at ${config.pgUrl}: ${(err as Error).message}`);
       }
-      const store = new PostgresStore(pool, { table: config.table! });
+      const store = new PostgresStore(pool, {
+        table: config.table!,
+        ...(config.storeTimeoutMs ? { timeoutMs: config.storeTimeoutMs } : {}),
+      });
       await store.migrate();
       return { store, close: () => pool.end() };
     }
