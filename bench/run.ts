@@ -1102,20 +1102,21 @@ function evaluateTargets(rows: RowResult[]): TargetResult[] {
     // What the ratio would be if the server, not the load generator, were the bottleneck.
     const baseUs = rows.find((x) => x.id === t.of && x.status === 'ok')?.serverUsPerRequest;
     const cpuRatio = baseUs && r.serverUsPerRequest ? baseUs / r.serverUsPerRequest : undefined;
-    // The peer, on the same base: its ratio is printed, and with `beat` it must not be ahead.
-    const peer = t.peer ? rows.find((x) => x.id === t.peer && x.status === 'ok') : undefined;
-    const peerRatio = peer ? (t.of === 'bare' ? peer.vsBare : peer.vsFramework) : undefined;
+    // Another row on the same base (a peer or a control): its ratio, and the text printed for it.
+    const beside = (kind: 'peer' | 'control', id: string | undefined) => {
+      if (!id) return { ratio: undefined, text: '' };
+      const other = rows.find((x) => x.id === id && x.status === 'ok');
+      const otherRatio = other ? (t.of === 'bare' ? other.vsBare : other.vsFramework) : undefined;
+      const text =
+        otherRatio === undefined
+          ? `; ${kind} ${id}: not run`
+          : `; ${kind} ${other!.label}: ${otherRatio.toFixed(2)}`;
+      return { ratio: otherRatio, text };
+    };
+    // The peer's ratio is printed, and with `beat` it must not be ahead; a control only printed.
+    const { ratio: peerRatio, text: peerText } = beside('peer', t.peer);
+    const { ratio: controlRatio, text: controlText } = beside('control', t.control);
     const beaten = t.beat && peerRatio !== undefined && peerRatio > ratio;
-    const control = t.control ? rows.find((x) => x.id === t.control && x.status === 'ok') : undefined;
-    const controlRatio = control ? (t.of === 'bare' ? control.vsBare : control.vsFramework) : undefined;
-    const controlText = t.control
-      ? `; control ${controlRatio === undefined ? `${t.control}: not run` : `${control!.label}: ${controlRatio.toFixed(2)}`}`
-      : '';
-    const peerText = t.peer
-      ? peerRatio === undefined
-        ? `; peer ${t.peer}: not run`
-        : `; peer ${peer!.label}: ${peerRatio.toFixed(2)}`
-      : '';
     return {
       label: t.label,
       verdict: ratio >= t.min && !issues && !beaten ? 'MET' : 'MISSED',
