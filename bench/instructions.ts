@@ -2,8 +2,9 @@
  * `npm run bench:instr`: the read rows of `npm run bench` (memory store on node:http, Express and
  * Fastify, the file, Redis and PostgreSQL stores on node:http and Express, their baselines; a
  * Redis or PostgreSQL row is n/a when its server does not answer), the anonymous visitor and
- * the new visitor whose session is made (memory store on node:http), measured in CPU instructions
- * per request instead of req/s. The file rows count the thread-pool path of the file store: under
+ * the new visitor whose session is made (memory store on node:http, and @fastify/session's
+ * creation beside it, the peer the creation target names), measured in CPU instructions per
+ * request instead of req/s. The file rows count the thread-pool path of the file store: under
  * valgrind its synchronous reads hold the thread long enough to count as stalls (bench/README.md).
  *
  * Each row's server (the same files in bench/servers/, same IPC protocol) runs under
@@ -136,6 +137,14 @@ const ROWS: Row[] = [
     label: 'sessionflow + node:http + MemoryStore (new visitor, session made)',
     file: 'sessionflow-http.ts',
     store: 'memory',
+    mode: 'create',
+    of: 'bare',
+  },
+  {
+    // The peer of the creation target (bench/run.ts), on Fastify with its default memory store.
+    id: 'fastify-session-create',
+    label: '@fastify/session (new visitor, session made; peer)',
+    file: 'fastify-session.ts',
     mode: 'create',
     of: 'bare',
   },
