@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
+import type { Connection, Pool, PoolClient, QueryResult, QueryResultRow, Submittable } from 'pg';
 import {
   type Budget,
   bindValues,
@@ -100,6 +100,103 @@ const dialect: CommitDialect = {
   handleIs: (bind) => `meta ->> 'h' = ${bind.add((c) => c.guard!.handle)}`,
   userIs: (bind) => `user_id = ${bind.add((c) => c.guard!.userId)}`,
 };
+
+/** A read's rows as PostgreSQL sent them: each column's text, in the statement's order. */
+type TextRows = (string | null)[][];
+
+/** Every column as its text: the store parses the two JSON columns itself (`decodeRow`). */
+const AS_TEXT = { getTypeParser: () => (text: string) => text };
+
+/** What a {@link TextRead} needs of pg's connection; pg's own Query uses the same calls. */
+type Wire = Connection & {
+  stream: { cork?: () => void; uncork?: () => void };
+  parsedStatements?: Record<string, string>;
+  submittedNamedStatements?: Record<string, string>;
+};
+
+/**
+ * A read (`select`, `selectMany`) handed to pg's client as a `Submittable`, pg's extension point
+ * for query objects of one's own (pg-cursor and pg-query-stream are two). It goes out as pg's
+ * Query would send it: Parse (skipped for a named statement the connection has parsed), Bind,
+ * Describe, Execute and Sync, corked into one write. Its answer is kept as text: pg's Query would
+ * make a Result, look up a type parser for each column, build an object for each row and emit an
+ * event for it, where the store needs two or three columns it parses itself. The client calls the
+ * `handle*` methods below with the server's messages, in order, and `handleError` for an error
+ * of the statement, a broken connection or a query timeout; the read settles once.
+ */
+class TextRead implements Submittable {
+  readonly rows: TextRows = [];
+  readonly answer: Promise<TextRows>;
+  #resolve!: (rows: TextRows) => void;
+  #reject!: (err: unknown) => void;
+  #settled = false;
+
+  /** `name` and `text` are read by pg's client too, to keep its list of parsed statements. */
+  constructor(
+    readonly text: string,
+    readonly name: string | undefined,
+    readonly values: string[],
+  ) {
+    this.answer = new Promise<TextRows>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+  }
+
+  submit(connection: Connection): void {
+    const wire = connection as Wire;
+    const name = this.name ?? '';
+    wire.stream.cork?.();
+    try {
+      const parsed =
+        this.name !== undefined &&
+        (wire.parsedStatements?.[name] !== undefined || wire.submittedNamedStatements?.[name] !== undefined);
+      if (!parsed) {
+        wire.parse({ text: this.text, name, types: [] }, true);
+        if (this.name !== undefined && wire.submittedNamedStatements)
+          wire.submittedNamedStatements[name] = this.text;
+      }
+      wire.bind({ statement: name, values: this.values }, true);
+      wire.describe({ type: 'P' }, true);
+      wire.execute({}, true);
+      wire.sync();
+    } finally {
+      wire.stream.uncork?.();
+    }
+  }
+
+  handleRowDescription(): void {}
+
+  handleDataRow(message: { fields: (string | null)[] }): void {
+    this.rows.push(message.fields);
+  }
+
+  handleCommandComplete(): void {}
+  handleEmptyQuery(): void {}
+  handlePortalSuspended(): void {}
+
+  handleError(err: unknown): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#reject(err);
+  }
+
+  handleReadyForQuery(): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#resolve(this.rows);
+  }
+}
+
+/**
+ * True when `client` is pg's JavaScript client outside pipeline mode, which takes a
+ * {@link TextRead}. A client in pipeline mode refuses query objects of one's own, and one without
+ * pg's JavaScript connection (pg-native) cannot run them: those get pg's own query instead.
+ */
+function takesTextRead(client: PoolClient): boolean {
+  const c = client as PoolClient & { pipeline?: unknown };
+  return !c.pipeline && typeof (c.connection as Partial<Wire> | undefined)?.bind === 'function';
+}
 
 /**
  * A statement as the store sends it: its text, the name it is prepared under, and whether its
@@ -258,11 +355,46 @@ export class PostgresStore extends SqlSessionStore {
    * holds a connection it listens for its `'error'` event, which the pool does not do for a
    * checked-out connection. No timer of its own: every wait is on the operation's budget.
    */
-  async #query<R extends QueryResultRow = QueryResultRow>(
+  #query<R extends QueryResultRow = QueryResultRow>(
     statement: Statement,
     values: unknown[],
     budget: Budget = this.budget('query'),
   ): Promise<QueryResult<R>> {
+    return this.#on(statement, values, budget, (client) =>
+      client.query<R>({ name: statement.name, text: statement.text, values }),
+    );
+  }
+
+  /**
+   * A read whose columns come back as text (see {@link TextRead}), on a pooled connection as
+   * {@link #query} sends a statement. `values` are already the text PostgreSQL is sent.
+   */
+  #read(statement: Statement, values: string[], budget: Budget | undefined): Promise<TextRows> {
+    return this.#on(statement, values, budget ?? this.budget('query'), (client) => {
+      if (takesTextRead(client)) {
+        const read = new TextRead(statement.text, statement.name, values);
+        client.query(read);
+        return read.answer;
+      }
+      // The same answer through pg's own query: rows as arrays, every column as its text.
+      return client
+        .query<unknown[]>({
+          name: statement.name,
+          text: statement.text,
+          values,
+          rowMode: 'array',
+          types: AS_TEXT,
+        })
+        .then((result) => result.rows as TextRows);
+    });
+  }
+
+  async #on<T>(
+    statement: Statement,
+    values: unknown[],
+    budget: Budget,
+    send: (client: PoolClient) => Promise<T>,
+  ): Promise<T> {
     // A connection that comes after the deadline is handed straight back.
     const client: PoolClient = await waitWithin(this.#pool.connect(), budget, (late) => late.release());
     if (budget.remaining() === 0) {
@@ -287,10 +419,7 @@ export class PostgresStore extends SqlSessionStore {
     try {
       // The lock bound is what is left once the connection is there: both ends give up together.
       if (statement.lockBounded) values.push(String(Math.max(1, budget.remaining())));
-      return await waitWithin(
-        client.query<R>({ name: statement.name, text: statement.text, values }),
-        budget,
-      );
+      return await waitWithin(send(client), budget);
     } catch (err) {
       // lock_not_available: the server gave up on the row lock, as asked.
       if ((err as { code?: unknown }).code === '55P03') throw budget.error(err);
@@ -303,7 +432,8 @@ export class PostgresStore extends SqlSessionStore {
   }
 
   protected async selectLive(key: string, now: number, budget?: Budget): Promise<SessionRow | undefined> {
-    return (await this.#query<SessionRow>(this.#sql.select, [key, now], budget)).rows[0];
+    const row = (await this.#read(this.#sql.select, [key, String(now)], budget))[0];
+    return row && { meta: row[0], data: row[1] };
   }
 
   protected override async selectLiveMany(
@@ -311,13 +441,11 @@ export class PostgresStore extends SqlSessionStore {
     now: number,
     budget?: Budget,
   ): Promise<Map<string, SessionRow>> {
-    const { rows } = await this.#query<SessionRow & { id: string }>(
-      this.#sql.selectMany,
-      [keys, now],
-      budget,
-    );
+    // A text[] literal: storage keys are base64url (checked by `load`), nothing in them to escape.
+    const list = `{${keys.map((key) => `"${key}"`).join(',')}}`;
+    const rows = await this.#read(this.#sql.selectMany, [list, String(now)], budget);
     const byKey = new Map<string, SessionRow>();
-    for (const row of rows) byKey.set(row.id, row);
+    for (const row of rows) byKey.set(row[0]!, { meta: row[1], data: row[2] });
     return byKey;
   }
 

@@ -171,6 +171,52 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
     }
   });
 
+  // Reads come back as text the store parses itself (src/stores/postgres.ts, TextRead): the
+  // jsonb parser a pool's clients use has no say in what a load finds.
+  it("loads find their sessions whatever jsonb parser the pool's clients use, alone and batched", async () => {
+    const JSONB = 3802;
+    const hijacked = new pg.Pool({
+      connectionString: PG_URL,
+      types: {
+        getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+          oid === JSONB
+            ? (text: string) => ({ notTheRecord: text })
+            : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+      },
+    });
+    try {
+      const table = suite.scratchTable();
+      const store = new PostgresStore(hijacked, { table, now: () => suite.clock });
+      await store.migrate();
+      const keys = Array.from({ length: 12 }, () => key());
+      for (const [i, k] of keys.entries()) await store.create(k, rec({ 'v:n': String(i) }), HOUR);
+      expect((await store.load(keys[0]!))?.values['v:n']).toBe('0');
+      // At once: two go out alone, the rest wait and go out together (id = ANY(...)).
+      const found = await Promise.all(keys.map((k) => store.load(k)));
+      expect(found.map((r) => r?.values['v:n'])).toEqual(keys.map((_, i) => String(i)));
+    } finally {
+      await hijacked.end();
+    }
+  });
+
+  // pg's pipeline mode refuses query objects of one's own; the store then sends a plain query.
+  it("loads work on a pool whose clients run in pg's pipeline mode, alone and batched", async () => {
+    const pipelined = new pg.Pool({ connectionString: PG_URL, pipeline: true } as pg.PoolConfig);
+    try {
+      const table = suite.scratchTable();
+      const store = new PostgresStore(pipelined, { table, now: () => suite.clock });
+      await store.migrate();
+      const keys = Array.from({ length: 12 }, () => key());
+      for (const [i, k] of keys.entries()) await store.create(k, rec({ 'v:n': String(i) }), HOUR);
+      expect((await store.load(keys[3]!))?.values['v:n']).toBe('3');
+      const found = await Promise.all(keys.map((k) => store.load(k)));
+      expect(found.map((r) => r?.values['v:n'])).toEqual(keys.map((_, i) => String(i)));
+      expect(await store.load(key())).toBeNull();
+    } finally {
+      await pipelined.end();
+    }
+  });
+
   it('a 63-character table name still gets two distinct indexes (PostgreSQL truncates identifiers)', async () => {
     const long = suite.scratchTable(`${uniqueTable()}_`.padEnd(63, 'x'));
     await new PostgresStore(suite.conn, { table: long }).migrate();
