@@ -171,6 +171,21 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
     }
   });
 
+  /**
+   * Twelve sessions made through `pool`, then loaded: one alone, then all at once (two go out
+   * alone, the rest together as one statement, id = ANY(...)), and a key that was never made.
+   */
+  const loadsAloneAndBatched = async (pool: pg.Pool) => {
+    const store = new PostgresStore(pool, { table: suite.scratchTable(), now: () => suite.clock });
+    await store.migrate();
+    const keys = Array.from({ length: 12 }, () => key());
+    for (const [i, k] of keys.entries()) await store.create(k, rec({ 'v:n': String(i) }), HOUR);
+    expect((await store.load(keys[3]!))?.values['v:n']).toBe('3');
+    const found = await Promise.all(keys.map((k) => store.load(k)));
+    expect(found.map((r) => r?.values['v:n'])).toEqual(keys.map((_, i) => String(i)));
+    expect(await store.load(key())).toBeNull();
+  };
+
   // Reads come back as text the store parses itself (src/stores/postgres.ts, TextRead): the
   // jsonb parser a pool's clients use has no say in what a load finds.
   it("loads find their sessions whatever jsonb parser the pool's clients use, alone and batched", async () => {
@@ -185,15 +200,7 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
       },
     });
     try {
-      const table = suite.scratchTable();
-      const store = new PostgresStore(hijacked, { table, now: () => suite.clock });
-      await store.migrate();
-      const keys = Array.from({ length: 12 }, () => key());
-      for (const [i, k] of keys.entries()) await store.create(k, rec({ 'v:n': String(i) }), HOUR);
-      expect((await store.load(keys[0]!))?.values['v:n']).toBe('0');
-      // At once: two go out alone, the rest wait and go out together (id = ANY(...)).
-      const found = await Promise.all(keys.map((k) => store.load(k)));
-      expect(found.map((r) => r?.values['v:n'])).toEqual(keys.map((_, i) => String(i)));
+      await loadsAloneAndBatched(hijacked);
     } finally {
       await hijacked.end();
     }
@@ -203,15 +210,7 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
   it("loads work on a pool whose clients run in pg's pipeline mode, alone and batched", async () => {
     const pipelined = new pg.Pool({ connectionString: PG_URL, pipeline: true } as pg.PoolConfig);
     try {
-      const table = suite.scratchTable();
-      const store = new PostgresStore(pipelined, { table, now: () => suite.clock });
-      await store.migrate();
-      const keys = Array.from({ length: 12 }, () => key());
-      for (const [i, k] of keys.entries()) await store.create(k, rec({ 'v:n': String(i) }), HOUR);
-      expect((await store.load(keys[3]!))?.values['v:n']).toBe('3');
-      const found = await Promise.all(keys.map((k) => store.load(k)));
-      expect(found.map((r) => r?.values['v:n'])).toEqual(keys.map((_, i) => String(i)));
-      expect(await store.load(key())).toBeNull();
+      await loadsAloneAndBatched(pipelined);
     } finally {
       await pipelined.end();
     }
