@@ -125,7 +125,7 @@ type Wire = Connection & {
  * of the statement, a broken connection or a query timeout; the read settles once.
  */
 class TextRead implements Submittable {
-  readonly rows: TextRows = [];
+  readonly #rows: TextRows = [];
   readonly answer: Promise<TextRows>;
   #resolve!: (rows: TextRows) => void;
   #reject!: (err: unknown) => void;
@@ -168,7 +168,7 @@ class TextRead implements Submittable {
   handleRowDescription(): void {}
 
   handleDataRow(message: { fields: (string | null)[] }): void {
-    this.rows.push(message.fields);
+    this.#rows.push(message.fields);
   }
 
   handleCommandComplete(): void {}
@@ -184,7 +184,7 @@ class TextRead implements Submittable {
   handleReadyForQuery(): void {
     if (this.#settled) return;
     this.#settled = true;
-    this.#resolve(this.rows);
+    this.#resolve(this.#rows);
   }
 }
 
@@ -369,8 +369,8 @@ export class PostgresStore extends SqlSessionStore {
    * A read whose columns come back as text (see {@link TextRead}), on a pooled connection as
    * {@link #query} sends a statement. `values` are already the text PostgreSQL is sent.
    */
-  #read(statement: Statement, values: string[], budget: Budget | undefined): Promise<TextRows> {
-    return this.#on(statement, values, budget ?? this.budget('query'), (client) => {
+  #read(statement: Statement, values: string[], budget: Budget = this.budget('query')): Promise<TextRows> {
+    return this.#on(statement, values, budget, (client) => {
       if (takesTextRead(client)) {
         const read = new TextRead(statement.text, statement.name, values);
         client.query(read);
