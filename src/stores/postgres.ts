@@ -114,6 +114,9 @@ type Wire = Connection & {
   submittedNamedStatements?: Record<string, string>;
 };
 
+/** The callback of a read that nothing waits on through pg (see {@link TextRead.callback}). */
+function ignore(): void {}
+
 /**
  * A read (`select`, `selectMany`) handed to pg's client as a `Submittable`, pg's extension point
  * for query objects of one's own (pg-cursor and pg-query-stream are two). It goes out as pg's
@@ -130,6 +133,15 @@ class TextRead implements Submittable {
   #resolve!: (rows: TextRows) => void;
   #reject!: (err: unknown) => void;
   #settled = false;
+
+  /**
+   * Called once, when the read settles. pg's client wraps it when a `query_timeout` is set (on the
+   * pool or its clients): the wrapper stops that timeout's timer. Without it the timer would
+   * outlive every read by `query_timeout` (and keep the process from exiting), and pg before
+   * 8.12 would call the missing callback when it fired: a TypeError thrown from a timer, which
+   * ends the process.
+   */
+  callback: (err: Error | null) => void = ignore;
 
   /** `name` and `text` are read by pg's client too, to keep its list of parsed statements. */
   constructor(
@@ -175,15 +187,17 @@ class TextRead implements Submittable {
   handleEmptyQuery(): void {}
   handlePortalSuspended(): void {}
 
-  handleError(err: unknown): void {
+  handleError(err: Error): void {
     if (this.#settled) return;
     this.#settled = true;
+    this.callback(err);
     this.#reject(err);
   }
 
   handleReadyForQuery(): void {
     if (this.#settled) return;
     this.#settled = true;
+    this.callback(null);
     this.#resolve(this.#rows);
   }
 }

@@ -1,4 +1,6 @@
 import pg from 'pg';
+// pg 8.11, an older line users still run (installed under this alias, see package.json).
+import pgBefore812 from 'pg-8-11';
 import { expect, it } from 'vitest';
 import { PostgresStore, postgresSchema } from '../../src/stores/postgres.js';
 import { serverAvailable } from '../helpers/servers.js';
@@ -175,8 +177,12 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
    * Twelve sessions made through `pool`, then loaded: one alone, then all at once (two go out
    * alone, the rest together as one statement, id = ANY(...)), and a key that was never made.
    */
-  const loadsAloneAndBatched = async (pool: pg.Pool) => {
-    const store = new PostgresStore(pool, { table: suite.scratchTable(), now: () => suite.clock });
+  const loadsAloneAndBatched = async (pool: pg.Pool, prepare?: boolean) => {
+    const store = new PostgresStore(pool, {
+      table: suite.scratchTable(),
+      now: () => suite.clock,
+      ...(prepare === undefined ? {} : { prepare }),
+    });
     await store.migrate();
     const keys = Array.from({ length: 12 }, () => key());
     for (const [i, k] of keys.entries()) await store.create(k, rec({ 'v:n': String(i) }), HOUR);
@@ -215,6 +221,50 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
       await pipelined.end();
     }
   });
+
+  // Reads speak pg's protocol through the connection's own methods: the older pg line too.
+  it('loads work on a pg 8.11 pool, with statements prepared and not, alone and batched', async () => {
+    const older = new pgBefore812.Pool({ connectionString: PG_URL });
+    try {
+      await loadsAloneAndBatched(older, false);
+      await loadsAloneAndBatched(older, true);
+    } finally {
+      await older.end();
+    }
+  });
+
+  // pg's client arms a timer per query when a query_timeout is set, and stops it through the
+  // query's callback. A read that never called it left its timer running for query_timeout after
+  // the read (the process unable to exit), and on pg before 8.12 the timer then called the missing
+  // callback: a TypeError thrown from a timer, which ended the process. Hence the older pg too.
+  for (const [version, driver] of [
+    ['pg', pg],
+    ['pg 8.11', pgBefore812],
+  ] as const) {
+    it(`loads on a ${version} pool with query_timeout leave no timer running behind them`, async () => {
+      const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+      // idleTimeoutMillis 0: no idle timer per pooled client, so every Timeout counted is a query's.
+      const timed = new driver.Pool({
+        connectionString: PG_URL,
+        query_timeout: 600_000,
+        idleTimeoutMillis: 0,
+      });
+      try {
+        const store = new PostgresStore(timed, { table: suite.scratchTable(), now: () => suite.clock });
+        await store.migrate();
+        const keys = Array.from({ length: 12 }, () => key());
+        for (const k of keys) await store.create(k, rec({ 'v:a': '1' }), HOUR);
+        const before = timers();
+        expect((await store.load(keys[0]!))?.values['v:a']).toBe('1');
+        const found = await Promise.all(keys.map((k) => store.load(k)));
+        expect(found.every((r) => r?.values['v:a'] === '1')).toBe(true);
+        expect(await store.load(key())).toBeNull();
+        expect(timers()).toBeLessThanOrEqual(before);
+      } finally {
+        await timed.end();
+      }
+    });
+  }
 
   it('a 63-character table name still gets two distinct indexes (PostgreSQL truncates identifiers)', async () => {
     const long = suite.scratchTable(`${uniqueTable()}_`.padEnd(63, 'x'));
