@@ -104,8 +104,23 @@ const dialect: CommitDialect = {
 /** A read's rows as PostgreSQL sent them: each column's text, in the statement's order. */
 type TextRows = (string | null)[][];
 
-/** Every column as its text: the store parses the two JSON columns itself (`decodeRow`). */
-const AS_TEXT = { getTypeParser: () => (text: string) => text };
+/** The type id of jsonb, whose binary form is a version byte (1) before its text. */
+const JSONB_OID = 3802;
+
+/**
+ * Every column as its text: the store parses the two JSON columns itself (`decodeRow`). A client
+ * in pg's binary mode gets a read's columns (text and jsonb) in their binary form: the same
+ * UTF-8, after a version byte for jsonb; pg hands them over as strings or as bytes.
+ */
+const AS_TEXT = {
+  getTypeParser: (oid: number, format?: string) =>
+    format === 'binary'
+      ? (value: string | Buffer) => {
+          const text = typeof value === 'string' ? value : value.toString('utf8');
+          return oid === JSONB_OID ? text.slice(1) : text;
+        }
+      : (text: string) => text,
+};
 
 /** What a {@link TextRead} needs of pg's connection; pg's own Query uses the same calls. */
 type Wire = Connection & {
@@ -525,7 +540,9 @@ export class PostgresStore extends SqlSessionStore {
   }
 
   protected async selectByUser(userId: string, now: number, budget?: Budget): Promise<UserSessionRow[]> {
-    return (await this.#query<UserSessionRow>(this.#sql.byUser, [userId, now], budget)).rows;
+    // As text too: what a pool's type parsers or binary mode would make of jsonb is not asked.
+    const rows = await this.#read(this.#sql.byUser, [userId, String(now)], budget);
+    return rows.map((row) => ({ id: row[0]!, meta: row[1] }));
   }
 
   protected async deleteExpiredBatch(now: number, limit: number, budget?: Budget): Promise<number> {

@@ -185,16 +185,22 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
     });
     await store.migrate();
     const keys = Array.from({ length: 12 }, () => key());
-    for (const [i, k] of keys.entries()) await store.create(k, rec({ 'v:n': String(i) }), HOUR);
+    // The first three are signed in as one user: sessionsOf reads their metadata.
+    for (const [i, k] of keys.entries()) {
+      await store.create(k, rec({ 'v:n': String(i) }, i < 3 ? 'u-text' : undefined), HOUR);
+    }
     expect((await store.load(keys[3]!))?.values['v:n']).toBe('3');
     const found = await Promise.all(keys.map((k) => store.load(k)));
     expect(found.map((r) => r?.values['v:n'])).toEqual(keys.map((_, i) => String(i)));
     expect(await store.load(key())).toBeNull();
+    const mine = await store.sessionsOf('u-text');
+    expect(mine.map((s) => s.key).sort()).toEqual(keys.slice(0, 3).sort());
+    expect(mine.every((s) => s.meta.userId === 'u-text' && s.meta.deadline === 9e15)).toBe(true);
   };
 
   // Reads come back as text the store parses itself (src/stores/postgres.ts, TextRead): the
   // jsonb parser a pool's clients use has no say in what a load finds.
-  it("loads find their sessions whatever jsonb parser the pool's clients use, alone and batched", async () => {
+  it("loads and sessionsOf find their sessions whatever jsonb parser the pool's clients use", async () => {
     const JSONB = 3802;
     const hijacked = new pg.Pool({
       connectionString: PG_URL,
@@ -212,13 +218,29 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
     }
   });
 
+  // pg's binary mode asks for results in binary: jsonb then comes as a version byte and text.
+  it("loads and sessionsOf work on a pool in pg's binary mode, alone and batched", async () => {
+    const binary = new pg.Pool({ connectionString: PG_URL, binary: true } as pg.PoolConfig);
+    try {
+      await loadsAloneAndBatched(binary);
+    } finally {
+      await binary.end();
+    }
+  });
+
   // pg's pipeline mode refuses query objects of one's own; the store then sends a plain query.
-  it("loads work on a pool whose clients run in pg's pipeline mode, alone and batched", async () => {
+  it("loads work on a pool whose clients run in pg's pipeline mode (binary too), alone and batched", async () => {
     const pipelined = new pg.Pool({ connectionString: PG_URL, pipeline: true } as pg.PoolConfig);
     try {
       await loadsAloneAndBatched(pipelined);
     } finally {
       await pipelined.end();
+    }
+    const both = new pg.Pool({ connectionString: PG_URL, pipeline: true, binary: true } as pg.PoolConfig);
+    try {
+      await loadsAloneAndBatched(both);
+    } finally {
+      await both.end();
     }
   });
 
