@@ -142,6 +142,30 @@ function isDuplicateKey(err: unknown): boolean {
 const statementSeconds = (ms: number) => (Math.max(1, Math.ceil(ms / 100)) / 10).toFixed(1);
 
 /**
+ * What every statement of the store asks of mysql2, whatever options the application's pool was
+ * given: rows as objects keyed by column (not `rowsAsArray`, not `nestTables`) with mysql2's own
+ * conversion of each column (`typeCast`). Without them a pool made with `rowsAsArray: true` or
+ * `typeCast: false` read every session as corrupt, and so signed everyone out.
+ */
+const ROWS_AS_OBJECTS = { rowsAsArray: false, nestTables: false, typeCast: true } as const;
+
+/**
+ * A pool whose `typeCast` is a function of the application's keeps it over a statement's
+ * `typeCast: true` (mysql2 lets only a function replace a function): this one hands every column
+ * to mysql2's own conversion.
+ */
+const OWN_CONVERSION = {
+  ...ROWS_AS_OBJECTS,
+  typeCast: (_field: unknown, next: () => unknown) => next(),
+} as const;
+
+/** The statement options for `conn` (see {@link ROWS_AS_OBJECTS}). */
+function rowOptions(conn: PoolConnection) {
+  const config = (conn.connection as { config?: { typeCast?: unknown } }).config;
+  return typeof config?.typeCast === 'function' ? OWN_CONVERSION : ROWS_AS_OBJECTS;
+}
+
+/**
  * Sessions in MySQL 8 or MariaDB (tested on 10.11) through the application's own `mysql2/promise` pool.
  *
  * Atomic merge: one `UPDATE ... SET data = JSON_MERGE_PATCH(data, ?) ... WHERE id = ? AND
@@ -230,7 +254,7 @@ export class MySqlStore extends SqlSessionStore {
   #isMariaDb(conn: PoolConnection): Promise<boolean> {
     if (!this.#mariadb) {
       const asked = conn
-        .query<RowDataPacket[]>('SELECT VERSION() AS v')
+        .query<RowDataPacket[]>({ sql: 'SELECT VERSION() AS v', ...rowOptions(conn) })
         .then(([rows]) => (this.#isMariaDbKnown = /mariadb/i.test(String(rows[0]?.v))));
       // Asked again on the next statement if the server did not answer.
       asked.catch(() => {
@@ -281,7 +305,10 @@ export class MySqlStore extends SqlSessionStore {
         ? `SET STATEMENT max_statement_time=${statementSeconds(budget.remaining())} FOR ${sql}`
         : sql;
       // A destroyed connection may never answer: the wait ends with the budget all the same.
-      const [result] = await waitWithin(conn.execute<T>(text, values as (string | number)[]), budget);
+      const [result] = await waitWithin(
+        conn.execute<T>({ sql: text, values: values as (string | number)[], ...rowOptions(conn) }),
+        budget,
+      );
       return result;
     } catch (err) {
       const errno = errnoOf(err);

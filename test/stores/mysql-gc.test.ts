@@ -64,13 +64,15 @@ function beforeFirst(pool: Pool, pattern: RegExp, hook: (values: unknown[]) => P
   let held = false;
   pool.getConnection = async () => {
     const conn: PoolConnection = await getConnection();
-    const execute = conn.execute.bind(conn) as (sql: string, values: unknown[]) => Promise<unknown>;
-    (conn as unknown as { execute: typeof execute }).execute = async (sql, values) => {
-      if (!held && pattern.test(sql)) {
+    // The store sends each statement as an options object: { sql, values, ... }.
+    type Statement = { sql: string; values: unknown[] };
+    const execute = conn.execute.bind(conn) as (statement: Statement) => Promise<unknown>;
+    (conn as unknown as { execute: typeof execute }).execute = async (statement) => {
+      if (!held && pattern.test(statement.sql)) {
         held = true;
-        await hook(values);
+        await hook(statement.values);
       }
-      return execute(sql, values);
+      return execute(statement);
     };
     return conn;
   };

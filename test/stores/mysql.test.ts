@@ -97,6 +97,44 @@ describeSqlStoreSpecifics('MySqlStore', factory, mariadb, (suite) => {
     for (const k of live) expect((await counting.load(k))?.values['v:live']).toBe('1');
   });
 
+  // The application's pool options shape the rows mysql2 returns; the store's reads ask for
+  // their own, so none of these makes a session read back as corrupt (which signs its user out).
+  for (const [name, options] of [
+    ['rowsAsArray', { rowsAsArray: true }],
+    ['nestTables', { nestTables: true }],
+    ['typeCast: false', { typeCast: false }],
+    // Binary columns as bytes: MariaDB's JSON columns are LONGTEXT, which mysql2 types BLOB.
+    [
+      'a typeCast of its own',
+      {
+        typeCast: (field: { type: string; buffer(): Buffer | null }, next: () => unknown) =>
+          field.type === 'BLOB' ? field.buffer() : next(),
+      },
+    ],
+  ] as const) {
+    it(`reads find their sessions on a pool made with ${name}, alone and batched`, async () => {
+      const pool = mysql.createPool({ uri: MYSQL_URL, ...options } as mysql.PoolOptions);
+      try {
+        const store = new MySqlStore(pool, { table: suite.scratchTable(), now: () => suite.clock });
+        await store.migrate();
+        const keys = Array.from({ length: 12 }, () => key());
+        for (const [i, k] of keys.entries()) {
+          await store.create(k, rec({ 'v:n': String(i) }, i < 3 ? 'u-rows' : undefined), HOUR);
+        }
+        expect((await store.load(keys[3]!))?.values['v:n']).toBe('3');
+        const found = await Promise.all(keys.map((k) => store.load(k)));
+        expect(found.map((r) => r?.values['v:n'])).toEqual(keys.map((_, i) => String(i)));
+        expect(await store.load(key())).toBeNull();
+        expect(await store.commit(keys[0]!, { set: { 'v:m': '"x"' }, unset: [] }, HOUR)).toBe('ok');
+        expect((await store.load(keys[0]!))?.values).toEqual({ 'v:n': '0', 'v:m': '"x"' });
+        const mine = await store.sessionsOf('u-rows');
+        expect(mine.map((s) => s.key).sort()).toEqual(keys.slice(0, 3).sort());
+      } finally {
+        await pool.end();
+      }
+    });
+  }
+
   it('SM-37: user_id and expires_at are indexed, and the primary key is the session key', async () => {
     const [indexes] = await suite.conn.query<RowDataPacket[]>(
       `SELECT index_name AS name, column_name AS col FROM information_schema.statistics
