@@ -14,6 +14,7 @@ import {
   deleteShape,
   type InsertItem,
   indexName,
+  isStatementError,
   portableStatements,
   type SessionRow,
   Shape,
@@ -452,6 +453,10 @@ export class PostgresStore extends SqlSessionStore {
     } catch (err) {
       // lock_not_available: the server gave up on the row lock, as asked.
       if ((err as { code?: unknown }).code === '55P03') throw budget.error(err);
+      // Not the server's answer to the statement (pg's query_timeout, a broken connection): the
+      // connection may still be busy with it, so it leaves the pool instead of making the next
+      // statement sent on it wait behind this one.
+      if (!isStatementError(err)) broken ??= err as Error;
       throw err;
     } finally {
       stop();

@@ -860,7 +860,7 @@ export interface InsertItem {
 const UNBATCHED_SHAPES = Shape.retain | Shape.unset | Shape.metaUnset;
 
 /** True if an engine error is the server refusing the statement (SQLSTATE): nothing was written. */
-function isStatementError(err: unknown): boolean {
+export function isStatementError(err: unknown): boolean {
   const e = err as { code?: unknown; severity?: unknown } | null;
   return typeof e?.severity === 'string' && typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code);
 }

@@ -288,6 +288,33 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
     });
   }
 
+  // pg gives up on a statement at query_timeout but leaves it running on the connection: one
+  // handed back to the pool would make the next statement sent on it wait behind the stuck one.
+  it("a read pg's query_timeout gave up on takes its connection out of the pool", async () => {
+    const pool = new pg.Pool({ connectionString: PG_URL, query_timeout: 300, max: 1 });
+    const locker = new pg.Client({ connectionString: PG_URL });
+    try {
+      const options = { now: () => suite.clock, timeoutMs: 10_000 };
+      const stuck = new PostgresStore(pool, { ...options, table: suite.scratchTable() });
+      const other = new PostgresStore(pool, { ...options, table: suite.scratchTable() });
+      await stuck.migrate();
+      await other.migrate();
+      const [a, b] = [key(), key()];
+      await stuck.create(a, rec({ 'v:a': '1' }), HOUR);
+      await other.create(b, rec({ 'v:b': '2' }), HOUR);
+      await locker.connect();
+      await locker.query('BEGIN');
+      await locker.query(`LOCK TABLE "${stuck.table}" IN ACCESS EXCLUSIVE MODE`);
+      await expect(stuck.load(a)).rejects.toThrow(/read timeout/);
+      // The pool's one connection: a fresh one, not the one still waiting for the lock.
+      expect((await other.load(b))?.values).toEqual({ 'v:b': '2' });
+    } finally {
+      await locker.query('ROLLBACK').catch(() => undefined);
+      await locker.end();
+      await pool.end();
+    }
+  });
+
   it('a 63-character table name still gets two distinct indexes (PostgreSQL truncates identifiers)', async () => {
     const long = suite.scratchTable(`${uniqueTable()}_`.padEnd(63, 'x'));
     await new PostgresStore(suite.conn, { table: long }).migrate();
