@@ -29,6 +29,8 @@ import {
  */
 export interface NodeRedisCommandOptions {
   abortSignal?: AbortSignal;
+  /** node-redis v4's name for `abortSignal`. */
+  signal?: AbortSignal;
 }
 
 /** The part of a node-redis v5 client (`createClient`, `createClientPool`) the store uses. */
@@ -75,7 +77,10 @@ export interface IoRedisLike {
   pipeline(): IoRedisPipelineLike;
 }
 
-/** Any client RedisStore accepts: node-redis v5 or ioredis v5, standalone, Sentinel or Cluster. */
+/**
+ * Any client RedisStore accepts: node-redis v5 or ioredis v5, standalone, Sentinel or Cluster, or a
+ * single node-redis v4 client (in legacy mode too).
+ */
 export type RedisClientLike =
   | NodeRedisClientLike
   | NodeRedisClusterLike
@@ -92,7 +97,10 @@ export interface RedisDurability {
 
 /** Options of {@link RedisStore}. */
 export interface RedisStoreOptions {
-  /** Your connected client: node-redis v5 or ioredis v5, standalone, Sentinel or Cluster. */
+  /**
+   * Your connected client: node-redis v5 or ioredis v5, standalone, Sentinel or Cluster, or a
+   * single node-redis v4 client (in legacy mode too).
+   */
   client: RedisClientLike;
   /** Prepended to every key. Must not contain `{` or `}` (they would change the hash slot). @default 'sf:' */
   prefix?: string;
@@ -444,8 +452,13 @@ const keysOf = (key: string | readonly string[]): readonly string[] =>
 type Send = (args: string[], signal?: AbortSignal) => Promise<unknown>;
 
 /** node-redis command options for `signal`. */
+/**
+ * A command's abort signal, under both names: node-redis v5 reads `abortSignal`, v4 `signal`. A
+ * command that waits in the offline queue past its operation's deadline is then dropped, not
+ * sent after the reconnect.
+ */
 const commandOptions = (signal: AbortSignal | undefined): NodeRedisCommandOptions | undefined =>
-  signal && { abortSignal: signal };
+  signal && { abortSignal: signal, signal };
 
 function isNoScript(err: unknown): boolean {
   return err instanceof Error && err.message.startsWith('NOSCRIPT');
@@ -592,12 +605,36 @@ function driverFor(client: RedisClientLike): Driver {
   if (typeof client !== 'object' || client === null) {
     throw new SessionError(
       'INVALID_OPTION',
-      'RedisStore needs a `client`: a node-redis v5 or ioredis v5 client.',
+      'RedisStore needs a `client`: a node-redis (v5, or a v4 createClient) or ioredis v5 client.',
     );
   }
   // ioredis also has a `sendCommand`, so it is recognised first, by its `call` and `pipeline`.
   if (has(client, 'call') && has(client, 'pipeline') && has(client, 'isCluster', 'any')) {
     return ioRedisDriver(client as IoRedisLike);
+  }
+  // node-redis v4 in legacy mode (connect-redis 6 asked for it): callbacks on the client, the
+  // promise API on `client.v4`, over the same connection.
+  const legacy = client as {
+    options?: { legacyMode?: unknown };
+    v4?: NodeRedisClientLike;
+    isReady?: boolean;
+  };
+  if (legacy.options?.legacyMode === true && typeof legacy.v4?.sendCommand === 'function') {
+    const v4 = legacy.v4;
+    const send: Send = (args, signal) => v4.sendCommand(args, commandOptions(signal));
+    return nodeRedisDriver(
+      () => send,
+      (_key, fn) => fn(send),
+      true,
+      { sendsAtOnce: () => legacy.isReady === true },
+    );
+  }
+  // node-redis v5's callback wrapper (`client.legacy()`) keeps the client to itself.
+  if (Object.getPrototypeOf(client)?.constructor?.name === 'RedisLegacyClient') {
+    throw new SessionError(
+      'INVALID_OPTION',
+      'RedisStore got the callback wrapper of a node-redis client (client.legacy()): pass the client itself.',
+    );
   }
   if (has(client, 'sendCommand')) {
     if (has(client, 'masters', 'any') && has(client, 'nodeByAddress', 'any')) {
@@ -659,7 +696,7 @@ function driverFor(client: RedisClientLike): Driver {
   }
   throw new SessionError(
     'INVALID_OPTION',
-    'RedisStore did not recognise its `client`: pass a node-redis v5 client (createClient, createCluster, createSentinel, createClientPool) or an ioredis v5 Redis or Cluster.',
+    'RedisStore did not recognise its `client`: pass a node-redis v5 client (createClient, createCluster, createSentinel, createClientPool), a node-redis v4 createClient, or an ioredis v5 Redis or Cluster.',
   );
 }
 

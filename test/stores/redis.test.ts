@@ -1,9 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { createClient, createClientPool } from 'redis';
+// node-redis v4 under an alias (package.json): the older major the store still takes.
+import { createClient as createClientV4 } from 'redis4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newToken, storageKey } from '../../src/crypto/ids.js';
 import { type RedisClientLike, RedisStore } from '../../src/stores/redis.js';
+import { describeStoreConformance } from '../../src/testing/conformance.js';
 import {
   type Connected,
   describeRedisConformance,
@@ -630,4 +633,69 @@ describe.skipIf(skip)(`RedisStore and a re-sent commit${skip ? ` (skipped: ${ski
       expect((await observer.load(k))?.values).toEqual({ 'v:a': '1' });
     });
   }, 20_000);
+});
+
+// node-redis v4 (still in use; connect-redis 6 made apps create it in legacy mode): the
+// conformance suite on both, and the offline queue: v4 names a command's abort signal `signal`
+// (v5 `abortSignal`), which the store passes too, so a load that waited there past its deadline
+// is dropped, not sent after the reconnect.
+for (const legacyMode of [false, true]) {
+  const label = `node-redis 4${legacyMode ? ', legacy mode' : ''}`;
+  const connectV4 = async (port: number, socket: object = {}) => {
+    const client = createClientV4({ socket: { host: HOST, port, ...socket }, legacyMode });
+    client.on('error', () => undefined);
+    await client.connect();
+    return client;
+  };
+  describeStoreConformance(
+    `RedisStore (${label}, standalone)`,
+    async () => {
+      const client = await connectV4(PORT);
+      const prefix = uniquePrefix('v4');
+      return {
+        store: new RedisStore({ client: client as unknown as RedisClientLike, prefix }),
+        cleanup: async () => {
+          await (legacyMode ? client.v4.quit() : client.quit());
+          await standalone.deleteKeys(prefix);
+        },
+      };
+    },
+    { skip, runner: { describe, it, beforeAll, afterAll } },
+  );
+
+  describe.skipIf(skip)(`RedisStore offline queue (${label})${skip ? ` (skipped: ${skip})` : ''}`, () => {
+    let proxy: TcpProxy;
+    beforeAll(async () => {
+      proxy = await TcpProxy.start({ host: HOST, port: PORT }, 0, { record: true });
+    });
+    afterAll(async () => {
+      await proxy?.close();
+    });
+
+    it('loads sent while the connection is down answer 503 at timeoutMs and never reach the server after the reconnect', async () => {
+      const client = await connectV4(proxy.port, { reconnectStrategy: () => 50 });
+      const store = new RedisStore({
+        client: client as unknown as RedisClientLike,
+        prefix: uniquePrefix('offline-v4'),
+        timeoutMs: 300,
+      });
+      try {
+        await expectOfflineLoadsDropped(store, proxy, {
+          down: () => !client.isReady,
+          up: () => client.isReady,
+        });
+      } finally {
+        await client.disconnect().catch(() => undefined);
+      }
+    }, 20_000);
+  });
+}
+
+describe('RedisStore and node-redis v5 legacy wrapper', () => {
+  it('refuses client.legacy() with what to pass instead', () => {
+    const client = createClient({ socket: { host: HOST, port: PORT } });
+    expect(() => new RedisStore({ client: client.legacy() as unknown as RedisClientLike })).toThrow(
+      /callback wrapper of a node-redis client \(client\.legacy\(\)\): pass the client itself/,
+    );
+  });
 });
