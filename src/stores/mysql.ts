@@ -1,4 +1,6 @@
+import type { Pool as CallbackPool } from 'mysql2';
 import type { Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql2/promise';
+import { SessionError } from '../errors.js';
 import {
   type Bind,
   type Budget,
@@ -159,6 +161,23 @@ const OWN_CONVERSION = {
   typeCast: (_field: unknown, next: () => unknown) => next(),
 } as const;
 
+/**
+ * The promise API of the application's mysql2 pool: a pool of mysql2's callback API
+ * (`require('mysql2').createPool`) is taken through its `.promise()`. Anything without
+ * `getConnection` (a single connection, say) is refused at construction, with what to pass,
+ * instead of failing every request with a 503.
+ */
+function promisePool(pool: unknown): Pool {
+  const p = pool as { getConnection?: unknown; promise?: () => Pool } | null;
+  if (typeof p?.getConnection !== 'function') {
+    throw new SessionError(
+      'INVALID_OPTION',
+      'MySqlStore needs a mysql2 pool (createPool from mysql2/promise, or from mysql2), not a single connection or anything else: the store takes a connection from the pool for each statement, so that requests of different sessions run side by side and a broken connection is replaced.',
+    );
+  }
+  return typeof p.promise === 'function' ? p.promise() : (pool as Pool);
+}
+
 /** The statement options for `conn` (see {@link ROWS_AS_OBJECTS}). */
 function rowOptions(conn: PoolConnection) {
   const config = (conn.connection as { config?: { typeCast?: unknown } }).config;
@@ -208,9 +227,9 @@ export class MySqlStore extends SqlSessionStore {
   #mariadb: Promise<boolean> | undefined;
   #isMariaDbKnown: boolean | undefined;
 
-  constructor(pool: Pool, options: MySqlStoreOptions = {}) {
+  constructor(pool: Pool | CallbackPool, options: MySqlStoreOptions = {}) {
     super('MySqlStore', options);
-    this.#pool = pool;
+    this.#pool = promisePool(pool);
     this.batchMax = READ_BATCH_SIZES.at(-1)!;
     const t = `\`${this.table}\``;
     this.#sql = {

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Connection, Pool, PoolClient, QueryResult, QueryResultRow, Submittable } from 'pg';
+import { SessionError } from '../errors.js';
 import {
   type Budget,
   bindValues,
@@ -229,6 +230,20 @@ function takesTextRead(client: PoolClient): boolean {
 }
 
 /**
+ * Refuses anything but a pg Pool, at construction, with what to pass: a single `pg.Client` would
+ * otherwise fail at its first statement ("Client has already been connected"), and so every
+ * request after it, with a 503.
+ */
+function checkPool(pool: unknown): void {
+  const p = pool as { connect?: unknown } | null;
+  if (typeof p?.connect === 'function' && 'totalCount' in p) return;
+  throw new SessionError(
+    'INVALID_OPTION',
+    'PostgresStore needs a pg Pool (new pg.Pool(...)), not a single pg.Client or anything else: the store checks a connection out for each statement, so that requests of different sessions run side by side and a broken connection is replaced.',
+  );
+}
+
+/**
  * A statement as the store sends it: its text, the name it is prepared under, and whether its
  * last parameter is the lock bound (the time left, appended when it is sent).
  */
@@ -290,6 +305,7 @@ export class PostgresStore extends SqlSessionStore {
 
   constructor(pool: Pool, options: PostgresStoreOptions = {}) {
     super('PostgresStore', options);
+    checkPool(pool);
     this.#pool = pool;
     this.#prepare = options.prepare ?? false;
     this.clientErrors.watch(pool);

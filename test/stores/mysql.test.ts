@@ -1,3 +1,4 @@
+import mysqlCallbacks from 'mysql2';
 import mysql, { type Pool, type RowDataPacket } from 'mysql2/promise';
 import { expect, it } from 'vitest';
 import { MySqlStore, mysqlSchema } from '../../src/stores/mysql.js';
@@ -134,6 +135,33 @@ describeSqlStoreSpecifics('MySqlStore', factory, mariadb, (suite) => {
       }
     });
   }
+
+  it("a pool of mysql2's callback API works as it is; a single connection is refused, saying to pass a pool", async () => {
+    const callbackPool = mysqlCallbacks.createPool({ uri: MYSQL_URL });
+    try {
+      const store = new MySqlStore(callbackPool, {
+        table: suite.scratchTable(),
+        now: () => suite.clock,
+      });
+      await store.migrate();
+      const k = key();
+      expect(await store.create(k, rec({ 'v:a': '1' }), HOUR)).toBe(true);
+      expect((await store.load(k))?.values).toEqual({ 'v:a': '1' });
+    } finally {
+      await new Promise((done) => callbackPool.end(done));
+    }
+    const single = await mysql.createConnection({ uri: MYSQL_URL });
+    try {
+      expect(() => new MySqlStore(single as unknown as Pool)).toThrow(
+        expect.objectContaining({
+          code: 'INVALID_OPTION',
+          message: expect.stringMatching(/needs a mysql2 pool/),
+        }),
+      );
+    } finally {
+      await single.end();
+    }
+  });
 
   it('SM-37: user_id and expires_at are indexed, and the primary key is the session key', async () => {
     const [indexes] = await suite.conn.query<RowDataPacket[]>(

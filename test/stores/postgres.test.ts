@@ -315,6 +315,22 @@ describeSqlStoreSpecifics('PostgresStore', factory, postgres, (suite) => {
     }
   });
 
+  it('a single pg.Client is refused at construction, saying to pass a Pool', async () => {
+    const client = new pg.Client({ connectionString: PG_URL });
+    await client.connect();
+    try {
+      expect(() => new PostgresStore(client as unknown as pg.Pool)).toThrow(
+        expect.objectContaining({
+          code: 'INVALID_OPTION',
+          message: expect.stringMatching(/needs a pg Pool/),
+        }),
+      );
+    } finally {
+      await client.end();
+    }
+    expect(() => new PostgresStore(undefined as unknown as pg.Pool)).toThrow(/needs a pg Pool/);
+  });
+
   it('a 63-character table name still gets two distinct indexes (PostgreSQL truncates identifiers)', async () => {
     const long = suite.scratchTable(`${uniqueTable()}_`.padEnd(63, 'x'));
     await new PostgresStore(suite.conn, { table: long }).migrate();
