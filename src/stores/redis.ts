@@ -451,7 +451,6 @@ const keysOf = (key: string | readonly string[]): readonly string[] =>
 
 type Send = (args: string[], signal?: AbortSignal) => Promise<unknown>;
 
-/** node-redis command options for `signal`. */
 /**
  * A command's abort signal, under both names: node-redis v5 reads `abortSignal`, v4 `signal`. A
  * command that waits in the offline queue past its operation's deadline is then dropped, not
