@@ -79,7 +79,7 @@ export interface IoRedisLike {
 
 /**
  * Any client RedisStore accepts: node-redis v5 or ioredis v5, standalone, Sentinel or Cluster, or a
- * single node-redis v4 client (in legacy mode too).
+ * node-redis v4 `createClient` (in legacy mode too) or `createCluster`.
  */
 export type RedisClientLike =
   | NodeRedisClientLike
@@ -99,7 +99,7 @@ export interface RedisDurability {
 export interface RedisStoreOptions {
   /**
    * Your connected client: node-redis v5 or ioredis v5, standalone, Sentinel or Cluster, or a
-   * single node-redis v4 client (in legacy mode too).
+   * node-redis v4 `createClient` (in legacy mode too) or `createCluster`.
    */
   client: RedisClientLike;
   /** Prepended to every key. Must not contain `{` or `}` (they would change the hash slot). @default 'sf:' */
@@ -604,7 +604,7 @@ function driverFor(client: RedisClientLike): Driver {
   if (typeof client !== 'object' || client === null) {
     throw new SessionError(
       'INVALID_OPTION',
-      'RedisStore needs a `client`: a node-redis (v5, or a v4 createClient) or ioredis v5 client.',
+      'RedisStore needs a `client`: a node-redis (v5 or v4) or ioredis v5 client.',
     );
   }
   // ioredis also has a `sendCommand`, so it is recognised first, by its `call` and `pipeline`.
@@ -695,7 +695,7 @@ function driverFor(client: RedisClientLike): Driver {
   }
   throw new SessionError(
     'INVALID_OPTION',
-    'RedisStore did not recognise its `client`: pass a node-redis v5 client (createClient, createCluster, createSentinel, createClientPool), a node-redis v4 createClient, or an ioredis v5 Redis or Cluster.',
+    'RedisStore did not recognise its `client`: pass a node-redis v5 client (createClient, createCluster, createSentinel, createClientPool), a node-redis v4 createClient or createCluster, or an ioredis v5 Redis or Cluster.',
   );
 }
 

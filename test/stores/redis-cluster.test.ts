@@ -4,8 +4,11 @@ import { connect as tcpConnect } from 'node:net';
 import { promisify } from 'node:util';
 import { Cluster } from 'ioredis';
 import { createClient, createCluster } from 'redis';
+// node-redis v4 under an alias (package.json): the older major the store still takes.
+import { createCluster as createClusterV4 } from 'redis4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RedisStore } from '../../src/stores/redis.js';
+import { type RedisClientLike, RedisStore } from '../../src/stores/redis.js';
+import { describeStoreConformance } from '../../src/testing/conformance.js';
 import {
   CLUSTER_NODES,
   type Connected,
@@ -243,6 +246,27 @@ const cluster: RedisTarget = {
 };
 
 describeRedisConformance(cluster);
+
+// node-redis v4's Cluster, which the store takes too (its peer range is redis >= 4).
+describeStoreConformance(
+  'RedisStore (node-redis 4, Cluster)',
+  async () => {
+    const client = createClusterV4({
+      rootNodes: NODES.map((n) => ({ socket: { host: n.host, port: n.port } })),
+    });
+    client.on('error', () => undefined);
+    await client.connect();
+    const prefix = uniquePrefix('cluster-v4');
+    return {
+      store: new RedisStore({ client: client as unknown as RedisClientLike, prefix }),
+      cleanup: async () => {
+        await client.quit();
+        await deleteKeys(prefix);
+      },
+    };
+  },
+  { skip, runner: { describe, it, beforeAll, afterAll } },
+);
 
 describeRedisSpecifics(cluster, (suite) => {
   const { storeWith } = suite;
