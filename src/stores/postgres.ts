@@ -136,9 +136,10 @@ function ignore(): void {}
 
 /**
  * A read (`select`, `selectMany`) handed to pg's client as a `Submittable`, pg's extension point
- * for query objects of one's own (pg-cursor and pg-query-stream are two). It goes out as pg's
+ * for query objects of one's own (pg-cursor and pg-query-stream are two). It goes out much as pg's
  * Query would send it: Parse (skipped for a named statement the connection has parsed), Bind,
- * Describe, Execute and Sync, corked into one write. Its answer is kept as text: pg's Query would
+ * Execute and Sync, corked into one write, but without the Describe that makes the server send a
+ * RowDescription. Its answer is kept as text: pg's Query would
  * make a Result, look up a type parser for each column, build an object for each row and emit an
  * event for it, where the store needs two or three columns it parses itself. The client calls the
  * `handle*` methods below with the server's messages, in order, and `handleError` for an error
@@ -186,7 +187,9 @@ class TextRead implements Submittable {
           wire.submittedNamedStatements[name] = this.text;
       }
       wire.bind({ statement: name, values: this.values }, true);
-      wire.describe({ type: 'P' }, true);
+      // No Describe: the store knows its columns, so the server's RowDescription (and pg's
+      // parsing of it, a Field object per column) would be thrown away. Without it the rows
+      // still come, as text, the format Bind asks for by default.
       wire.execute({}, true);
       wire.sync();
     } finally {
