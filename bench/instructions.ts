@@ -111,6 +111,8 @@ interface Row {
   mode: Mode;
   /** The baseline row this one's ratio is taken against (a baseline names itself). */
   of: Base;
+  /** Plain Express only: each request waits this many milliseconds on a timer (the control row). */
+  waitMs?: number;
 }
 
 /** The rows of bench/run.ts measured here, in its display order. */
@@ -173,6 +175,17 @@ const ROWS: Row[] = [
     of: 'bare',
   },
   { id: 'express', label: 'plain Express 5 (no session)', file: 'express.ts', mode: 'read', of: 'express' },
+  {
+    // bench/run.ts's control row: no session, but every request waits on a timer as a store's
+    // load waits for its server, so many requests are under way at once. What Express itself
+    // costs more then is in every row of a store with a round trip.
+    id: 'express-wait-read',
+    label: 'plain Express 5, each request waiting 5 ms (control)',
+    file: 'express.ts',
+    mode: 'read',
+    of: 'express',
+    waitMs: 5,
+  },
   {
     id: 'sf-express-memory-read',
     label: 'sessionflow + Express + MemoryStore',
@@ -348,6 +361,7 @@ interface Running {
  */
 function startServer(row: Row, outFile: string): Promise<Running> {
   const config: ServerConfig = row.store ? { store: row.store } : {};
+  if (row.waitMs !== undefined) config.waitMs = row.waitMs;
   // The file store's directory: a fresh one under the run's directory (the server removes it on exit).
   if (row.store === 'file') config.dir = mkdtempSync(join(dirname(outFile), `${row.id}-sessions-`));
   // Redis keys and PostgreSQL tables of their own, removed by the server as it stops and again
