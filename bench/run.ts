@@ -1084,6 +1084,9 @@ interface TargetResult {
   detail: string;
 }
 
+/** Below this share of a core, a control row's server was waiting more than working. */
+const CONTROL_BUSY = 0.9;
+
 function evaluateTargets(rows: RowResult[]): TargetResult[] {
   return TARGETS.map((t) => {
     const r = rows.find((x) => x.id === t.row);
@@ -1107,10 +1110,20 @@ function evaluateTargets(rows: RowResult[]): TargetResult[] {
       if (!id) return { ratio: undefined, text: '' };
       const other = rows.find((x) => x.id === id && x.status === 'ok');
       const otherRatio = other ? (t.of === 'bare' ? other.vsBare : other.vsFramework) : undefined;
-      const text =
+      let text =
         otherRatio === undefined
           ? `; ${kind} ${id}: not run`
           : `; ${kind} ${other!.label}: ${otherRatio.toFixed(2)}`;
+      // A control waits on a timer: with every connection waiting, its req/s is bounded by the
+      // wait (connections / latency), not by work, and its server is not busy. Then only its
+      // server CPU per request compares it with the baseline.
+      if (kind === 'control' && other && otherRatio !== undefined) {
+        const cpu = baseUs && other.serverUsPerRequest ? baseUs / other.serverUsPerRequest : undefined;
+        if (cpu !== undefined) text += ` (by server CPU per request ${cpu.toFixed(2)}`;
+        if (cpu !== undefined && other.serverCpu !== undefined && other.serverCpu < CONTROL_BUSY)
+          text += `; its server ${fmtPct(other.serverCpu)} busy: its req/s is bounded by its wait, not its work`;
+        if (cpu !== undefined) text += ')';
+      }
       return { ratio: otherRatio, text };
     };
     // The peer's ratio is printed, and with `beat` it must not be ahead; a control only printed.
