@@ -1104,7 +1104,9 @@ function evaluateTargets(rows: RowResult[]): TargetResult[] {
       : '';
     // What the ratio would be if the server, not the load generator, were the bottleneck.
     const baseUs = rows.find((x) => x.id === t.of && x.status === 'ok')?.serverUsPerRequest;
-    const cpuRatio = baseUs && r.serverUsPerRequest ? baseUs / r.serverUsPerRequest : undefined;
+    const byCpu = (row: RowResult) =>
+      baseUs && row.serverUsPerRequest ? baseUs / row.serverUsPerRequest : undefined;
+    const cpuRatio = byCpu(r);
     // Another row on the same base (a peer or a control): its ratio, and the text printed for it.
     const beside = (kind: 'peer' | 'control', id: string | undefined) => {
       if (!id) return { ratio: undefined, text: '' };
@@ -1117,12 +1119,13 @@ function evaluateTargets(rows: RowResult[]): TargetResult[] {
       // A control waits on a timer: with every connection waiting, its req/s is bounded by the
       // wait (connections / latency), not by work, and its server is not busy. Then only its
       // server CPU per request compares it with the baseline.
-      if (kind === 'control' && other && otherRatio !== undefined) {
-        const cpu = baseUs && other.serverUsPerRequest ? baseUs / other.serverUsPerRequest : undefined;
-        if (cpu !== undefined) text += ` (by server CPU per request ${cpu.toFixed(2)}`;
-        if (cpu !== undefined && other.serverCpu !== undefined && other.serverCpu < CONTROL_BUSY)
-          text += `; its server ${fmtPct(other.serverCpu)} busy: its req/s is bounded by its wait, not its work`;
-        if (cpu !== undefined) text += ')';
+      const cpu = kind === 'control' && other && otherRatio !== undefined ? byCpu(other) : undefined;
+      if (cpu !== undefined) {
+        const idle =
+          other!.serverCpu !== undefined && other!.serverCpu < CONTROL_BUSY
+            ? `; its server ${fmtPct(other!.serverCpu)} busy: its req/s is bounded by its wait, not its work`
+            : '';
+        text += ` (by server CPU per request ${cpu.toFixed(2)}${idle})`;
       }
       return { ratio: otherRatio, text };
     };

@@ -60,8 +60,7 @@ function escapeLineBreak(char: string): string {
 
 const MAX_HEADER_LENGTH = 256;
 /** Anything {@link cleanHeaderValue} would change: a control character or a line break. */
-// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point.
-const UNCLEAN = /[\u0000-\u001f\u007f\u0085\u2028\u2029]/;
+const UNCLEAN = new RegExp(`${CONTROL.source}|${LINE_BREAKS.source}`);
 /** What a cut at MAX_HEADER_LENGTH may leave at the end: half an escape, or half a surrogate pair. */
 const CUT_TAIL = /\\u[0-9a-f]{0,3}$|[\uD800-\uDBFF]$/;
 

@@ -139,9 +139,9 @@ function ignore(): void {}
  * for query objects of one's own (pg-cursor and pg-query-stream are two). It goes out much as pg's
  * Query would send it: Parse (skipped for a named statement the connection has parsed), Bind,
  * Execute and Sync, corked into one write, but without the Describe that makes the server send a
- * RowDescription. Its answer is kept as text: pg's Query would
- * make a Result, look up a type parser for each column, build an object for each row and emit an
- * event for it, where the store needs two or three columns it parses itself. The client calls the
+ * RowDescription. Its answer is kept as text: pg's Query would make a Result, look up a type
+ * parser for each column, build an object for each row and emit an event for it, where the store
+ * needs two or three columns it parses itself. The client calls the
  * `handle*` methods below with the server's messages, in order, and `handleError` for an error
  * of the statement, a broken connection or a query timeout; the read settles once.
  */
@@ -197,6 +197,7 @@ class TextRead implements Submittable {
     }
   }
 
+  /** Never called now that no Describe is sent; kept so that pg finds every handler it may call. */
   handleRowDescription(): void {}
 
   handleDataRow(message: { fields: (string | null)[] }): void {
