@@ -1,3 +1,4 @@
+import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { newToken } from '../../src/crypto/ids.js';
 import { KeyRing } from '../../src/crypto/keyring.js';
@@ -144,6 +145,45 @@ describe('sealing (encryption at rest)', () => {
     for (const bad of ['', 'a1', 'a1.', 'a1.0.', 'a1.0.AAAA', 'zz.0.abc', '"plain json"', tampered]) {
       expect(() => ring.open(bad, 'aad')).not.toThrow();
       expect(ring.open(bad, 'aad'), bad).toBeNull();
+    }
+  });
+});
+
+describe('the MAC is HMAC-SHA256 as createHmac computes it', () => {
+  // KeyRing computes HMAC from two one-shot hashes over precomputed pad blocks; any difference
+  // from node's own HMAC would log every user out (their cookies would no longer verify).
+  const macKey = Buffer.from(
+    hkdfSync('sha256', Buffer.from(SECRET, 'utf8'), 'sessionflow', 'cookie-mac', 32),
+  );
+  const reference = (purpose: string, value: string) =>
+    createHmac('sha256', macKey).update(purpose).update('\0').update(value).digest('base64url');
+  const macOf = (signed: string) => signed.slice(signed.lastIndexOf('.') + 1);
+
+  it('matches for tokens, cookie names, non-ASCII, lone surrogates, empty and long values', () => {
+    const values = [
+      `${newToken()}.${newToken()}`,
+      '',
+      'é',
+      'ключ-сессии',
+      '\u{1F36A} cookie',
+      'lone \uD800 surrogate \uDFFF',
+      '\0inside\0',
+      'x'.repeat(1399 - '__Host-id'.length), // the longest input of the fast path
+      'x'.repeat(1400 - '__Host-id'.length), // the first that takes createHmac
+      '\u20AC'.repeat(1300), // 3 UTF-8 bytes a character
+      randomBytes(3000).toString('latin1'),
+    ];
+    for (const purpose of ['__Host-id', 'id', '', 'naïve']) {
+      for (const value of values) expect(macOf(ring.sign(purpose, value))).toBe(reference(purpose, value));
+    }
+  });
+
+  it('matches for 2,000 random values, each of another length than the one before', () => {
+    for (let i = 0; i < 2000; i++) {
+      const value = randomBytes(1 + (i % 97)).toString(i % 2 ? 'base64url' : 'latin1');
+      const signed = ring.sign('__Host-id', value);
+      expect(macOf(signed)).toBe(reference('__Host-id', value));
+      expect(ring.verify('__Host-id', signed)).toEqual({ value, keyIndex: 0 });
     }
   });
 });
