@@ -40,16 +40,16 @@ function checkMeta(storeName: string, meta: unknown, partial: boolean, where: st
   const fields = meta as Record<string, unknown>;
   for (const name of Object.keys(fields)) {
     const value = fields[name];
-    const field = `${where}.${name}`;
+    // The field's name is spelled out only for a refusal: most writes pass every field.
     if (NUMBER_META.has(name)) {
       if (typeof value === 'number' && Number.isFinite(value)) continue;
       if (value === undefined && partial && !REQUIRED.has(name)) continue;
-      refuse(storeName, `${field} must be a finite number, not ${typeName(value)}`);
+      refuse(storeName, `${where}.${name} must be a finite number, not ${typeName(value)}`);
     } else if (STRING_META.has(name)) {
       if (typeof value === 'string' || (value === undefined && partial)) continue;
-      refuse(storeName, `${field} must be a string, not ${typeName(value)}`);
+      refuse(storeName, `${where}.${name} must be a string, not ${typeName(value)}`);
     } else {
-      refuse(storeName, `${field} is not a session metadata field`);
+      refuse(storeName, `${where}.${name} is not a session metadata field`);
     }
   }
   if (!partial) {

@@ -78,6 +78,27 @@ it('MemoryStore refuses a key that is not a storage key', async () => {
   });
 });
 
+it('a storage key is 16 to 128 base64url characters: every other length and character is refused', async () => {
+  const store = new MemoryStore();
+  const refused = async (key: string) =>
+    store.load(key).then(
+      () => false,
+      (err: { code?: string }) => err.code === 'INVALID_KEY',
+    );
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-';
+  for (const key of ['a'.repeat(16), 'Z'.repeat(128), alphabet, storageKey(newToken())]) {
+    expect(await refused(key)).toBe(false);
+  }
+  expect(await refused('a'.repeat(15))).toBe(true);
+  expect(await refused('a'.repeat(129))).toBe(true);
+  // Every other code unit of the first 256, and some beyond, in the middle of a valid key.
+  const others = [...Array(256).keys(), 0x100, 0x141, 0x2028, 0xd800, 0xfeff, 0xffff]
+    .map((c) => String.fromCharCode(c))
+    .filter((c) => !alphabet.includes(c));
+  expect(others.length).toBe(256 - 64 + 6);
+  for (const c of others) expect(await refused(`${'a'.repeat(20)}${c}${'b'.repeat(20)}`)).toBe(true);
+});
+
 describe('MemoryStore eviction order (maxEntries)', () => {
   const HOUR = 3_600_000;
   const meta = (userId?: string) => ({
