@@ -51,8 +51,9 @@ const MAX_PADDED_INPUT = 1400;
  * room for a message after it, `outer` is the key XOR opad followed by room for the inner digest.
  * `createHmac` builds and tears down an OpenSSL MAC context per call, which looks the digest up
  * by name in OpenSSL 3's provider tables every time (measured: about 28k instructions per
- * signature, 8k of them SHA-256's four blocks); two one-shot `hash` calls over these buffers compute
- * the same MAC with about 9k fewer per new session (bench/README.md, twenty-fifth pass).
+ * cookie signature, about 10k of them SHA-256's five blocks); two one-shot `hash` calls over
+ * these buffers compute the same MAC with about 9k fewer per new session (bench/README.md,
+ * twenty-fifth pass).
  */
 interface HmacPads {
   inner: Buffer;

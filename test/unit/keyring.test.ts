@@ -168,8 +168,8 @@ describe('the MAC is HMAC-SHA256 as createHmac computes it', () => {
       '\u{1F36A} cookie',
       'lone \uD800 surrogate \uDFFF',
       '\0inside\0',
-      'x'.repeat(1399 - '__Host-id'.length), // the longest input of the fast path
-      'x'.repeat(1400 - '__Host-id'.length), // the first that takes createHmac
+      'x'.repeat(1400 - '__Host-id'.length), // the longest input of the fast path
+      'x'.repeat(1401 - '__Host-id'.length), // the first that takes createHmac
       '\u20AC'.repeat(1300), // 3 UTF-8 bytes a character
       '\u20AC'.repeat(1400), // with the empty purpose: the fast path's buffer filled to its last byte
       randomBytes(3000).toString('latin1'),
