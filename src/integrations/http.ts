@@ -344,6 +344,91 @@ class ResponseHold {
   }
 }
 
+// ---- Cache-Control for a stored session's read --------------------------------------------
+
+/** True if a header name is Cache-Control, in any case. */
+function isCacheControl(name: unknown): boolean {
+  return typeof name === 'string' && name.length === 13 && name.toLowerCase() === 'cache-control';
+}
+
+/** True if headers passed to `writeHead` (any of node's shapes) name Cache-Control. */
+function namesCacheControl(headers: HeaderArg | null | undefined): boolean {
+  if (headers === null || headers === undefined) return false;
+  if (Array.isArray(headers)) {
+    if (headers.length > 0 && Array.isArray(headers[0])) {
+      for (const pair of headers as readonly (readonly [unknown, unknown])[])
+        if (isCacheControl(pair[0])) return true;
+      return false;
+    }
+    for (let i = 0; i < headers.length; i += 2) if (isCacheControl(headers[i])) return true;
+    return false;
+  }
+  for (const name of Object.keys(headers)) if (isCacheControl(name)) return true;
+  return false;
+}
+
+/**
+ * Headers passed to `writeHead`, with `Cache-Control: no-store` added: a new array (an object
+ * becomes a flat one, which node takes as the same headers), never a change to the app's own.
+ */
+function plusNoStore(headers: HeaderArg | null | undefined): HeaderArg {
+  if (headers === null || headers === undefined) return ['Cache-Control', 'no-store'];
+  if (Array.isArray(headers)) {
+    if (headers.length > 0 && Array.isArray(headers[0])) return [...headers, ['Cache-Control', 'no-store']];
+    return [...headers, 'Cache-Control', 'no-store'];
+  }
+  const flat: unknown[] = [];
+  const record = headers as OutgoingHttpHeaders;
+  for (const name of Object.keys(record)) flat.push(name, record[name]);
+  flat.push('Cache-Control', 'no-store');
+  return flat as HeaderArg;
+}
+
+/**
+ * `writeHead` of a plain node:http response whose stored session is only read: it adds
+ * `Cache-Control: no-store` unless the app set or passed a Cache-Control of its own, then calls
+ * node's. `end`, `write` and `flushHeaders` reach it too (node's implicit head calls
+ * `this.writeHead`). Passing the header along with the app's (a copy, in the app's shape)
+ * instead of a `setHeader` at load time keeps node on its fast path for a response whose
+ * headers all go to `writeHead` (bench/README.md, twenty-seventh pass).
+ */
+function noStoreWriteHead(this: ServerResponse, ...args: unknown[]): unknown {
+  const below = ServerResponse.prototype.writeHead as Method;
+  const named = typeof args[1] === 'string';
+  // node's own reading: the headers are the third argument after a reason phrase, else the
+  // third or, failing that, the second.
+  const headers = (named ? args[2] : (args[2] ?? args[1])) as HeaderArg | null | undefined;
+  let result: unknown;
+  if (this.hasHeader('cache-control') || namesCacheControl(headers)) result = below.apply(this, args);
+  else if (named) result = below.call(this, args[0], args[1], plusNoStore(headers));
+  else result = below.call(this, args[0], plusNoStore(headers));
+  // Once the head went out; a writeHead that threw (a bad status) is still ours to retry.
+  const own = this as unknown as Methods;
+  if (own.writeHead === noStoreWriteHead) own.writeHead = below;
+  return result;
+}
+
+/**
+ * Arranges `Cache-Control: no-store` on the head of a response whose stored session is only
+ * read; true if it did so with {@link noStoreWriteHead}. A response of a framework's prototype
+ * (Express: own properties on such objects take V8's slow path) or whose `writeHead` an app
+ * wrapped gets the header with `setHeader` now instead.
+ */
+function noStoreAtHead(res: ServerResponse): boolean {
+  if (Object.getPrototypeOf(res) === ServerResponse.prototype && !Object.hasOwn(res, 'writeHead')) {
+    (res as unknown as Methods).writeHead = noStoreWriteHead;
+    return true;
+  }
+  if (!res.hasHeader('Cache-Control')) res.setHeader('Cache-Control', 'no-store');
+  return false;
+}
+
+/** Removes {@link noStoreWriteHead} before a hold (whose commit writes Cache-Control itself). */
+function withoutNoStoreAtHead(res: Holdable): void {
+  const own = res as unknown as Partial<Methods>;
+  if (own.writeHead === noStoreWriteHead) delete own.writeHead;
+}
+
 /**
  * Holds the response's head until the session is committed (see `ResponseHold`): from
  * now on, or, for a session whose commit would do nothing yet, from its first change.
@@ -364,10 +449,16 @@ export function commitBeforeHeaders(
     hold();
     return;
   }
-  // A stored session's responses show session state: not cacheable, unless the app says
-  // otherwise (its own Cache-Control, set later, replaces this one), as a commit would write.
-  if (!session.isNew && !res.hasHeader('Cache-Control')) res.setHeader('Cache-Control', 'no-store');
-  state.onFirstChange = hold;
+  if (session.isNew) state.onFirstChange = hold;
+  else {
+    // A stored session's responses show session state: not cacheable, unless the app says
+    // otherwise with a Cache-Control of its own, as a commit would write.
+    const atHead = noStoreAtHead(res);
+    state.onFirstChange = () => {
+      if (atHead) withoutNoStoreAtHead(res as Holdable);
+      hold();
+    };
+  }
   // A visitor's pre-session CSRF cookie needs no store: written at once, no hold needed.
   if (session.isNew)
     state.sendNow = (setCookie) => {
