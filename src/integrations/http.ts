@@ -67,21 +67,70 @@ type HeaderArg =
   | readonly (string | number | readonly string[])[]
   | readonly (readonly [string, string | number | readonly string[]])[];
 
-/** Applies the headers an app passed to `writeHead` with `setHeader`, in all of node's shapes. */
-function applyWriteHeadHeaders(res: ServerResponse, headers: HeaderArg | undefined): void {
-  if (!headers) return;
+/** True if `name` is `lower` (a lower-case header name) in any case. */
+function sameName(name: unknown, lower: string): boolean {
+  return typeof name === 'string' && name.length === lower.length && name.toLowerCase() === lower;
+}
+
+/**
+ * The headers an app passed to `writeHead` (any of node's shapes) as one flat list of name,
+ * value, with the session's headers merged in by the rules of {@link writeSessionHeaders}: what
+ * they set replaces the app's header of that name, a cookie is appended to the app's cookies.
+ * node takes the list as it would the app's own headers: a response with no `setHeader` before
+ * goes on node's fast path (nothing copied into the response's header map); one with some has
+ * each header named in the list replaced, as `writeHead` does with the app's headers. A
+ * `Set-Cookie` set before and not passed to `writeHead` keeps its values: the session's cookies
+ * are appended to it on the response instead.
+ */
+function headWith(
+  res: ServerResponse,
+  headers: HeaderArg | null | undefined,
+  out: CommitOutcome,
+  session: Session<object>,
+  info: RequestInfo | undefined,
+): unknown[] {
+  const flat: unknown[] = [];
   if (Array.isArray(headers)) {
-    const pairs: [string, unknown][] = [];
     if (headers.length > 0 && Array.isArray(headers[0])) {
-      for (const pair of headers as readonly (readonly [string, unknown])[]) pairs.push([pair[0], pair[1]]);
+      for (const pair of headers as readonly (readonly [unknown, unknown])[]) flat.push(pair[0], pair[1]);
     } else {
-      for (let i = 0; i + 1 < headers.length; i += 2) pairs.push([String(headers[i]), headers[i + 1]]);
+      for (let i = 0; i + 1 < headers.length; i += 2) flat.push(String(headers[i]), headers[i + 1]);
     }
-    for (const [name] of pairs) res.removeHeader(name);
-    for (const [name, value] of pairs) res.appendHeader(name, value as string | readonly string[]);
-    return;
+  } else if (headers !== null && headers !== undefined) {
+    const record = headers as OutgoingHttpHeaders;
+    for (const name of Object.keys(record)) {
+      const value = record[name];
+      if (value !== undefined) flat.push(name, value);
+    }
   }
-  for (const [name, value] of Object.entries(headers)) if (value !== undefined) res.setHeader(name, value);
+  const passed = (lower: string): boolean => {
+    for (let i = 0; i < flat.length; i += 2) if (sameName(flat[i], lower)) return true;
+    return false;
+  };
+  writeSessionHeaders(
+    {
+      append: (name, value) => {
+        if (res.hasHeader(name) && !passed(name.toLowerCase())) res.appendHeader(name, value);
+        else flat.push(name, value);
+      },
+      set: (name, value) => {
+        const lower = name.toLowerCase();
+        let kept = 0;
+        for (let i = 0; i < flat.length; i += 2) {
+          if (sameName(flat[i], lower)) continue;
+          flat[kept++] = flat[i];
+          flat[kept++] = flat[i + 1];
+        }
+        flat.length = kept;
+        flat.push(name, value);
+      },
+      has: (name) => res.hasHeader(name) || passed(name.toLowerCase()),
+    },
+    out,
+    session,
+    info,
+  );
+  return flat;
 }
 
 /**
@@ -317,15 +366,16 @@ class ResponseHold {
       if (!res.headersSent) applyOutcome(res, out, this.#session, this.#info);
     };
     for (const { method, args } of this.#queue) {
-      if (method === 'writeHead' && !headApplied) {
+      if (method === 'writeHead' && !headApplied && !res.headersSent) {
+        // The app's headers and the session's go to node's writeHead together (see headWith).
+        headApplied = true;
         const [status, reasonOrHeaders, maybeHeaders] = args as [number, unknown, unknown];
-        const headers = (typeof reasonOrHeaders === 'string' ? maybeHeaders : reasonOrHeaders) as
-          | HeaderArg
-          | undefined;
-        applyWriteHeadHeaders(res, headers);
-        applyOutcomeOnce();
-        if (typeof reasonOrHeaders === 'string') originals.writeHead.call(res, status, reasonOrHeaders);
-        else originals.writeHead.call(res, status);
+        const named = typeof reasonOrHeaders === 'string';
+        // node's own reading: after a reason phrase the third argument, else the third or the second.
+        const headers = (named ? maybeHeaders : (maybeHeaders ?? reasonOrHeaders)) as HeaderArg | undefined;
+        const merged = headWith(res, headers, out, this.#session, this.#info);
+        if (named) originals.writeHead.call(res, status, reasonOrHeaders, merged);
+        else originals.writeHead.call(res, status, merged);
         continue;
       }
       if (!headApplied) applyOutcomeOnce();

@@ -1,7 +1,9 @@
 /**
- * A stored session that is only read is not held: its response gets `Cache-Control: no-store`
- * from node's head itself (the integration passes the header along with the app's headers to
- * `writeHead`), in every shape node takes them, unless the app set a Cache-Control of its own.
+ * The session's headers go out with node's own `writeHead`, merged into the app's headers:
+ * - a stored session that is only read is not held: its response gets `Cache-Control: no-store`
+ *   in every shape node takes headers, unless the app set a Cache-Control of its own;
+ * - a held response (a new session, a write, a logout) gets its cookie, Cache-Control and
+ *   Clear-Site-Data merged by the commit's rules, whatever the app set before or passed.
  */
 import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -210,5 +212,101 @@ describe('node:http: a stored session that is only read gets Cache-Control: no-s
     const res = await get(`${url}/object`);
     expect(values(res.raw, 'cache-control')).toEqual([]);
     expect(values(res.raw, 'set-cookie')).toEqual([]);
+  });
+});
+
+/** Routes that change the session, so that the response is held and replayed after the commit. */
+const heldRoutes: Record<string, Handler> = {
+  '/login': async (_req, res, s) => {
+    await s.login('alice');
+    res.writeHead(303, { Location: '/home' }).end();
+  },
+  // A new session: its cookie forces no-store over the app's caching and sits beside app cookies.
+  '/create-cached': (_req, res, s) => {
+    s.set('n', 1);
+    res.writeHead(200, { 'Cache-Control': 'public, max-age=600', 'Set-Cookie': ['a=1', 'b=2'] }).end('x');
+  },
+  '/create-set-before': (_req, res, s) => {
+    s.set('n', 1);
+    res.setHeader('Set-Cookie', 'pre=1');
+    res.setHeader('cache-control', 'max-age=5');
+    res.writeHead(200, ['X-App', '1']).end('x');
+  },
+  '/create-undefined-reason': (_req, res, s) => {
+    s.set('n', 1);
+    (res.writeHead as (status: number, reason: unknown, headers: unknown) => ServerResponse)(201, undefined, {
+      'X-App': '1',
+      'X-Skipped': undefined,
+    }).end('x');
+  },
+  // A stored session written without a new cookie: the app's own Cache-Control is kept.
+  '/write-cached': (_req, res, s) => {
+    s.set('n', 2);
+    res.writeHead(200, [['Cache-Control', 'private, max-age=5']]).end('x');
+  },
+  '/logout': async (_req, res, s) => {
+    await s.logout();
+    res.writeHead(200, { 'clear-site-data': '"cookies"', 'X-App': '1' }).end('bye');
+  },
+};
+
+describe("node:http: a held response gets the app's writeHead headers and the session's together", () => {
+  let url: string;
+  let close: () => Promise<void>;
+  const kit = setup({ cookie: { secure: false } });
+
+  beforeAll(async () => {
+    const server = createServer(async (req, res) => {
+      const session = await attachSession(kit.manager, req, res);
+      const route = heldRoutes[new URL(req.url!, 'http://x').pathname];
+      if (!route) res.writeHead(404).end();
+      else await route(req, res, session);
+    });
+    ({ url, close } = await listen(server));
+  });
+  afterAll(() => close());
+
+  const sessionCookies = (raw: [string, string][]) =>
+    values(raw, 'set-cookie').filter((c) => c.startsWith('id='));
+
+  it('SM-07: a login redirect: Location, one session cookie, no-store', async () => {
+    const res = await get(`${url}/login`);
+    expect(res.status).toBe(303);
+    expect(values(res.raw, 'location')).toEqual(['/home']);
+    expect(sessionCookies(res.raw)).toHaveLength(1);
+    expect(values(res.raw, 'cache-control')).toEqual(['no-store']);
+  });
+
+  it("SM-07: a new session's cookie goes beside the app's cookies and forces no-store over its caching", async () => {
+    const passed = await get(`${url}/create-cached`);
+    expect(values(passed.raw, 'set-cookie').slice(0, 2)).toEqual(['a=1', 'b=2']);
+    expect(sessionCookies(passed.raw)).toHaveLength(1);
+    expect(values(passed.raw, 'cache-control')).toEqual(['no-store']);
+    const before = await get(`${url}/create-set-before`);
+    expect(values(before.raw, 'set-cookie')[0]).toBe('pre=1');
+    expect(sessionCookies(before.raw)).toHaveLength(1);
+    expect(values(before.raw, 'cache-control')).toEqual(['no-store']);
+    expect(values(before.raw, 'x-app')).toEqual(['1']);
+  });
+
+  it('writeHead(status, undefined, headers) keeps the headers, as node reads them; an undefined value is left out', async () => {
+    const res = await get(`${url}/create-undefined-reason`);
+    expect(res.status).toBe(201);
+    expect(values(res.raw, 'x-app')).toEqual(['1']);
+    expect(values(res.raw, 'x-skipped')).toEqual([]);
+    expect(sessionCookies(res.raw)).toHaveLength(1);
+  });
+
+  it("a write to a stored session keeps the app's own Cache-Control; a logout's Clear-Site-Data replaces the app's", async () => {
+    const login = await get(`${url}/login`);
+    const cookie = sessionCookies(login.raw)[0]!.split(';')[0]!;
+    const write = await get(`${url}/write-cached`, cookie);
+    expect(values(write.raw, 'cache-control')).toEqual(['private, max-age=5']);
+    expect(sessionCookies(write.raw)).toEqual([]);
+    const out = await get(`${url}/logout`, cookie);
+    expect(values(out.raw, 'clear-site-data')).toEqual(['"cache"']);
+    expect(values(out.raw, 'x-app')).toEqual(['1']);
+    expect(values(out.raw, 'cache-control')).toEqual(['no-store']);
+    expect(sessionCookies(out.raw)[0]).toMatch(/Max-Age=0|Expires=Thu, 01 Jan 1970/);
   });
 });
