@@ -499,16 +499,16 @@ export function commitBeforeHeaders(
     hold();
     return;
   }
-  if (session.isNew) state.onFirstChange = hold;
-  else {
-    // A stored session's responses show session state: not cacheable, unless the app says
-    // otherwise with a Cache-Control of its own, as a commit would write.
-    const atHead = noStoreAtHead(res);
+  // A stored session's responses show session state: not cacheable, unless the app says
+  // otherwise with a Cache-Control of its own, as a commit would write.
+  if (!session.isNew && noStoreAtHead(res)) {
     state.onFirstChange = () => {
-      if (atHead) withoutNoStoreAtHead(res as Holdable);
+      withoutNoStoreAtHead(res as Holdable);
       hold();
     };
+    return;
   }
+  state.onFirstChange = hold;
   // A visitor's pre-session CSRF cookie needs no store: written at once, no hold needed.
   if (session.isNew)
     state.sendNow = (setCookie) => {
