@@ -460,21 +460,18 @@ function noStoreWriteHead(this: ServerResponse, ...args: unknown[]): unknown {
 
 /**
  * Arranges `Cache-Control: no-store` on the head of a response whose stored session is only
- * read; true if it did so with {@link noStoreWriteHead}. A response of a framework's prototype
+ * read: with {@link noStoreWriteHead} on a plain node:http response. A response of a framework's prototype
  * (Express: own properties on such objects take V8's slow path) or whose `writeHead` an app
  * wrapped gets the header with `setHeader` now instead.
  */
-function noStoreAtHead(res: ServerResponse): boolean {
-  if (Object.getPrototypeOf(res) === ServerResponse.prototype && !Object.hasOwn(res, 'writeHead')) {
+function noStoreAtHead(res: ServerResponse): void {
+  if (Object.getPrototypeOf(res) === ServerResponse.prototype && !Object.hasOwn(res, 'writeHead'))
     (res as unknown as Methods).writeHead = noStoreWriteHead;
-    return true;
-  }
-  if (!res.hasHeader('Cache-Control')) res.setHeader('Cache-Control', 'no-store');
-  return false;
+  else if (!res.hasHeader('Cache-Control')) res.setHeader('Cache-Control', 'no-store');
 }
 
-/** Removes {@link noStoreWriteHead} before a hold (whose commit writes Cache-Control itself). */
-function withoutNoStoreAtHead(res: Holdable): void {
+/** Removes {@link noStoreWriteHead}, if the response has it, before a hold. */
+function withoutNoStoreAtHead(res: ServerResponse): void {
   const own = res as unknown as Partial<Methods>;
   if (own.writeHead === noStoreWriteHead) delete own.writeHead;
 }
@@ -490,7 +487,11 @@ export function commitBeforeHeaders(
   res: ServerResponse,
   onError: CommitErrorHandler = defaultCommitError,
 ): void {
-  const hold = () => new ResponseHold(manager, session, info, res, onError).hold();
+  const hold = () => {
+    // A read that turns into a write: the hold's commit writes Cache-Control itself.
+    withoutNoStoreAtHead(res);
+    new ResponseHold(manager, session, info, res, onError).hold();
+  };
   // A session whose commit would do nothing yet (a visitor with no record, or a stored session
   // with no touch or renewal due) needs one only once it changes: hold the response from then
   // on, so a request that never writes pays neither the hold nor a commit.
@@ -501,13 +502,7 @@ export function commitBeforeHeaders(
   }
   // A stored session's responses show session state: not cacheable, unless the app says
   // otherwise with a Cache-Control of its own, as a commit would write.
-  if (!session.isNew && noStoreAtHead(res)) {
-    state.onFirstChange = () => {
-      withoutNoStoreAtHead(res as Holdable);
-      hold();
-    };
-    return;
-  }
+  if (!session.isNew) noStoreAtHead(res);
   state.onFirstChange = hold;
   // A visitor's pre-session CSRF cookie needs no store: written at once, no hold needed.
   if (session.isNew)
