@@ -396,24 +396,19 @@ class ResponseHold {
 
 // ---- Cache-Control for a stored session's read --------------------------------------------
 
-/** True if a header name is Cache-Control, in any case. */
-function isCacheControl(name: unknown): boolean {
-  return typeof name === 'string' && name.length === 13 && name.toLowerCase() === 'cache-control';
-}
-
 /** True if headers passed to `writeHead` (any of node's shapes) name Cache-Control. */
 function namesCacheControl(headers: HeaderArg | null | undefined): boolean {
   if (headers === null || headers === undefined) return false;
   if (Array.isArray(headers)) {
     if (headers.length > 0 && Array.isArray(headers[0])) {
       for (const pair of headers as readonly (readonly [unknown, unknown])[])
-        if (isCacheControl(pair[0])) return true;
+        if (sameName(pair[0], 'cache-control')) return true;
       return false;
     }
-    for (let i = 0; i < headers.length; i += 2) if (isCacheControl(headers[i])) return true;
+    for (let i = 0; i < headers.length; i += 2) if (sameName(headers[i], 'cache-control')) return true;
     return false;
   }
-  for (const name of Object.keys(headers)) if (isCacheControl(name)) return true;
+  for (const name of Object.keys(headers)) if (sameName(name, 'cache-control')) return true;
   return false;
 }
 

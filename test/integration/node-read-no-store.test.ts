@@ -7,7 +7,7 @@
  */
 import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Session } from '../../src/index.js';
+import type { Session, SessionManager } from '../../src/index.js';
 import { attachSession } from '../../src/integrations/node.js';
 import { listen, setup } from '../helpers/session-kit.js';
 
@@ -105,6 +105,22 @@ async function body(url: string, cookie: string): Promise<string> {
 const values = (raw: [string, string][], name: string) =>
   raw.filter(([n]) => n.toLowerCase() === name.toLowerCase()).map(([, v]) => v);
 
+/** A node:http server answering `routes` with the request's session; `after` sees each response. */
+function serve(
+  manager: SessionManager,
+  table: Record<string, Handler>,
+  after?: (res: ServerResponse) => void,
+): Promise<{ url: string; close: () => Promise<void> }> {
+  const server = createServer(async (req, res) => {
+    const session = await attachSession(manager, req, res);
+    const route = table[new URL(req.url!, 'http://x').pathname];
+    if (!route) res.writeHead(404).end();
+    else await route(req, res, session);
+    after?.(res);
+  });
+  return listen(server);
+}
+
 describe('node:http: a stored session that is only read gets Cache-Control: no-store', () => {
   let url: string;
   let close: () => Promise<void>;
@@ -114,14 +130,7 @@ describe('node:http: a stored session that is only read gets Cache-Control: no-s
   const held: boolean[] = [];
 
   beforeAll(async () => {
-    const server = createServer(async (req, res) => {
-      const session = await attachSession(kit.manager, req, res);
-      const route = routes[new URL(req.url!, 'http://x').pathname];
-      if (!route) res.writeHead(404).end();
-      else await route(req, res, session);
-      held.push(Object.hasOwn(res, 'end'));
-    });
-    ({ url, close } = await listen(server));
+    ({ url, close } = await serve(kit.manager, routes, (res) => held.push(Object.hasOwn(res, 'end'))));
     const first = await get(`${url}/write`);
     cookie = values(first.raw, 'set-cookie')[0]!.split(';')[0]!;
   });
@@ -256,13 +265,7 @@ describe("node:http: a held response gets the app's writeHead headers and the se
   const kit = setup({ cookie: { secure: false } });
 
   beforeAll(async () => {
-    const server = createServer(async (req, res) => {
-      const session = await attachSession(kit.manager, req, res);
-      const route = heldRoutes[new URL(req.url!, 'http://x').pathname];
-      if (!route) res.writeHead(404).end();
-      else await route(req, res, session);
-    });
-    ({ url, close } = await listen(server));
+    ({ url, close } = await serve(kit.manager, heldRoutes));
   });
   afterAll(() => close());
 
