@@ -8,7 +8,7 @@ import { newToken, storageKey } from '../crypto/ids.js';
 import { KeyRing } from '../crypto/keyring.js';
 import { SessionManager } from '../manager.js';
 import { resolveOptions } from '../options.js';
-import { decodeRecord, encodeRecord } from '../stores/kit.js';
+import { checkStorageKey, decodeRecord, encodeRecord } from '../stores/kit.js';
 import { MemoryStore } from '../stores/memory.js';
 import type { StoredSession } from '../stores/store.js';
 import { CookieCodec } from './cookie-codec.js';
@@ -46,6 +46,11 @@ describe('ids', () => {
   });
   bench('newToken (32 random bytes)', () => {
     newToken();
+  });
+  // A sliced string, as the manager hands stores the record id cut from the cookie.
+  const key = `${token}.${token}`.slice(0, token.length);
+  bench('checkStorageKey (every store call checks its key)', () => {
+    checkStorageKey('bench', key);
   });
 });
 

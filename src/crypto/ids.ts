@@ -5,7 +5,19 @@ export const TOKEN_BYTES = 32;
 /** base64url length of a 32-byte token (no padding). */
 export const TOKEN_LENGTH = 43;
 
-const TOKEN_PATTERN = /^[A-Za-z0-9_-]{43}$/;
+/**
+ * A character outside base64url's 64 (`\w` is `[A-Za-z0-9_]` without the `u` and `i` flags).
+ * Searching for one bad character, with the length checked apart, is about 40 % cheaper than
+ * matching `^[A-Za-z0-9_-]{16,128}$` (71 against 115 ns for a 43-character key; a loop over
+ * `charCodeAt` measured 120-165 ns: bench/README.md, twenty-eighth pass), and every load, write
+ * and creation checks a storage key.
+ */
+const NOT_BASE64URL = /[^\w-]/;
+
+/** True if `value` is `min` to `max` characters, all of base64url's alphabet (no padding). */
+export function isBase64url(value: string, min: number, max: number): boolean {
+  return value.length >= min && value.length <= max && !NOT_BASE64URL.test(value);
+}
 
 // Tokens are cut from a buffer that the CSPRNG fills POOL_TOKENS at a time: one call into
 // OpenSSL per 64 tokens instead of one per token (as node's own randomUUID() caches entropy).
@@ -30,7 +42,7 @@ export function newToken(): string {
 
 /** True if `value` has the exact shape of a token; checked before any other work. */
 export function isWellFormedToken(value: string): boolean {
-  return value.length === TOKEN_LENGTH && TOKEN_PATTERN.test(value);
+  return isBase64url(value, TOKEN_LENGTH, TOKEN_LENGTH);
 }
 
 /**

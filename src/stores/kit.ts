@@ -1,3 +1,4 @@
+import { isBase64url } from '../crypto/ids.js';
 import { SessionError } from '../errors.js';
 import type { SessionDelta, SessionMeta, StoredSession } from './store.js';
 
@@ -6,12 +7,16 @@ import type { SessionDelta, SessionMeta, StoredSession } from './store.js';
  * records (reported, then treated as absent, never thrown at the request).
  */
 
-/** Record keys come from the manager: 43 base64url characters. Anything else is refused. */
-const STORAGE_KEY = /^[A-Za-z0-9_-]{16,128}$/;
+/**
+ * Record keys come from the manager: 43 base64url characters. Anything not base64url, or
+ * outside 16 to 128 characters (custom keys of tests and tools), is refused.
+ */
+const MIN_KEY = 16;
+const MAX_KEY = 128;
 
 /** Throws INVALID_KEY unless `key` has the shape of a storage key (checked before any I/O). */
 export function checkStorageKey(storeName: string, key: unknown): asserts key is string {
-  if (typeof key !== 'string' || !STORAGE_KEY.test(key)) {
+  if (typeof key !== 'string' || !isBase64url(key, MIN_KEY, MAX_KEY)) {
     throw new SessionError('INVALID_KEY', `${storeName} refused a storage key that is not base64url.`);
   }
 }
@@ -101,7 +106,7 @@ export function checkDelta(storeName: string, delta: unknown): asserts delta is 
 
 /** True if `key` has the shape of a storage key (for scans that skip foreign names). */
 export function isStorageKey(key: string): boolean {
-  return STORAGE_KEY.test(key);
+  return isBase64url(key, MIN_KEY, MAX_KEY);
 }
 
 /** The one JSON form of a record, for stores that keep a record as one string. */

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { auditTag, isWellFormedToken, newToken, storageKey } from '../../src/crypto/ids.js';
+import { auditTag, isBase64url, isWellFormedToken, newToken, storageKey } from '../../src/crypto/ids.js';
 import { KeyRing } from '../../src/crypto/keyring.js';
+import { checkStorageKey, isStorageKey } from '../../src/stores/kit.js';
 import { Browser, SECRET, setup } from '../helpers/session-kit.js';
 
 afterEach(() => {
@@ -62,6 +63,40 @@ describe('SM-09: session tokens', () => {
     ]) {
       expect(isWellFormedToken(bad), bad).toBe(false);
     }
+  });
+});
+
+describe('SM-63: storage keys are refused unless base64url of 16 to 128 characters', () => {
+  const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+  it('every UTF-16 code unit outside the 64 characters of base64url is refused, at any place', () => {
+    const key = storageKey(newToken());
+    const accepted: string[] = [];
+    for (let code = 0; code < 0x10000; code++) {
+      const c = String.fromCharCode(code);
+      // First, middle and last place of an otherwise valid 43-character key.
+      const places = [c + key.slice(1), key.slice(0, 21) + c + key.slice(22), key.slice(0, 42) + c];
+      const verdicts = places.map((k) => isStorageKey(k));
+      expect(new Set(verdicts).size, `U+${code.toString(16)}`).toBe(1);
+      if (verdicts[0]) accepted.push(c);
+    }
+    expect(accepted.join('')).toBe([...ALPHABET].sort().join(''));
+  });
+
+  it('lengths 16 to 128 pass, 15 and 129 do not; tokens are exactly 43', () => {
+    const long = 'A'.repeat(200);
+    for (let n = 0; n <= 200; n++)
+      expect(isStorageKey(long.slice(0, n)), `length ${n}`).toBe(n >= 16 && n <= 128);
+    for (let n = 0; n <= 60; n++) expect(isWellFormedToken(long.slice(0, n)), `length ${n}`).toBe(n === 43);
+    expect(isBase64url('', 0, 0)).toBe(true);
+  });
+
+  it('a refused key throws INVALID_KEY naming the store; a non-string key too', () => {
+    expect(() => checkStorageKey('SomeStore', 'a/b'.repeat(8))).toThrow(
+      expect.objectContaining({ code: 'INVALID_KEY', message: expect.stringContaining('SomeStore') }),
+    );
+    expect(() => checkStorageKey('SomeStore', 42)).toThrow(expect.objectContaining({ code: 'INVALID_KEY' }));
+    expect(() => checkStorageKey('SomeStore', storageKey(newToken()))).not.toThrow();
   });
 });
 
