@@ -180,12 +180,27 @@ type Method = (this: ServerResponse, ...args: unknown[]) => unknown;
 type Methods = Record<HeldMethod, Method>;
 const HELD: readonly HeldMethod[] = ['writeHead', 'write', 'end', 'flushHeaders'];
 /** What a held call returns to the app, since the real call happens later. */
-const HELD_RESULT: Record<HeldMethod, (res: ServerResponse) => unknown> = {
-  writeHead: (res) => res,
-  write: () => true,
-  end: (res) => res,
-  flushHeaders: () => undefined,
-};
+function heldResult(method: HeldMethod, res: ServerResponse): unknown {
+  if (method === 'write') return true;
+  return method === 'flushHeaders' ? undefined : res;
+}
+
+/**
+ * One of `methods` by name. The four are read by name, not as `methods[method]`: a lookup by a
+ * key that varies takes V8's generic path on every call (about 150 instructions each).
+ */
+function methodIn(methods: Methods, method: HeldMethod): Method {
+  switch (method) {
+    case 'writeHead':
+      return methods.writeHead;
+    case 'write':
+      return methods.write;
+    case 'end':
+      return methods.end;
+    default:
+      return methods.flushHeaders;
+  }
+}
 
 /** The hold of a plain response while it is held (an own symbol property of the response). */
 const HOLD = Symbol('sessionflow.hold');
@@ -276,26 +291,44 @@ function intercept(res: Holdable, hold: ResponseHold): Methods {
     return originals;
   }
   // An app or another library may have wrapped a method of this very response already: those
-  // wrappers are what the replay calls.
+  // wrappers are what the replay calls. (An own property that is node's method itself changes
+  // nothing.) Each method is read and written by name: see `methodIn`.
   let originals = currentNodeMethods();
-  if (HELD.some((method) => Object.hasOwn(res, method))) {
+  const own = res as unknown as Methods;
+  if (
+    own.writeHead !== originals.writeHead ||
+    own.write !== originals.write ||
+    own.end !== originals.end ||
+    own.flushHeaders !== originals.flushHeaders
+  ) {
     originals = methodsOf(res);
     res[WRAPPED] = originals;
   }
   res[HOLD] = hold;
-  const own = res as unknown as Methods;
-  for (const method of HELD) own[method] = ownInterceptors[method];
+  const mine = ownInterceptors;
+  own.writeHead = mine.writeHead;
+  own.write = mine.write;
+  own.end = mine.end;
+  own.flushHeaders = mine.flushHeaders;
   return originals;
 }
 
 /** Ends the hold: calls go to the methods underneath again. */
 function release(res: Holdable, originals: Methods): void {
-  if (frameworkHolds.delete(res)) return;
+  // A plain response's hold is its own property; a framework response's is in the WeakMap.
+  if (res[HOLD] === undefined) {
+    frameworkHolds.delete(res);
+    return;
+  }
   res[HOLD] = undefined;
   // Ours are put back to what was there; a wrapper installed over ours meanwhile stays, and
   // reaches the original through our interceptor, which no longer holds.
   const own = res as unknown as Methods;
-  for (const method of HELD) if (own[method] === ownInterceptors[method]) own[method] = originals[method];
+  const mine = ownInterceptors;
+  if (own.writeHead === mine.writeHead) own.writeHead = originals.writeHead;
+  if (own.write === mine.write) own.write = originals.write;
+  if (own.end === mine.end) own.end = originals.end;
+  if (own.flushHeaders === mine.flushHeaders) own.flushHeaders = originals.flushHeaders;
 }
 
 /**
@@ -353,7 +386,7 @@ class ResponseHold {
         (err: unknown) => this.#fail(err),
       );
     }
-    return HELD_RESULT[method](this.#res);
+    return heldResult(method, this.#res);
   }
 
   #replay(out: CommitOutcome): void {
@@ -379,7 +412,7 @@ class ResponseHold {
         continue;
       }
       if (!headApplied) applyOutcomeOnce();
-      originals[method].apply(res, args);
+      methodIn(originals, method).apply(res, args);
     }
   }
 
