@@ -62,6 +62,19 @@ function applyFrozen(record: Readonly<StoredSession>, delta: SessionDelta): Read
   return freezeRecord({ meta, values });
 }
 
+/**
+ * The record `create` keeps: a frozen copy of the caller's, whose metadata `checkRecord` has
+ * passed (known fields, none undefined). What `applyFrozen` makes of an empty record, without
+ * its spreads and checks for shared parts (bench/README.md, twenty-eighth pass).
+ */
+function frozenCopy(record: StoredSession): Readonly<StoredSession> {
+  const values: Record<string, string> = {};
+  const from = record.values;
+  for (const k of Object.keys(from)) put(values, k, from[k]!);
+  const meta = Object.freeze({ ...record.meta });
+  return Object.freeze({ meta, values: Object.freeze(values) });
+}
+
 // ---- slot layout ----------------------------------------------------------------------------
 // Every session lives in a numbered slot: its key and frozen record in two arrays, and its
 // numbers in typed arrays (no wrapper object and no boxed number per session). The key -> slot
@@ -439,10 +452,7 @@ export class MemoryStore implements SessionStore {
     checkRecord('MemoryStore', record);
     if (this.#live(key) !== NONE) return false;
     if (!isLiveTtl(ttlMs)) return true;
-    const frozen = applyFrozen(
-      { meta: {} as SessionMeta, values: {} },
-      { set: record.values, unset: [], meta: record.meta },
-    );
+    const frozen = frozenCopy(record);
     this.#makeRoom(frozen.meta.userId !== undefined);
     this.#insert(key, frozen, this.#now() + ttlMs);
     return true;

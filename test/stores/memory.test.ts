@@ -43,6 +43,28 @@ it('MemoryStore hands out frozen records and never changes one in place', async 
   expect({ ...after.values }).toEqual({ 'v:a': '1', 'v:b': '2' });
 });
 
+it("MemoryStore create keeps a copy: the record passed in stays the caller's", async () => {
+  const store = new MemoryStore();
+  const key = storageKey(newToken());
+  const meta = { createdAt: 1, lastSeenAt: 1, deadline: Date.now() + 60_000, h: 'h0' };
+  const values: Record<string, string> = { 'v:a': '1' };
+  // A value named like the prototype stays a value (an own key, not the object's prototype).
+  Object.defineProperty(values, '__proto__', { value: '"p"', enumerable: true, writable: true });
+  const record = { meta, values };
+  expect(await store.create(key, record, 60_000)).toBe(true);
+  // The caller's objects are not frozen, and what it changes afterwards does not reach the store.
+  expect(Object.isFrozen(record) || Object.isFrozen(meta) || Object.isFrozen(values)).toBe(false);
+  values['v:a'] = 'changed';
+  meta.h = 'changed';
+  const loaded = (await store.load(key))!;
+  expect(Object.entries(loaded.values)).toEqual([
+    ['v:a', '1'],
+    ['__proto__', '"p"'],
+  ]);
+  expect(Object.getPrototypeOf(loaded.values)).toBe(Object.prototype);
+  expect(loaded.meta).toEqual({ createdAt: 1, lastSeenAt: 1, deadline: meta.deadline, h: 'h0' });
+});
+
 it('MemoryStore keeps its user index right through login (guard + retain), a conflict, and logout', async () => {
   const store = new MemoryStore();
   const key = storageKey(newToken());
