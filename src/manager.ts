@@ -96,7 +96,7 @@ export class SessionManager<D extends object = DefaultSessionData> {
   load(req: RequestInfo): Promise<Session<D>> {
     const loading = this.#load(req);
     // A visitor's pre-session cookie (CSRF without a stored session) rides along, if any.
-    const pre = this.#cookies.readPre(req.cookieHeader);
+    const pre = this.#cookies.readPre(req.cookieHeader, req.connection);
     if (pre === undefined) return loading;
     return loading.then((session) => {
       stateOf(session).adoptPre(pre);
@@ -107,10 +107,10 @@ export class SessionManager<D extends object = DefaultSessionData> {
   async #load(req: RequestInfo): Promise<Session<D>> {
     const o = this.options;
     const client: ClientInfo = { ip: req.ip, userAgent: cleanHeaderValue(req.userAgent) };
-    const raw = this.#cookies.read(req.cookieHeader);
+    const raw = this.#cookies.read(req.cookieHeader, req.connection);
     // A Secure cookie that arrives over plain HTTP was not set by us over HTTPS: ignore it.
     if (raw === undefined || (o.cookie.secure && !req.secure)) return this.#fresh(client, false);
-    const cookie = this.#cookies.verify(raw);
+    const cookie = this.#cookies.verify(raw, req.connection);
     if (!cookie) {
       this.#events.emit({ type: 'session_invalid_cookie', client });
       this.#countGuess(client);

@@ -38,11 +38,33 @@ export function rememberedMaxAge(meta: Pick<SessionMeta, 'persistUntil'>, now: n
 const MAX_COOKIE_VALUE = 160;
 const VERIFIED_CACHE = 10_000;
 
+/**
+ * What a connection's last `Cookie` header held for this codec. Everything in it is a function of
+ * the header's text and the codec's fixed keys and names, so a later request whose header is
+ * the same text gets the same answers, whoever sent it over the connection.
+ */
+interface HeaderCookies {
+  readonly header: string;
+  /** The session cookie's raw value; undefined when the header has none. */
+  readonly raw: string | undefined;
+  /** `verify(raw)`, once asked: undefined until then. */
+  verified: VerifiedCookie | null | undefined;
+  /** `readPre(header)`, once asked: null for none, undefined until then. */
+  pre: string | null | undefined;
+}
+
+/** A connection the per-connection entry can be kept for (a WeakMap key); anything else is ignored. */
+function isConnection(connection: unknown): connection is object {
+  return typeof connection === 'object' && connection !== null;
+}
+
 /** Reads, verifies (with a bounded cache of values already verified), issues and clears the cookie. */
 export class CookieCodec {
   readonly #keys: KeyRing;
   readonly #options: ResolvedOptions;
   readonly #verified = new Map<string, VerifiedCookie>();
+  /** Per connection (a keep-alive socket), the last `Cookie` header read through it. */
+  readonly #lastHeader = new WeakMap<object, HeaderCookies>();
   /** `; Path=/; HttpOnly; ...`: the attributes after Max-Age, serialized on first use. */
   #attributes: string | undefined;
 
@@ -51,8 +73,23 @@ export class CookieCodec {
     this.#options = options;
   }
 
-  /** The raw value of our cookie in a `Cookie` header, if any (the first of duplicates). */
-  read(header: string | undefined): string | undefined {
+  /**
+   * The raw value of our cookie in a `Cookie` header, if any (the first of duplicates). Given the
+   * request's `connection`, a header identical to the one that connection sent last is not
+   * parsed again, and {@link verify} and {@link readPre} of its values answer from the same
+   * entry: a browser sends the same header on every request of a keep-alive connection.
+   */
+  read(header: string | undefined, connection?: object): string | undefined {
+    if (!isConnection(connection)) return this.#parse(header);
+    if (header === undefined) return undefined;
+    const last = this.#lastHeader.get(connection);
+    if (last !== undefined && last.header === header) return last.raw;
+    const raw = this.#parse(header);
+    this.#lastHeader.set(connection, { header, raw, verified: undefined, pre: undefined });
+    return raw;
+  }
+
+  #parse(header: string | undefined): string | undefined {
     // Fast path: most requests of a site that never wrote a session carry no such cookie.
     if (!header?.includes(this.#options.cookie.name)) return undefined;
     return parseCookies(header)[this.#options.cookie.name];
@@ -63,7 +100,16 @@ export class CookieCodec {
    * verified values are remembered (bounded, oldest out): a repeat costs a map lookup instead
    * of an HMAC and a hash. Only values that passed the check enter.
    */
-  verify(raw: string): VerifiedCookie | null {
+  verify(raw: string, connection?: object): VerifiedCookie | null {
+    if (!isConnection(connection)) return this.#verify(raw);
+    const last = this.#lastHeader.get(connection);
+    // The entry answers only for the value it holds (read() just put it there, or found it).
+    if (last === undefined || last.raw !== raw) return this.#verify(raw);
+    if (last.verified === undefined) last.verified = this.#verify(raw);
+    return last.verified;
+  }
+
+  #verify(raw: string): VerifiedCookie | null {
     const cached = this.#verified.get(raw);
     if (cached) return cached;
     if (raw.length > MAX_COOKIE_VALUE) return null;
@@ -118,8 +164,19 @@ export class CookieCodec {
     return `${this.#options.cookie.name}-pre`;
   }
 
-  /** The verified nonce of the request's pre-session cookie, if any. */
-  readPre(header: string | undefined): string | undefined {
+  /**
+   * The verified nonce of the request's pre-session cookie, if any. With `connection`, answered
+   * from the entry {@link read} keeps when the header is the one read through it last.
+   */
+  readPre(header: string | undefined, connection?: object): string | undefined {
+    if (!isConnection(connection) || header === undefined) return this.#readPre(header);
+    const last = this.#lastHeader.get(connection);
+    if (last === undefined || last.header !== header) return this.#readPre(header);
+    if (last.pre === undefined) last.pre = this.#readPre(header) ?? null;
+    return last.pre ?? undefined;
+  }
+
+  #readPre(header: string | undefined): string | undefined {
     const name = this.preName;
     if (!header?.includes(name)) return undefined;
     const raw = parseCookies(header)[name];

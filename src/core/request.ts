@@ -7,4 +7,11 @@ export interface RequestInfo {
   /** Client address, already resolved through trusted proxies. */
   ip?: string | undefined;
   userAgent?: string | undefined;
+  /**
+   * An object that lives as long as the client's connection (node: `req.socket`). Optional: with
+   * it, a `Cookie` header identical to the one the connection sent before is not parsed and
+   * verified again. Answers are the same without it; so they are when one connection carries
+   * requests of many clients (a proxy), since they depend on the header's text alone.
+   */
+  connection?: object | undefined;
 }

@@ -54,6 +54,8 @@ export interface RequestFacts {
    * sees in `req.ip`.
    */
   framework?: { secure: boolean; ip: string | undefined } | undefined;
+  /** The connection the request came over, where the runtime has one (see `RequestInfo`). */
+  connection?: object | undefined;
 }
 
 /** Cookie names as the manager knows them, and as sent on a `localHttp` request. */
@@ -180,6 +182,7 @@ export function resolveRequest(manager: SessionManager<object>, facts: RequestFa
     secure: secure || localHttp !== undefined,
     ip,
     userAgent,
+    connection: facts.connection,
     [TRANSPORT]: { secure, localHttp, peerUnknown },
   };
   return info;

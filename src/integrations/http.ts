@@ -59,6 +59,7 @@ export function nodeRequestFacts(
     header: (name) => firstHeader(headers[name]),
     host: firstHeader(headers.host),
     framework,
+    connection: req.socket,
   };
 }
 

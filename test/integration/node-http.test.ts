@@ -1,5 +1,11 @@
 import { writeFile } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import {
+  Agent,
+  createServer,
+  request as httpRequest,
+  type IncomingMessage,
+  type ServerResponse,
+} from 'node:http';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FileStore, type Session, SessionManager } from '../../src/index.js';
@@ -286,6 +292,62 @@ describe('SM-51: hostile Cookie headers never cause a 5xx or pollute prototypes'
       headers: { cookie: `${NAME}=garbage; ${other}` },
     });
     expect(firstGarbage.status).toBe(401);
+  });
+});
+
+describe('SM-14: one keep-alive connection, cookies that change between its requests', () => {
+  it('valid, forged, valid again over one socket: the forged one is a fresh session, the valid one reads on', async () => {
+    const sockets = new Set<unknown>();
+    const { manager, store } = setup({ cookie: { name: NAME, secure: false } });
+    const server = await listen(
+      createServer(
+        withSession(manager, (req, res, session) => {
+          sockets.add(req.socket);
+          if (req.url === '/write') session.set('n', 1);
+          res.end(JSON.stringify({ n: session.get('n') ?? null, isNew: session.isNew }));
+        }),
+      ),
+    );
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const get = (path: string, cookie?: string) =>
+      new Promise<{ body: { n: number | null; isNew: boolean }; setCookie: string[] }>((resolve, reject) => {
+        const req = httpRequest(
+          `${server.url}${path}`,
+          { agent, headers: cookie ? { cookie } : {} },
+          (res) => {
+            let text = '';
+            res.setEncoding('utf8');
+            res.on('data', (chunk: string) => {
+              text += chunk;
+            });
+            res.on('end', () =>
+              resolve({ body: JSON.parse(text), setCookie: res.headers['set-cookie'] ?? [] }),
+            );
+          },
+        );
+        req.on('error', reject);
+        req.end();
+      });
+    try {
+      const written = await get('/write');
+      const valid = written.setCookie[0]!.split(';')[0]!;
+      const value = valid.slice(NAME.length + 1);
+      const forged = `${NAME}=${value.slice(0, -1)}${value.endsWith('A') ? 'B' : 'A'}`;
+      expect((await get('/read', valid)).body).toEqual({ n: 1, isNew: false });
+      expect((await get('/read', valid)).body).toEqual({ n: 1, isNew: false });
+      store.reset();
+      const withForged = await get('/read', forged);
+      expect(withForged.body).toEqual({ n: null, isNew: true });
+      expect(withForged.setCookie).toEqual([]);
+      expect(store.count('load')).toBe(0);
+      expect((await get('/read', `${forged}; theme=dark`)).body).toEqual({ n: null, isNew: true });
+      expect((await get('/read', valid)).body).toEqual({ n: 1, isNew: false });
+      expect((await get('/read')).body).toEqual({ n: null, isNew: true });
+      expect(sockets.size).toBe(1);
+    } finally {
+      agent.destroy();
+      await server.close();
+    }
   });
 });
 

@@ -43,3 +43,35 @@ describe('SM-04: the session cookie, written without the general serializer on t
     });
   }
 });
+
+describe('SM-14: the per-connection entry answers only for the header and value it holds', () => {
+  const options = resolveOptions({ secret, cookie: { secure: true } });
+  const keys = new KeyRing([secret]);
+  const name = options.cookie.name;
+  const signed = () => keys.sign(name, `${newToken()}.${newToken()}`);
+
+  it('verify() of a value other than the one read() kept checks that value', () => {
+    const codec = new CookieCodec(keys, options);
+    const connection = {};
+    const first = signed();
+    const second = signed();
+    expect(codec.read(`${name}=${first}`, connection)).toBe(first);
+    expect(codec.verify(first, connection)?.sid).toBe(first.split('.')[0]);
+    expect(codec.verify(second, connection)?.sid).toBe(second.split('.')[0]);
+    expect(codec.verify(`${first.slice(0, -1)}${first.endsWith('A') ? 'B' : 'A'}`, connection)).toBeNull();
+  });
+
+  it('readPre() of a header other than the one read() kept reads that header', () => {
+    const codec = new CookieCodec(keys, options);
+    const connection = {};
+    const nonce1 = newToken();
+    const nonce2 = newToken();
+    const pre1 = codec.issuePre(nonce1).split(';')[0]!;
+    const pre2 = codec.issuePre(nonce2).split(';')[0]!;
+    expect(codec.read(pre1, connection)).toBeUndefined();
+    expect(codec.readPre(pre1, connection)).toBe(nonce1);
+    expect(codec.readPre(pre2, connection)).toBe(nonce2);
+    expect(codec.readPre(`${pre2}x`, connection)).toBeUndefined();
+    expect(codec.readPre(undefined, connection)).toBeUndefined();
+  });
+});
