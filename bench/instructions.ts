@@ -366,15 +366,21 @@ function startServer(row: Row, outFile: string): Promise<Running> {
   if (row.store === 'file') config.dir = mkdtempSync(join(dirname(outFile), `${row.id}-sessions-`));
   // Redis keys and PostgreSQL tables of their own, removed by the server as it stops and again
   // by `removeServerData` at the end.
+  // Under valgrind a store call can take longer than the stores' 1 s default (the JIT still
+  // warming, pooled connections opening, a pause with all 10 connections' loads in flight: the
+  // Express + Redis row once failed with 10 timeouts); counting instructions needs no outage
+  // detection.
   if (row.store === 'redis') {
     redisUsed = true;
-    Object.assign(config, { redisUrl: REDIS_URL, prefix: `${REDIS_PREFIX}${row.id}:` });
+    Object.assign(config, {
+      redisUrl: REDIS_URL,
+      prefix: `${REDIS_PREFIX}${row.id}:`,
+      storeTimeoutMs: 60_000,
+    });
   }
   if (row.store === 'postgres') {
     const table = `${PG_TABLE}_${row.id.replaceAll('-', '_')}`;
     pgTables.add(table);
-    // Under valgrind a statement can take longer than the store's 1 s default (the JIT still
-    // warming, pooled connections opening); counting instructions needs no outage detection.
     Object.assign(config, { pgUrl: PG_URL, table, storeTimeoutMs: 60_000 });
   }
   const child = fork(join(HERE, 'servers', row.file), [JSON.stringify(config)], {

@@ -25,7 +25,11 @@ async function createStore(
     case 'redis': {
       const { RedisStore } = await redisStore();
       const client = await connectRedis(config.redisUrl);
-      const store = new RedisStore({ client, prefix: config.prefix ?? 'sfbench:' });
+      const store = new RedisStore({
+        client,
+        prefix: config.prefix ?? 'sfbench:',
+        ...(config.storeTimeoutMs ? { timeoutMs: config.storeTimeoutMs } : {}),
+      });
       return { store, close: () => closeRedis(client, config.prefix) };
     }
     case 'postgres': {

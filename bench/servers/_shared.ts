@@ -38,7 +38,7 @@ export interface ServerConfig {
   table?: string;
   /** Plain Express only: a middleware waits this many milliseconds (a timer) before each request. */
   waitMs?: number;
-  /** SQL stores' `timeoutMs` and the pool's connection timeout (default: the store's 1 s, 2 s). */
+  /** The Redis and SQL stores' `timeoutMs`, and the pool's connection timeout (default: the stores' 1 s, 2 s). */
   storeTimeoutMs?: number;
 }
 
