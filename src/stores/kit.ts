@@ -21,10 +21,39 @@ export function checkStorageKey(storeName: string, key: unknown): asserts key is
   }
 }
 
-/** Metadata fields by the type a store may be handed; the first three every record must have. */
-const REQUIRED = new Set(['createdAt', 'lastSeenAt', 'deadline']);
-const NUMBER_META = new Set([...REQUIRED, 'authAt', 'phUntil', 'idAt', 'persistUntil']);
-const STRING_META = new Set(['userId', 'ua', 'ip', 'h', 'ph', 'mac']);
+/** The metadata fields every record must have. */
+const REQUIRED = ['createdAt', 'lastSeenAt', 'deadline'] as const;
+const NOT_META = 0;
+const REQUIRED_NUMBER = 1;
+const NUMBER = 2;
+const STRING = 3;
+
+/**
+ * The type a store may be handed for a metadata field. A switch rather than `Set`s: the names
+ * `Object.keys` returns are internalized strings, which the switch compares by identity.
+ */
+function metaKind(name: string): number {
+  switch (name) {
+    case 'createdAt':
+    case 'lastSeenAt':
+    case 'deadline':
+      return REQUIRED_NUMBER;
+    case 'authAt':
+    case 'phUntil':
+    case 'idAt':
+    case 'persistUntil':
+      return NUMBER;
+    case 'userId':
+    case 'ua':
+    case 'ip':
+    case 'h':
+    case 'ph':
+    case 'mac':
+      return STRING;
+    default:
+      return NOT_META;
+  }
+}
 
 function typeName(value: unknown): string {
   if (value === null || value === undefined) return String(value);
@@ -43,24 +72,29 @@ function checkMeta(storeName: string, meta: unknown, partial: boolean, where: st
     refuse(storeName, `${where} must be an object, not ${typeName(meta)}`);
   }
   const fields = meta as Record<string, unknown>;
+  let required = 0;
   for (const name of Object.keys(fields)) {
     const value = fields[name];
     // The field's name is spelled out only for a refusal: most writes pass every field.
-    if (NUMBER_META.has(name)) {
-      if (typeof value === 'number' && Number.isFinite(value)) continue;
-      if (value === undefined && partial && !REQUIRED.has(name)) continue;
+    const kind = metaKind(name);
+    if (kind === REQUIRED_NUMBER || kind === NUMBER) {
+      if (typeof value === 'number' && Number.isFinite(value)) {
+        if (kind === REQUIRED_NUMBER) required++;
+        continue;
+      }
+      if (value === undefined && partial && kind === NUMBER) continue;
       refuse(storeName, `${where}.${name} must be a finite number, not ${typeName(value)}`);
-    } else if (STRING_META.has(name)) {
+    } else if (kind === STRING) {
       if (typeof value === 'string' || (value === undefined && partial)) continue;
       refuse(storeName, `${where}.${name} must be a string, not ${typeName(value)}`);
     } else {
       refuse(storeName, `${where}.${name} is not a session metadata field`);
     }
   }
-  if (!partial) {
-    for (const name of REQUIRED) {
-      if (!Object.hasOwn(fields, name)) refuse(storeName, `${where}.${name} is missing`);
-    }
+  // Own keys are distinct, so three valid required fields are the three of them.
+  if (!partial && required !== REQUIRED.length) {
+    const missing = REQUIRED.find((name) => !Object.hasOwn(fields, name));
+    refuse(storeName, `${where}.${missing} is missing`);
   }
 }
 
