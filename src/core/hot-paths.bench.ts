@@ -8,7 +8,7 @@ import { newToken, storageKey } from '../crypto/ids.js';
 import { KeyRing } from '../crypto/keyring.js';
 import { SessionManager } from '../manager.js';
 import { resolveOptions } from '../options.js';
-import { checkStorageKey, decodeRecord, encodeRecord } from '../stores/kit.js';
+import { checkRecord, checkStorageKey, decodeRecord, encodeRecord } from '../stores/kit.js';
 import { MemoryStore } from '../stores/memory.js';
 import type { StoredSession } from '../stores/store.js';
 import { CookieCodec } from './cookie-codec.js';
@@ -40,6 +40,18 @@ describe('cookie', () => {
   const header = `theme=dark; ${options.cookie.name}=${signed}; lang=en`;
   bench('read from a Cookie header', () => {
     warm.read(header);
+  });
+  // A keep-alive connection: the same header text, a new string each request (as node parses it).
+  const connection = {};
+  const headerCarrier = `x${header}`;
+  bench('read + verify, the connection sent this header before', () => {
+    const h = headerCarrier.slice(1);
+    const raw = warm.read(h, connection);
+    if (raw !== undefined) warm.verify(raw, connection);
+  });
+  bench('read + verify, no connection given (the value cache)', () => {
+    const raw = warm.read(headerCarrier.slice(1));
+    if (raw !== undefined) warm.verify(raw);
   });
   bench('issue (sign + serialize)', () => {
     warm.issue(sid, token, Date.now() + 3_600_000, Date.now());
@@ -80,6 +92,9 @@ describe('record', () => {
   });
   bench('decodeRecord (parse + shape checks)', () => {
     decodeRecord(text);
+  });
+  bench('checkRecord (a create checks the record it is handed)', () => {
+    checkRecord('bench', record);
   });
 });
 
