@@ -80,6 +80,7 @@ export function honoRequestInfo(
     encrypted: socket ? socket.encrypted === true : url.protocol === 'https:',
     header: (name) => raw.get(name) ?? undefined,
     host: raw.get('host') ?? url.host,
+    connection: socket,
   });
 }
 

@@ -63,3 +63,32 @@ export function quickRequest(
     req.end(options.body);
   });
 }
+
+/**
+ * A client whose requests all go over one keep-alive socket, in turn: for tests of what a server
+ * keeps per connection. `close()` destroys the socket.
+ */
+export function oneSocketClient(base: string) {
+  const socketAgent = new Agent({ keepAlive: true, maxSockets: 1 });
+  return {
+    get(path: string, cookie?: string): Promise<{ status: number; body: string; setCookies: string[] }> {
+      return new Promise((resolve, reject) => {
+        const headers = cookie === undefined ? {} : { cookie };
+        const req = request(`${base}${path}`, { agent: socketAgent, headers }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => {
+            body += chunk;
+          });
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, body, setCookies: res.headers['set-cookie'] ?? [] }),
+          );
+          res.on('error', reject);
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    },
+    close: () => socketAgent.destroy(),
+  };
+}

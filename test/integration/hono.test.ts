@@ -5,6 +5,7 @@ import { HTTPException } from 'hono/http-exception';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { SessionManagerOptions } from '../../src/index.js';
 import { CsrfError, csrfProtection, type SessionVariables, session } from '../../src/integrations/hono.js';
+import { oneSocketClient } from '../helpers/raw-http.js';
 import { cookiePair, cookiesOf, sessionCookieOf, setup } from '../helpers/session-kit.js';
 
 const NAME = 'sid';
@@ -208,6 +209,28 @@ describe('Hono on @hono/node-server: session()', () => {
     expect(res.status).toBe(503);
     expect(res.headers.get('location')).toBeNull();
     expect(res.headers.getSetCookie()).toEqual([]);
+  });
+});
+
+describe('SM-14: Hono on @hono/node-server, one keep-alive connection', () => {
+  it('a forged cookie between two valid ones on one socket: 401 for it, the user again after', async () => {
+    const cookie = await login('erin', 'Erin');
+    const value = cookie.slice(NAME.length + 1);
+    const forged = `${NAME}=${value.slice(0, -1)}${value.endsWith('A') ? 'B' : 'A'}`;
+    const client = oneSocketClient(app.url);
+    try {
+      for (let round = 0; round < 2; round++) {
+        const me = await client.get('/me', cookie);
+        expect(me.status).toBe(200);
+        expect(JSON.parse(me.body).user).toBe('erin');
+        const refused = await client.get('/me', forged);
+        expect(refused.status).toBe(401);
+        expect(JSON.parse(refused.body).user).toBeNull();
+        expect(refused.setCookies).toEqual([]);
+      }
+    } finally {
+      client.close();
+    }
   });
 });
 

@@ -1,15 +1,10 @@
 import { writeFile } from 'node:fs/promises';
-import {
-  Agent,
-  createServer,
-  request as httpRequest,
-  type IncomingMessage,
-  type ServerResponse,
-} from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FileStore, type Session, SessionManager } from '../../src/index.js';
 import { attachSession, withSession } from '../../src/integrations/node.js';
+import { oneSocketClient } from '../helpers/raw-http.js';
 import { cookiePair, listen, SECRET, sessionCookieOf, setup, tempDir } from '../helpers/session-kit.js';
 
 const NAME = 'sid';
@@ -308,26 +303,14 @@ describe('SM-14: one keep-alive connection, cookies that change between its requ
         }),
       ),
     );
-    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-    const get = (path: string, cookie?: string) =>
-      new Promise<{ body: { n: number | null; isNew: boolean }; setCookie: string[] }>((resolve, reject) => {
-        const req = httpRequest(
-          `${server.url}${path}`,
-          { agent, headers: cookie ? { cookie } : {} },
-          (res) => {
-            let text = '';
-            res.setEncoding('utf8');
-            res.on('data', (chunk: string) => {
-              text += chunk;
-            });
-            res.on('end', () =>
-              resolve({ body: JSON.parse(text), setCookie: res.headers['set-cookie'] ?? [] }),
-            );
-          },
-        );
-        req.on('error', reject);
-        req.end();
-      });
+    const client = oneSocketClient(server.url);
+    const get = async (path: string, cookie?: string) => {
+      const res = await client.get(path, cookie);
+      return {
+        body: JSON.parse(res.body) as { n: number | null; isNew: boolean },
+        setCookie: res.setCookies,
+      };
+    };
     try {
       const written = await get('/write');
       const valid = written.setCookie[0]!.split(';')[0]!;
@@ -345,7 +328,7 @@ describe('SM-14: one keep-alive connection, cookies that change between its requ
       expect((await get('/read')).body).toEqual({ n: null, isNew: true });
       expect(sockets.size).toBe(1);
     } finally {
-      agent.destroy();
+      client.close();
       await server.close();
     }
   });
