@@ -37,6 +37,12 @@ export function rememberedMaxAge(meta: Pick<SessionMeta, 'persistUntil'>, now: n
 // <43>.<43>.<43>: anything longer is refused before the MAC is computed.
 const MAX_COOKIE_VALUE = 160;
 const VERIFIED_CACHE = 10_000;
+/**
+ * The longest `Cookie` header kept per connection (browsers rarely send more than a few hundred
+ * bytes). A longer one is parsed every time, so an idle keep-alive connection holds at most this
+ * much text here, not node's 16 KB header limit.
+ */
+const MAX_KEPT_HEADER = 4096;
 
 /**
  * What a connection's last `Cookie` header held for this codec. Everything in it is a function of
@@ -80,11 +86,14 @@ export class CookieCodec {
    * entry: a browser sends the same header on every request of a keep-alive connection.
    */
   read(header: string | undefined, connection?: object): string | undefined {
-    if (!isConnection(connection)) return this.#parse(header);
-    if (header === undefined) return undefined;
+    if (header === undefined || header.length > MAX_KEPT_HEADER || !isConnection(connection)) {
+      return this.#parse(header);
+    }
     const last = this.#lastHeader.get(connection);
     if (last !== undefined && last.header === header) return last.raw;
-    const raw = this.#parse(header);
+    // A header without our cookie's name (nor the pre-session one, which contains it) is not kept.
+    if (!header.includes(this.#options.cookie.name)) return undefined;
+    const raw = parseCookies(header)[this.#options.cookie.name];
     this.#lastHeader.set(connection, { header, raw, verified: undefined, pre: undefined });
     return raw;
   }
