@@ -34,6 +34,11 @@ export const SECRET_2 = 'Zr8Tn2Qw6Ey4Ui0Op5As9Df3Gh7Jk1Lz6Xc2Vb8Nm4Qa0Ws5';
 export const MINUTE = 60_000;
 export const HOUR = 60 * MINUTE;
 
+/** `text` with the character at `index` changed (A <-> B): a forged cookie, one character off. */
+export function flipAt(text: string, index: number): string {
+  return text.slice(0, index) + (text[index] === 'A' ? 'B' : 'A') + text.slice(index + 1);
+}
+
 /** A clock tests move by hand, shared by the manager and the store. */
 export class Clock {
   t = Date.UTC(2026, 0, 15, 9, 0, 0);

@@ -1,17 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import type { RequestInfo } from '../../src/index.js';
-import { Browser, cookiePair, SECRET_2, setup } from '../helpers/session-kit.js';
+import { Browser, cookiePair, flipAt, SECRET_2, setup } from '../helpers/session-kit.js';
 
 /**
  * The manager keeps, per connection (`RequestInfo.connection`), what the connection's last
  * `Cookie` header held. These tests send changing headers over one connection object and check
  * that every answer is the one a request without a connection gets.
  */
-
-function flipAt(text: string, index: number): string {
-  const c = text[index]!;
-  return text.slice(0, index) + (c === 'A' ? 'B' : 'A') + text.slice(index + 1);
-}
 
 describe('SM-14: a cookie checked once on a connection vouches for nothing else sent over it', () => {
   it('valid, tampered, valid again on one connection: the tampered value gets a fresh session and no store access', async () => {

@@ -2,14 +2,9 @@ import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { newToken } from '../../src/crypto/ids.js';
 import { KeyRing } from '../../src/crypto/keyring.js';
-import { Browser, SECRET, SECRET_2, setup } from '../helpers/session-kit.js';
+import { Browser, flipAt, SECRET, SECRET_2, setup } from '../helpers/session-kit.js';
 
 const ring = new KeyRing([SECRET]);
-
-function flipAt(text: string, index: number): string {
-  const c = text[index]!;
-  return text.slice(0, index) + (c === 'A' ? 'B' : 'A') + text.slice(index + 1);
-}
 
 describe('signing', () => {
   it('verifies its own signature and names the key index', () => {
