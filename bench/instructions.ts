@@ -113,6 +113,8 @@ interface Row {
   of: Base;
   /** Plain Express only: each request waits this many milliseconds on a timer (the control row). */
   waitMs?: number;
+  /** Plain Express only: `req` and `res` put into V8's dictionary mode, as session() does. */
+  dictionaryMode?: true;
 }
 
 /** The rows of bench/run.ts measured here, in its display order. */
@@ -185,6 +187,16 @@ const ROWS: Row[] = [
     mode: 'read',
     of: 'express',
     waitMs: 5,
+  },
+  {
+    // The other control of bench/run.ts: plain Express with the one change session() makes to
+    // Express's objects. The Express rows against it show what the session itself costs.
+    id: 'express-dict-read',
+    label: 'plain Express 5, req and res in dictionary mode (control)',
+    file: 'express.ts',
+    mode: 'read',
+    of: 'express',
+    dictionaryMode: true,
   },
   {
     id: 'sf-express-memory-read',
@@ -362,6 +374,7 @@ interface Running {
 function startServer(row: Row, outFile: string): Promise<Running> {
   const config: ServerConfig = row.store ? { store: row.store } : {};
   if (row.waitMs !== undefined) config.waitMs = row.waitMs;
+  if (row.dictionaryMode) config.dictionaryMode = true;
   // The file store's directory: a fresh one under the run's directory (the server removes it on exit).
   if (row.store === 'file') config.dir = mkdtempSync(join(dirname(outFile), `${row.id}-sessions-`));
   // Redis keys and PostgreSQL tables of their own, removed by the server as it stops and again

@@ -38,6 +38,8 @@ export interface ServerConfig {
   table?: string;
   /** Plain Express only: a middleware waits this many milliseconds (a timer) before each request. */
   waitMs?: number;
+  /** Plain Express only: a first middleware puts `req` and `res` into V8's dictionary mode. */
+  dictionaryMode?: boolean;
   /** The Redis and SQL stores' `timeoutMs`, and the pool's connection timeout (default: the stores' 1 s, 2 s). */
   storeTimeoutMs?: number;
 }
