@@ -66,12 +66,16 @@ function applyFrozen(record: Readonly<StoredSession>, delta: SessionDelta): Read
  * The record `create` keeps: a frozen copy of the caller's, whose metadata `checkRecord` has
  * passed (known fields, none undefined). What `applyFrozen` makes of an empty record, without
  * its spreads and checks for shared parts (bench/README.md, twenty-eighth pass).
+ *
+ * The metadata is copied with `Object.assign` onto a fresh object, not spread: V8 clones a
+ * spread object from the caller's object, and those frozen clones kept 723 bytes a small
+ * session against 534 (`npm run bench:stores`, bench/README.md, thirtieth pass).
  */
 function frozenCopy(record: StoredSession): Readonly<StoredSession> {
   const values: Record<string, string> = {};
   const from = record.values;
   for (const k of Object.keys(from)) put(values, k, from[k]!);
-  const meta = Object.freeze({ ...record.meta });
+  const meta = Object.freeze(Object.assign({}, record.meta));
   return Object.freeze({ meta, values: Object.freeze(values) });
 }
 
