@@ -34,7 +34,8 @@
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
-import type { SessionMeta, SessionStore, StoredSession } from '../src/stores/store.js';
+import type { SessionStore } from '../src/stores/store.js';
+import { DAY, SIGNED_IN_EVERY, sessionKey, smallSession } from './lib/small-session.js';
 import { median, percentile, prng } from './lib/stats.js';
 import { verdict } from './lib/verdict.js';
 
@@ -66,31 +67,6 @@ const ROUNDS = Number(args.rounds ?? (kind === 'memory' ? 7 : 15));
 const SAMPLES = Number(args.samples ?? (kind === 'memory' ? 20_000 : 5_000));
 const RUN = `${process.pid}-${randomBytes(4).toString('hex')}`;
 const TTL = 3_600_000;
-const DAY = 86_400_000;
-const SIGNED_IN_EVERY = 10;
-
-/** Session i's key in space `space`: SHA-256 of `<space>:<i>`, base64url (PostgreSQL computes the same). */
-function key(space: string, i: number): string {
-  return createHash('sha256').update(`${space}:${i}`).digest('base64url');
-}
-
-/** Session i as the manager hands it to `create` (fresh strings and numbers, as per request). */
-function record(space: string, i: number, now: number): StoredSession {
-  const h = createHash('sha256').update(`h:${space}:${i}`).digest('base64url');
-  const meta: SessionMeta =
-    i % SIGNED_IN_EVERY === 0
-      ? {
-          createdAt: now,
-          deadline: now + DAY,
-          userId: `user-${i}`,
-          authAt: now,
-          lastSeenAt: now,
-          h,
-          idAt: now,
-        }
-      : { createdAt: now, deadline: now + DAY, lastSeenAt: now, h, idAt: now };
-  return { meta, values: { 'v:k': JSON.stringify('hello') } };
-}
 
 /** One size's sessions: a store (memory), a key prefix (Redis) or a table (PostgreSQL). */
 interface Space {
@@ -120,7 +96,7 @@ async function memoryBackend(): Promise<Backend> {
         store,
         async fill(from, to) {
           for (let i = from; i < to; i++) {
-            if (!(await store.create(key(name, i), record(name, i, base + i), TTL)))
+            if (!(await store.create(sessionKey(name, i), smallSession(name, i, base + i), TTL)))
               throw new Error(`create ${i} refused`);
           }
         },
@@ -151,8 +127,8 @@ async function redisBackend(): Promise<Backend> {
             for (let i = start; i < Math.min(to, start + 2000); i++) {
               // What RedisStore's CREATE script and INDEX_ADD write: one hash per session (meta
               // JSON, values under '.'), its TTL, and for a signed-in session its user's sorted set.
-              const r = record(name, i, base + i);
-              const redisKey = `${prefix}{${key(name, i)}}`;
+              const r = smallSession(name, i, base + i);
+              const redisKey = `${prefix}{${sessionKey(name, i)}}`;
               const hset = ['HSET', redisKey, 'meta', JSON.stringify(r.meta)];
               for (const [f, v] of Object.entries(r.values)) hset.push(`.${f}`, v);
               batch.push(client.sendCommand(hset), client.sendCommand(['PEXPIRE', redisKey, String(TTL)]));
@@ -160,7 +136,7 @@ async function redisBackend(): Promise<Backend> {
                 const index = `${prefix}u:{${createHash('sha256').update(r.meta.userId).digest('base64url')}}`;
                 const bound = r.meta.deadline;
                 batch.push(
-                  client.sendCommand(['ZADD', index, String(bound), key(name, i)]),
+                  client.sendCommand(['ZADD', index, String(bound), sessionKey(name, i)]),
                   client.sendCommand(['PEXPIREAT', index, String(bound + 30_000)]),
                 );
               }
@@ -211,7 +187,7 @@ async function postgresBackend(): Promise<Backend> {
         async fill(from, to) {
           const base = Date.now();
           // The rows PostgresStore's insert writes (meta and data as jsonb, expires_at in ms), with
-          // the key computed as key() does; user_id is generated from meta by the table itself.
+          // the key computed as sessionKey() does; user_id is generated from meta by the table itself.
           const b64url = (text: string) =>
             `rtrim(translate(encode(sha256(convert_to(${text}, 'UTF8')), 'base64'), '+/', '-_'), '=')`;
           const id = b64url(`$1::text || ':' || g`);
@@ -255,7 +231,7 @@ async function loads(
   count: number,
   random: () => number,
 ): Promise<Float64Array> {
-  const keys = Array.from({ length: count }, () => key(space.name, Math.floor(random() * n)));
+  const keys = Array.from({ length: count }, () => sessionKey(space.name, Math.floor(random() * n)));
   const took = new Float64Array(count);
   let missing = 0;
   for (let i = 0; i < count; i++) {
@@ -341,7 +317,7 @@ try {
     if (kind === 'memory') {
       const name = `${RUN}-${n}-map`;
       const map = new Map<string, number>();
-      for (let i = 0; i < n; i++) map.set(key(name, i), i);
+      for (let i = 0; i < n; i++) map.set(sessionKey(name, i), i);
       row.floor = { name, store: { load: async (k: string) => map.get(k) }, p50s: [], p99s: [] };
     }
     rows.push(row);
