@@ -28,10 +28,10 @@
 
 import { fork } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
@@ -141,6 +141,24 @@ interface Engine {
   countTrips?(fn: () => Promise<void>): Promise<number>;
   /** Buffer pool misses while `fn` runs (MariaDB), to tell I/O from CPU. */
   poolMisses?(fn: () => Promise<void>): Promise<number>;
+  /**
+   * The server process's CPU seconds while `fn` runs (MariaDB on this machine: its one process,
+   * found through `@@pid_file`); undefined when the server is elsewhere or its pid is unreadable.
+   */
+  serverCpu?(fn: () => Promise<void>): Promise<number | undefined>;
+}
+
+/** CPU seconds (user + system) a local process has used so far, from /proc; undefined if unreadable. */
+function processCpuSeconds(pid: number): number | undefined {
+  try {
+    // Fields after the command name, which is in parentheses and may hold spaces: utime is the
+    // 14th field of the line, stime the 15th, in clock ticks (100 a second on Linux).
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return undefined;
+  }
 }
 
 const storeModule = async <T>(file: string): Promise<T> =>
@@ -260,6 +278,22 @@ async function mysqlEngine(): Promise<Engine> {
       const before = await status('Innodb_buffer_pool_reads');
       await fn();
       return (await status('Innodb_buffer_pool_reads')) - before;
+    },
+    serverCpu: async (fn) => {
+      let pid: number | undefined;
+      const host = new URL(MYSQL_URL).hostname;
+      if (host === '127.0.0.1' || host === 'localhost' || host === '[::1]') {
+        const [rows] = await pool.query<mysql.RowDataPacket[]>('SELECT @@pid_file AS f');
+        try {
+          pid = Number(readFileSync(String(rows[0]?.f), 'utf8').trim());
+        } catch {
+          // Not readable by this user: the row goes without the server's CPU.
+        }
+      }
+      const before = pid === undefined ? undefined : processCpuSeconds(pid);
+      await fn();
+      const after = pid === undefined ? undefined : processCpuSeconds(pid);
+      return before === undefined || after === undefined ? undefined : after - before;
     },
   };
 }
@@ -751,8 +785,18 @@ async function gcMode(engine: Engine): Promise<void> {
   opTimes.length = 0;
   delay.enable();
   const g0 = performance.now();
-  const removed = await store.gc(t);
+  const cpu0 = process.cpuUsage();
+  let removed = 0;
+  const collect = async () => {
+    removed = await store.gc(t);
+  };
+  // The server's CPU meanwhile (MariaDB on this machine), beside this process's: which of the
+  // two, or the disk, is the limit of gc here.
+  let serverCpu: number | undefined;
+  if (engine.serverCpu) serverCpu = await engine.serverCpu(collect);
+  else await collect();
   const gcMs = performance.now() - g0;
+  const ownCpu = process.cpuUsage(cpu0);
   delay.disable();
   clearInterval(load);
   await new Promise((r) => setTimeout(r, 50));
@@ -763,6 +807,12 @@ async function gcMode(engine: Engine): Promise<void> {
     `  ${engine.name} gc: removed ${removed} in ${ms(gcMs)}, ${batches.length} batches (${paths.keyOrder ? 'in key order' : 'through the expires_at index'}; median ${ms(percentile(batches, 50))}, max ${ms(batches.at(-1) ?? 0)}); ` +
       `event-loop delay p99 ${ms(delay.percentile(99) / 1e6)}, max ${ms(maxDelay)} (the same load without gc: p99 ${ms(quiet.percentile(99) / 1e6)}, max ${ms(quiet.max / 1e6)}); ` +
       `${opTimes.length} loads/commits meanwhile, p50 ${ms(percentile(opTimes, 50))}, p99 ${ms(percentile(opTimes, 99))}, ${failures} failed`,
+  );
+  const cores = (seconds: number) => `${seconds.toFixed(1)} s, ${(seconds / (gcMs / 1000)).toFixed(2)} cores`;
+  console.log(
+    `  ${engine.name} gc: CPU meanwhile: this process ${cores((ownCpu.user + ownCpu.system) / 1e6)}` +
+      (serverCpu === undefined ? '' : `; the database server ${cores(serverCpu)}`) +
+      ` (the machine has ${availableParallelism()})`,
   );
   verdict(
     `${engine.name}: gc of ${N} sessions, half expired, < 10 s`,
