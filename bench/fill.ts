@@ -303,7 +303,45 @@ interface Row {
    * Memory store only: the floor, `await` of an async function returning `Map.get` on a plain
    * Map of n keys shaped alike (the cache and TLB misses of any hash lookup at that size).
    */
-  floor?: { store: { load(key: string): Promise<unknown> }; name: string; p50s: number[]; p99s: number[] };
+  floor?: Floor;
+  /** Memory store only: the same floor without a `Map` (see {@link slotTable}). */
+  tableFloor?: Floor;
+}
+interface Floor {
+  store: { load(key: string): Promise<unknown> };
+  name: string;
+  p50s: number[];
+  p99s: number[];
+}
+
+/**
+ * A second floor with no `Map` in it: n keys in an array, found through an open-addressing table
+ * of their indexes in an `Int32Array` (FNV-1a over the key's characters, linear probing, at most
+ * half full). If this one grows from 1k to 1M as much as `Map.get` does, the growth is the
+ * machine's caches and TLB, not V8's `Map`.
+ */
+function slotTable(keys: readonly string[]): (key: string) => number | undefined {
+  let size = 1;
+  while (size < 2 * keys.length) size *= 2;
+  const mask = size - 1;
+  const slots = new Int32Array(size).fill(-1);
+  const hash = (key: string) => {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+    return h & mask;
+  };
+  for (const [index, key] of keys.entries()) {
+    let at = hash(key);
+    while (slots[at] !== -1) at = (at + 1) & mask;
+    slots[at] = index;
+  }
+  return (key) => {
+    for (let at = hash(key); ; at = (at + 1) & mask) {
+      const index = slots[at]!;
+      if (index === -1) return undefined;
+      if (keys[index] === key) return index;
+    }
+  };
 }
 const spaces: Space[] = [];
 const rows: Row[] = [];
@@ -319,6 +357,14 @@ try {
       const map = new Map<string, number>();
       for (let i = 0; i < n; i++) map.set(sessionKey(name, i), i);
       row.floor = { name, store: { load: async (k: string) => map.get(k) }, p50s: [], p99s: [] };
+      const tableName = `${RUN}-${n}-table`;
+      const find = slotTable(Array.from({ length: n }, (_, i) => sessionKey(tableName, i)));
+      row.tableFloor = {
+        name: tableName,
+        store: { load: async (k: string) => find(k) ?? null },
+        p50s: [],
+        p99s: [],
+      };
     }
     rows.push(row);
   }
@@ -329,10 +375,11 @@ try {
       const took = await loads(space, row.n, SAMPLES, random);
       row.p50s.push(percentile(took, 50));
       row.p99s.push(percentile(took, 99));
-      if (row.floor) {
-        const floor = await loads(row.floor, row.n, SAMPLES, random);
-        row.floor.p50s.push(percentile(floor, 50));
-        row.floor.p99s.push(percentile(floor, 99));
+      for (const floor of [row.floor, row.tableFloor]) {
+        if (!floor) continue;
+        const took = await loads(floor, row.n, SAMPLES, random);
+        floor.p50s.push(percentile(took, 50));
+        floor.p99s.push(percentile(took, 99));
       }
     }
   }
@@ -348,6 +395,11 @@ for (const row of rows) {
   if (row.floor) {
     console.log(
       `  ${String(row.n).padStart(9)} keys      p50 ${median(row.floor.p50s).toFixed(2).padStart(8)} µs  p99 ${median(row.floor.p99s).toFixed(2).padStart(8)} µs  (floor: await of an async Map.get on a plain Map of ${row.n} keys)`,
+    );
+  }
+  if (row.tableFloor) {
+    console.log(
+      `  ${String(row.n).padStart(9)} keys      p50 ${median(row.tableFloor.p50s).toFixed(2).padStart(8)} µs  p99 ${median(row.tableFloor.p99s).toFixed(2).padStart(8)} µs  (floor without a Map: the same await, an Int32Array hash table of ${row.n} keys)`,
     );
   }
   console.log(
@@ -377,6 +429,13 @@ if (first.floor && last.floor && rows.length > 1) {
       2,
     )}x (p50) and ${(median(last.floor.p99s) / median(first.floor.p99s)).toFixed(2)}x (p99) from ${first.n} to ${last.n}`,
   );
+  if (first.tableFloor && last.tableFloor) {
+    const grows = (pick: (x: Floor) => number[]) =>
+      (median(pick(last.tableFloor!)) / median(pick(first.tableFloor!))).toFixed(2);
+    console.log(
+      `  the floor without a Map grows ${grows((x) => x.p50s)}x (p50) and ${grows((x) => x.p99s)}x (p99) from ${first.n} to ${last.n}`,
+    );
+  }
 }
 if (rows.length > 1) {
   for (const [label, pick] of [
