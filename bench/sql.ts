@@ -17,7 +17,10 @@
  *   npx tsx bench/sql.ts [--store postgres|mysql|sqlite]... [--mode ops|http|fill|gc]...
  *                        [--n 1000000] [--reps 7] [--ops 2000] [--concurrency 50]
  *                        [--duration 4] [--rounds 2] [--gc-batch <rows>] [--src <dir>]
- *                        [--sqlite-synchronous FULL|NORMAL] [--sqlite-autocheckpoint <pages>]
+ *                        [--sqlite-synchronous FULL|NORMAL|OFF] [--sqlite-autocheckpoint <pages>]
+ *
+ * `--sqlite-synchronous OFF` (no fsync at all, which no application should run with: a power cut
+ * can corrupt the database) measures the floor of SQLite's gc without the disk's syncs.
  *
  * Default: every store, modes ops, http, fill and gc. Servers: PG_URL (default
  * postgres://postgres@127.0.0.1:5432/test) and MYSQL_URL (default mysql://root@127.0.0.1:3306/test);
@@ -69,7 +72,7 @@ const { values: args } = parseArgs({
 });
 if (args.help) {
   console.log(
-    'npx tsx bench/sql.ts [--store postgres|mysql|sqlite]... [--mode ops|http|fill|gc]... [--n 1000000] [--reps 7] [--ops 2000] [--concurrency 50] [--duration 4] [--rounds 2] [--gc-batch <rows>] [--src <dir>] [--sqlite-synchronous FULL|NORMAL] [--sqlite-autocheckpoint <pages>]',
+    'npx tsx bench/sql.ts [--store postgres|mysql|sqlite]... [--mode ops|http|fill|gc]... [--n 1000000] [--reps 7] [--ops 2000] [--concurrency 50] [--duration 4] [--rounds 2] [--gc-batch <rows>] [--src <dir>] [--sqlite-synchronous FULL|NORMAL|OFF] [--sqlite-autocheckpoint <pages>]',
   );
   process.exit(0);
 }
