@@ -300,16 +300,17 @@ interface Row {
   p99s: number[];
   fillS: number;
   /**
-   * Memory store only: the floor, `await` of an async function returning `Map.get` on a plain
-   * Map of n keys shaped alike (the cache and TLB misses of any hash lookup at that size).
+   * Memory store only: the floors, each an `await` of an async lookup among n keys shaped alike
+   * (the cache and TLB misses of any hash lookup at that size). First `Map.get` on a plain Map,
+   * then the same lookup without a `Map` (see {@link slotTable}); both hold the same keys.
    */
-  floor?: Floor;
-  /** Memory store only: the same floor without a `Map` (see {@link slotTable}). */
-  tableFloor?: Floor;
+  floors: Floor[];
 }
 interface Floor {
   store: { load(key: string): Promise<unknown> };
   name: string;
+  /** What the printed line says this floor is. */
+  label: string;
   p50s: number[];
   p99s: number[];
 }
@@ -351,20 +352,26 @@ try {
     spaces.push(space);
     const started = performance.now();
     await space.fill(0, n);
-    const row: Row = { n, p50s: [], p99s: [], fillS: (performance.now() - started) / 1000 };
+    const row: Row = { n, p50s: [], p99s: [], fillS: (performance.now() - started) / 1000, floors: [] };
     if (kind === 'memory') {
-      const name = `${RUN}-${n}-map`;
-      const map = new Map<string, number>();
-      for (let i = 0; i < n; i++) map.set(sessionKey(name, i), i);
-      row.floor = { name, store: { load: async (k: string) => map.get(k) }, p50s: [], p99s: [] };
-      const tableName = `${RUN}-${n}-table`;
-      const find = slotTable(Array.from({ length: n }, (_, i) => sessionKey(tableName, i)));
-      row.tableFloor = {
-        name: tableName,
-        store: { load: async (k: string) => find(k) ?? null },
+      const name = `${RUN}-${n}-floor`;
+      const keys = Array.from({ length: n }, (_, i) => sessionKey(name, i));
+      const map = new Map(keys.map((k, i) => [k, i]));
+      const find = slotTable(keys);
+      const floor = (label: string, load: (key: string) => Promise<unknown>): Floor => ({
+        name,
+        label,
+        store: { load },
         p50s: [],
         p99s: [],
-      };
+      });
+      row.floors.push(
+        floor(`floor: await of an async Map.get on a plain Map of ${n} keys`, async (k) => map.get(k)),
+        floor(
+          `floor without a Map: the same await, an Int32Array hash table of ${n} keys`,
+          async (k) => find(k) ?? null,
+        ),
+      );
     }
     rows.push(row);
   }
@@ -375,8 +382,7 @@ try {
       const took = await loads(space, row.n, SAMPLES, random);
       row.p50s.push(percentile(took, 50));
       row.p99s.push(percentile(took, 99));
-      for (const floor of [row.floor, row.tableFloor]) {
-        if (!floor) continue;
+      for (const floor of row.floors) {
         const took = await loads(floor, row.n, SAMPLES, random);
         floor.p50s.push(percentile(took, 50));
         floor.p99s.push(percentile(took, 99));
@@ -392,14 +398,9 @@ console.log(
   `${kind} store load latency: ${ROUNDS} interleaved rounds of ${SAMPLES} sequential loads of random live keys per size; medians of the rounds' p50 and p99`,
 );
 for (const row of rows) {
-  if (row.floor) {
+  for (const floor of row.floors) {
     console.log(
-      `  ${String(row.n).padStart(9)} keys      p50 ${median(row.floor.p50s).toFixed(2).padStart(8)} µs  p99 ${median(row.floor.p99s).toFixed(2).padStart(8)} µs  (floor: await of an async Map.get on a plain Map of ${row.n} keys)`,
-    );
-  }
-  if (row.tableFloor) {
-    console.log(
-      `  ${String(row.n).padStart(9)} keys      p50 ${median(row.tableFloor.p50s).toFixed(2).padStart(8)} µs  p99 ${median(row.tableFloor.p99s).toFixed(2).padStart(8)} µs  (floor without a Map: the same await, an Int32Array hash table of ${row.n} keys)`,
+      `  ${String(row.n).padStart(9)} keys      p50 ${median(floor.p50s).toFixed(2).padStart(8)} µs  p99 ${median(floor.p99s).toFixed(2).padStart(8)} µs  (${floor.label})`,
     );
   }
   console.log(
@@ -415,27 +416,23 @@ for (const row of rows) {
 
 const first = rows[0]!;
 const last = rows.at(-1)!;
-if (first.floor && last.floor && rows.length > 1) {
+if (first.floors.length > 0 && rows.length > 1) {
   // What the store adds to a bare hash lookup, per size: a constant factor means that the growth
   // from 1k to 1M is the machine's (cache and TLB misses), which no store on one Map can avoid.
   const over = (r: Row, pick: (x: { p50s: number[]; p99s: number[] }) => number[]) =>
-    median(pick(r)) / median(pick(r.floor!));
+    median(pick(r)) / median(pick(r.floors[0]!));
+  const grows = (i: number, pick: (x: Floor) => number[]) =>
+    (median(pick(last.floors[i]!)) / median(pick(first.floors[i]!))).toFixed(2);
   console.log(
     `  the store over the floor: p50 ${rows.map((r) => `${over(r, (x) => x.p50s).toFixed(2)}x`).join(', ')}; p99 ${rows
       .map((r) => `${over(r, (x) => x.p99s).toFixed(2)}x`)
-      .join(', ')} (at ${rows.map((r) => r.n).join(', ')}); the floor itself grows ${(
-      median(last.floor.p50s) / median(first.floor.p50s)
-    ).toFixed(
-      2,
-    )}x (p50) and ${(median(last.floor.p99s) / median(first.floor.p99s)).toFixed(2)}x (p99) from ${first.n} to ${last.n}`,
+      .join(
+        ', ',
+      )} (at ${rows.map((r) => r.n).join(', ')}); the floor itself grows ${grows(0, (x) => x.p50s)}x (p50) and ${grows(0, (x) => x.p99s)}x (p99) from ${first.n} to ${last.n}`,
   );
-  if (first.tableFloor && last.tableFloor) {
-    const grows = (pick: (x: Floor) => number[]) =>
-      (median(pick(last.tableFloor!)) / median(pick(first.tableFloor!))).toFixed(2);
-    console.log(
-      `  the floor without a Map grows ${grows((x) => x.p50s)}x (p50) and ${grows((x) => x.p99s)}x (p99) from ${first.n} to ${last.n}`,
-    );
-  }
+  console.log(
+    `  the floor without a Map grows ${grows(1, (x) => x.p50s)}x (p50) and ${grows(1, (x) => x.p99s)}x (p99) from ${first.n} to ${last.n}`,
+  );
 }
 if (rows.length > 1) {
   for (const [label, pick] of [

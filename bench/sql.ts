@@ -145,10 +145,11 @@ interface Engine {
   /** Buffer pool misses while `fn` runs (MariaDB), to tell I/O from CPU. */
   poolMisses?(fn: () => Promise<void>): Promise<number>;
   /**
-   * The server process's CPU seconds while `fn` runs (MariaDB on this machine: its one process,
-   * found through `@@pid_file`); undefined when the server is elsewhere or its pid is unreadable.
+   * Starts counting the server process's CPU (MariaDB on this machine: its one process, found
+   * through `@@pid_file`); the function returned gives the seconds used since, or undefined when
+   * the server is elsewhere or its pid is unreadable.
    */
-  serverCpu?(fn: () => Promise<void>): Promise<number | undefined>;
+  serverCpu?(): Promise<() => number | undefined>;
 }
 
 /** CPU seconds (user + system) a local process has used so far, from /proc; undefined if unreadable. */
@@ -282,7 +283,7 @@ async function mysqlEngine(): Promise<Engine> {
       await fn();
       return (await status('Innodb_buffer_pool_reads')) - before;
     },
-    serverCpu: async (fn) => {
+    serverCpu: async () => {
       let pid: number | undefined;
       const host = new URL(MYSQL_URL).hostname;
       if (host === '127.0.0.1' || host === 'localhost' || host === '[::1]') {
@@ -294,9 +295,10 @@ async function mysqlEngine(): Promise<Engine> {
         }
       }
       const before = pid === undefined ? undefined : processCpuSeconds(pid);
-      await fn();
-      const after = pid === undefined ? undefined : processCpuSeconds(pid);
-      return before === undefined || after === undefined ? undefined : after - before;
+      return () => {
+        const after = pid === undefined ? undefined : processCpuSeconds(pid);
+        return before === undefined || after === undefined ? undefined : after - before;
+      };
     },
   };
 }
@@ -786,20 +788,16 @@ async function gcMode(engine: Engine): Promise<void> {
   await new Promise((r) => setTimeout(r, 3_000));
   quiet.disable();
   opTimes.length = 0;
+  // The server's CPU meanwhile (MariaDB on this machine), beside this process's: which of the
+  // two, or the disk, is the limit of gc here.
+  const serverCpuSince = await engine.serverCpu?.();
   delay.enable();
   const g0 = performance.now();
   const cpu0 = process.cpuUsage();
-  let removed = 0;
-  const collect = async () => {
-    removed = await store.gc(t);
-  };
-  // The server's CPU meanwhile (MariaDB on this machine), beside this process's: which of the
-  // two, or the disk, is the limit of gc here.
-  let serverCpu: number | undefined;
-  if (engine.serverCpu) serverCpu = await engine.serverCpu(collect);
-  else await collect();
+  const removed = await store.gc(t);
   const gcMs = performance.now() - g0;
   const ownCpu = process.cpuUsage(cpu0);
+  const serverCpu = serverCpuSince?.();
   delay.disable();
   clearInterval(load);
   await new Promise((r) => setTimeout(r, 50));
